@@ -1,0 +1,156 @@
+"""Streaming statistics collector: per-tensor max |x| and a growing |x| histogram.
+
+Memory is independent of the dataset size: per tensor one float64 count vector (``num_bins`` bins,
+more only if the range grows) on the collecting device.
+
+Histogram semantics follow NVIDIA's reference ``HistogramCalibrator`` (torch.histc path): the first
+batch with a non-zero maximum ``m`` fixes ``bin_width = m / num_bins``; a later batch whose maximum
+exceeds the range grows the histogram by whole bins of the same width (``ceil(m / bin_width)`` bins).
+
+To avoid a host synchronisation per tensor, a batch is histogrammed with the ranges known *before*
+it, its per-tensor maxima are fetched once at the end of the batch (one sync), and only the tensors
+whose maximum fell outside their range are histogrammed again (``Pass.commit`` returns their names;
+the caller re-runs the batch for just those). This happens for every tensor on the first batch and
+rarely afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..quant.errors import CalibrationError
+from ..quant.types import TensorHistogram
+
+# torch.histc accumulates in the input's float32: a bin count above 2**24 would stop increasing.
+# Histogramming at most 2**24 elements per call keeps every per-call count exact.
+_HISTC_CHUNK = 1 << 24
+
+
+def _abs_histogram(y: torch.Tensor, bins: int, hi: float) -> torch.Tensor:
+    """Histogram of |y| over [0, hi] in ``bins`` bins, without materialising |y|.
+
+    ``torch.histc(y, 2 bins, -hi, hi)`` puts ``v`` in bin ``floor(v / w) + bins`` (``w = hi / bins``), so
+    bin ``bins + k`` holds ``v in [k w, (k+1) w)`` and bin ``bins - 1 - k`` holds ``-v`` for the same
+    ``k``: folding the two halves gives the |y| histogram with one read of ``y`` (no abs pass).
+    """
+    flat = y.reshape(-1)
+    out = torch.zeros(2 * bins, dtype=torch.float64, device=y.device)
+    for s in range(0, flat.numel(), _HISTC_CHUNK):
+        out += torch.histc(flat[s:s + _HISTC_CHUNK], bins=2 * bins, min=-hi, max=hi).double()
+    return out[bins:] + out[:bins].flip(0)
+
+
+@dataclass
+class _TensorState:
+    width: float = 0.0                 # 0 until the first non-zero maximum
+    nbins: int = 0
+    hi: float = 0.0                    # right edge of the last bin (histc max)
+    amax: float = 0.0
+    numel: int = 0
+    zeros_before_range: int = 0        # values seen while every value so far was 0
+    counts: torch.Tensor | None = None
+
+
+class HistogramCollector:
+    """Collects max |x| and |x| histograms for a fixed set of named tensors."""
+
+    def __init__(self, names: Sequence[str], *, num_bins: int = 2048, device: torch.device | str = "cpu"):
+        if num_bins < 2:
+            raise ValueError("num_bins must be >= 2")
+        self.names = list(names)
+        self.num_bins = num_bins
+        self.device = torch.device(device)
+        self._state = {n: _TensorState() for n in self.names}
+        self.batches = 0
+
+    def begin(self, only: Iterable[str] | None = None, *, batch_ids: Sequence[str] = ()) -> "Pass":
+        return Pass(self, set(self.names if only is None else only), list(batch_ids))
+
+    # -- results -------------------------------------------------------------------------
+    def histograms(self) -> dict[str, TensorHistogram]:
+        out = {}
+        for n in self.names:
+            st = self._state[n]
+            if st.numel == 0:
+                raise CalibrationError("no statistics collected", subject=f"tensor {n!r}",
+                                       hint="the tensor was never computed; is the dataset empty?")
+            if st.width == 0:
+                counts = np.array([float(st.numel)])
+            else:
+                counts = st.counts.cpu().numpy().astype(np.float64)
+                counts[0] += st.zeros_before_range
+            out[n] = TensorHistogram(name=n, amax=st.amax, bin_width=st.width, counts=counts, numel=st.numel)
+        return out
+
+
+class Pass:
+    """One forward pass over a batch: ``observe`` every tensor, then ``commit`` once."""
+
+    def __init__(self, collector: HistogramCollector, names: set[str], batch_ids: list[str]):
+        self.c = collector
+        self.names = names
+        self.batch_ids = batch_ids
+        self._maxes: list[torch.Tensor] = []
+        self._order: list[str] = []
+        self._hists: list[torch.Tensor | None] = []
+        self._numels: list[int] = []
+
+    def observe(self, name: str, y: torch.Tensor) -> None:
+        if name not in self.names:
+            return
+        y = y.detach()
+        if y.dtype != torch.float32:
+            y = y.float()
+        if y.numel():
+            lo, hi = torch.aminmax(y)
+            m = torch.maximum(-lo, hi)
+        else:
+            m = torch.zeros((), device=y.device)
+        st = self.c._state[name]
+        self._order.append(name)
+        self._maxes.append(m)
+        self._numels.append(y.numel())
+        self._hists.append(_abs_histogram(y, st.nbins, st.hi) if st.width > 0 and y.numel() else None)
+
+    def commit(self) -> set[str]:
+        """Fold this batch in; return the tensors that must be histogrammed again with a grown range."""
+        if not self._order:
+            return set()
+        maxes = torch.stack(self._maxes).double().cpu().numpy()   # the one host sync of the batch
+        redo = set()
+        for name, m, h, numel in zip(self._order, maxes, self._hists, self._numels):
+            st = self.c._state[name]
+            if not math.isfinite(m):
+                where = f" (batch starting at {self.batch_ids[0]})" if self.batch_ids else ""
+                raise CalibrationError("non-finite activation", subject=f"tensor {name!r}{where}",
+                                       got="NaN" if math.isnan(m) else "Inf", expected="finite values",
+                                       hint="check the input data and preprocessing (e.g. division by a zero std); "
+                                            "TensorRT cannot calibrate a tensor holding NaN/Inf")
+            m = float(m)
+            if st.width == 0:
+                if m == 0:
+                    st.zeros_before_range += numel
+                    st.numel += numel
+                    continue
+                st.width, st.nbins, st.hi = m / self.c.num_bins, self.c.num_bins, m
+                st.counts = torch.zeros(st.nbins, dtype=torch.float64, device=self.c.device)
+                redo.add(name)
+                continue
+            if m > st.hi:
+                nb = max(st.nbins, math.ceil(m / st.width))
+                while nb * st.width < m:
+                    nb += 1
+                grown = torch.zeros(nb, dtype=torch.float64, device=self.c.device)
+                grown[:st.nbins] = st.counts
+                st.counts, st.nbins, st.hi = grown, nb, nb * st.width
+                redo.add(name)
+                continue
+            st.counts += h.to(self.c.device)
+            st.amax = max(st.amax, m)
+            st.numel += numel
+        return redo

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Command line: thin argparse over the ``trtquant`` API. One function per subcommand; no logic.
+
+Exit codes: 0 ok, 2 bad input or a failed step (message on stderr, nothing half-written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+
+
+def _import_package():
+    """Import this checkout as the package ``trtquant`` without putting its folders on sys.path.
+
+    Running ``python cli.py`` puts this directory first on sys.path, where our ``datasets/`` would
+    shadow the PyPI ``datasets`` package for the whole process; drop it and load the checkout as
+    ``trtquant`` instead (relative imports inside do the rest).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == here:
+        sys.path.pop(0)
+    if "trtquant" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("trtquant", os.path.join(here, "__init__.py"),
+                                                      submodule_search_locations=[here])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["trtquant"] = module
+        spec.loader.exec_module(module)
+
+
+if __name__ == "__main__":
+    _import_package()
+    from trtquant.quant.errors import QuantError  # noqa: E402
+else:
+    from .quant.errors import QuantError
+
+
+def _percent(value: str) -> float:
+    return float(value.rstrip("%"))
+
+
+def cmd_calibrate(args) -> int:
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+
+    cfg = CalibrationConfig(
+        model=args.model, onnx=args.onnx, weights=args.weights, preset=args.preset, data=args.data,
+        data_dir=args.data_dir, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
+        device=args.device, executor=args.executor, method=args.method, percentile=args.percentile,
+        num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
+        cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
+        calibrator=args.calibrator)
+    res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
+                    from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
+                    progress=not args.no_progress)
+    t = res.timings
+    rate = res.images / t["stats_pass_s"] if t.get("stats_pass_s") else float("nan")
+    lines = [
+        f"calibrated {len(res.ranges.ranges)} tensors | method {res.ranges.method} | {res.images} images"
+        + (f" ({len(res.skipped)} unreadable skipped)" if res.skipped else ""),
+        f"device {res.device} | executor {res.executor} | total {t['total_s']:.2f} s"
+        + (f" | statistics pass {t['stats_pass_s']:.2f} s ({rate:.1f} images/s)" if "stats_pass_s" in t else "")
+        + (f" | ranges {t['ranges_s'] * 1000:.0f} ms" if "ranges_s" in t else ""),
+        f"cache  {args.cache}  ({res.cache.header()})",
+        f"ranges {args.ranges or args.cache + '.ranges.json'}",
+    ]
+    if args.stats:
+        lines.append(f"stats  {args.stats}  (recompute any method with --from-stats)")
+    if res.onnx_path:
+        lines.append(f"onnx   {args.onnx_out or res.onnx_path}  (build the TensorRT engine from this graph: the cache is keyed by its tensor names)")
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("calibrate", help="run calibration and write a TensorRT calibration cache + ranges JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = c.add_argument_group("model")
+    m.add_argument("--model", default="mobilenet_v2",
+                   help="mobilenet_v2 | efficientnet_lite0 | any torchvision architecture with --weights")
+    m.add_argument("--weights", default=None, help="state_dict file for a torchvision architecture")
+    m.add_argument("--onnx", default=None, help="calibrate this ONNX model instead of --model")
+    m.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception); default: the model's")
+    m.add_argument("--onnx-out", default=None, help="also save the exact ONNX graph the cache is keyed to")
+    d = c.add_argument_group("data")
+    d.add_argument("--data", default="imagenet_sample",
+                   help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
+    d.add_argument("--data-dir", default=None, help="ImageNet validation directory for --data imagenet_val "
+                                                    "(or set IMAGENET_VAL_DIR)")
+    d.add_argument("--num-images", type=int, default=None,
+                   help="deterministic random subset size (default: all images, at most 1000)")
+    d.add_argument("--seed", type=int, default=0, help="subset seed")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    d.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
+                   help="unreadable images: skip and count them, or stop with an error")
+    d.add_argument("--h5-images", default="images", help="HDF5 dataset holding the images")
+    d.add_argument("--h5-labels", default="labels", help="HDF5 dataset holding the labels")
+    a = c.add_argument_group("algorithm")
+    a.add_argument("--method", default="entropy", help="entropy | minmax | percentile | mse")
+    a.add_argument("--percentile", type=_percent, default=99.99, help="for --method percentile")
+    a.add_argument("--num-bins", type=int, default=2048, help="histogram bins")
+    a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a.add_argument("--executor", default="auto", help="auto | torch | onnxruntime (auto: torch unless ops are missing)")
+    a.add_argument("--calibrator", default="ours", choices=("ours", "tensorrt"),
+                   help="ours: our statistics pass + range algorithm (no TensorRT needed); tensorrt: TensorRT <= 10 "
+                        "calibrates with its IInt8 calibrator fed by our data pipeline (entropy/minmax)")
+    a.add_argument("--from-stats", default=None, help="recompute ranges from a saved statistics file (no model run)")
+    o = c.add_argument_group("outputs")
+    o.add_argument("--cache", required=True, help="TensorRT calibration cache to write")
+    o.add_argument("--ranges", default=None, help="ranges JSON to write (default: CACHE.ranges.json)")
+    o.add_argument("--stats", default=None, help="also save the statistics (.npz) for --from-stats")
+    o.add_argument("--trt-version", default=None,
+                   help="TensorRT version for the cache header (default: the installed one, else 8.6.1)")
+    o.add_argument("--cache-algorithm", default=None,
+                   help="override the cache header algorithm (EntropyCalibration2 | MinMaxCalibration | ...)")
+    o.add_argument("--force", action="store_true", help="overwrite output files of another kind")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except QuantError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Images stored as arrays: HDF5 (read lazily per batch), .npy (memory-mapped), .npz."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import zipfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..quant.errors import DataError
+from .base import _DECODE_ERRORS, ImageSource, _BadItem
+from .preprocess import Preprocess
+
+__all__ = ["ArraySource", "ARRAY_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+ARRAY_SUFFIXES = (".h5", ".hdf5", ".npy", ".npz")
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+class ArraySource(ImageSource):
+    """Images stored in ``.h5``/``.hdf5`` (rows read lazily per batch), ``.npy`` (memory-mapped)
+    or ``.npz`` (keys images/labels or x/y).
+
+    uint8 NHWC / NCHW arrays with 3 or 1 channels (or NHW) are pixels and go through
+    ``Preprocess.apply_array``; float16/32/64 arrays shaped (N, 3, H, W) are model-ready and
+    only cast to float32. Ids are ``PATH:DATASET[ROW]``; ``kind`` is hdf5, npy or npz.
+    """
+
+    kind = "array"
+
+    def __init__(self, path: str | os.PathLike, preprocess: Preprocess, *, images: str = "images",
+                 labels: str | None = "labels", num_images: int | None = None, seed: int = 0,
+                 on_bad_image: str = "skip") -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        suffix = os.path.splitext(self.path)[1].lower()
+        if suffix not in ARRAY_SUFFIXES:
+            raise DataError("unsupported array file", subject=self.path, got=suffix or "no extension",
+                            expected=" / ".join(ARRAY_SUFFIXES))
+        if not os.path.isfile(self.path):
+            raise DataError("array file not found", subject=self.path)
+        self.kind = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy", ".npz": "npz"}[suffix]
+        self._array: np.ndarray | None = None
+        if self.kind == "hdf5":
+            shape, dtype, label_arr, self.dataset = self._inspect_h5(images, labels)
+        elif self.kind == "npy":
+            shape, dtype, label_arr, self.dataset = self._inspect_npy()
+        else:
+            shape, dtype, label_arr, self.dataset = self._inspect_npz(images, labels)
+        self.layout, self.model_ready = self._check_array(shape, dtype)
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        if label_arr is not None:
+            label_arr = self._check_labels(label_arr, shape[0])
+        name = f"{self.kind}:{self.path}"
+        ids = [f"{self.path}:{self.dataset}[{i}]" for i in range(shape[0])]
+        if self.model_ready:
+            log.info("%s: float %s array %s taken as model-ready (no preprocessing)", name, self.dtype, self.shape)
+            if self.shape[2:] != (preprocess.crop, preprocess.crop):
+                log.warning("%s: model-ready images are %dx%d, the preprocessing crop is %d", name,
+                            self.shape[2], self.shape[3], preprocess.crop)
+        super().__init__(name=name, preprocess=preprocess, ids=ids, labels=label_arr,
+                         label_space="array", num_images=num_images, seed=seed, on_bad_image=on_bad_image)
+
+    # -- inspection ---------------------------------------------------------------------
+    def _h5_open(self):
+        import h5py
+
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as err:
+            raise DataError("cannot open the HDF5 file", subject=self.path, got=str(err),
+                            expected="a readable HDF5 file") from err
+
+    @staticmethod
+    def _h5_datasets(f) -> list[str]:
+        import h5py
+
+        found: list[str] = []
+        f.visititems(lambda n, obj: found.append(f"{n} {obj.shape} {obj.dtype}")
+                     if isinstance(obj, h5py.Dataset) else None)
+        return found
+
+    def _inspect_h5(self, images: str, labels: str | None):
+        import h5py
+
+        with self._h5_open() as f:
+            obj = f.get(images)
+            if not isinstance(obj, h5py.Dataset):
+                avail = self._h5_datasets(f)
+                raise DataError("image dataset not found in the HDF5 file", subject=f"{self.path}:{images}",
+                                got="missing" if obj is None else "a group, not a dataset",
+                                expected="one of: " + ("; ".join(avail) or "(the file holds no datasets)"),
+                                hint="choose the dataset with --h5-images NAME")
+            shape, dtype = obj.shape, obj.dtype
+            label_arr = None
+            if labels:
+                lobj = f.get(labels)
+                if isinstance(lobj, h5py.Dataset):
+                    label_arr = lobj[()]
+                else:
+                    log.info("%s: no %r dataset: images are unlabelled (available: %s)", self.path, labels,
+                             "; ".join(self._h5_datasets(f)))
+        return shape, dtype, label_arr, images
+
+    def _inspect_npy(self):
+        try:
+            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError("cannot read the .npy file", subject=self.path, got=str(err),
+                            expected="a numpy .npy array of images") from err
+        self._array = arr
+        return arr.shape, arr.dtype, None, "images"
+
+    def _inspect_npz(self, images: str, labels: str | None):
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                keys = list(z.files)
+                img_key = next((k for k in (images, "images", "x") if k in keys), None)
+                if img_key is None:
+                    raise DataError("image array not found in the .npz file", subject=f"{self.path}:{images}",
+                                    got="keys: " + (", ".join(keys) or "none"), expected="'images' (or 'x')",
+                                    hint="save the images under the key 'images' (labels under 'labels')")
+                lbl_key = next((k for k in (labels, "labels", "y") if k and k in keys), None)
+                self._array = z[img_key]
+                label_arr = z[lbl_key] if lbl_key else None
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise DataError("cannot read the .npz file", subject=self.path, got=str(err),
+                            expected="a numpy .npz archive") from err
+        if label_arr is None:
+            log.info("%s: no labels/y array (keys: %s): images are unlabelled", self.path, ", ".join(keys))
+        return self._array.shape, self._array.dtype, label_arr, img_key
+
+    def _check_array(self, shape: tuple, dtype: np.dtype) -> tuple[str, bool]:
+        where = f"{self.path}:{self.dataset}"
+        dtype = np.dtype(dtype)
+        if dtype == np.uint8:
+            if len(shape) == 4 and shape[-1] in (1, 3):
+                layout = "HWC"
+            elif len(shape) == 4 and shape[1] in (1, 3):
+                layout = "CHW"
+            elif len(shape) == 3:
+                layout = "HW"
+            else:
+                raise DataError("image array has the wrong shape", subject=where, got=f"uint8 {shape}",
+                                expected="uint8 NHWC or NCHW with 3 or 1 channels (or NHW greyscale)")
+            ok = all(s > 0 for s in shape[1:])
+        elif any(dtype == d for d in _FLOAT_DTYPES):
+            if len(shape) != 4 or shape[1] != 3:
+                raise DataError("model-ready array has the wrong shape", subject=where, got=f"{dtype} {shape}",
+                                expected="float (N, 3, H, W), already preprocessed (or uint8 pixels)")
+            layout, ok = "CHW", all(s > 0 for s in shape[2:])
+        else:
+            raise DataError("image array has an unsupported dtype", subject=where, got=f"{dtype} {shape}",
+                            expected="uint8 pixels (NHWC/NCHW) or float16/32/64 model-ready (N, 3, H, W)")
+        if not ok:
+            raise DataError("image array has an empty image dimension", subject=where, got=str(shape))
+        if shape[0] == 0:
+            raise DataError("no images found", subject=where, got="0 rows")
+        return layout, dtype != np.uint8
+
+    def _check_labels(self, labels: Any, n: int) -> np.ndarray:
+        arr = np.asarray(labels)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1 or arr.shape[0] != n:
+            raise DataError("labels do not match the images", subject=self.path, got=f"labels shape {arr.shape}",
+                            expected=f"({n},) one label per image")
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise DataError("labels are not integers", subject=self.path, got=str(arr.dtype))
+        elif not np.issubdtype(arr.dtype, np.integer):
+            raise DataError("labels are not integers", subject=self.path, got=str(arr.dtype),
+                            expected="integer class indices")
+        return arr.astype(np.int64)
+
+    # -- reading ------------------------------------------------------------------------
+    def _preprocess_key(self) -> dict | None:
+        return None if self.model_ready else self.preprocess.as_dict()
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[Any]:
+        if self.kind != "hdf5":
+            yield self._array
+            return
+        with self._h5_open() as f:
+            yield f[self.dataset]
+
+    @staticmethod
+    def _read_rows(src: Any, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, distinct) of ``src``; on an HDF5 dataset this reads only those rows."""
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return np.asarray(src[int(rows[0]):int(rows[-1]) + 1])
+        return np.asarray(src[rows.tolist()] if not isinstance(src, np.ndarray) else src[rows])
+
+    def _fetch(self, handle: Any, positions: range) -> list[Any]:
+        return list(self._read_rows(handle, self._rows[positions.start:positions.stop]))
+
+    def _decode(self, position: int, payload: Any) -> tuple[np.ndarray, str | None]:
+        if self.model_ready:
+            return np.ascontiguousarray(payload, dtype=np.float32), None
+        try:
+            return self.preprocess.apply_array(payload, layout=None if self.layout == "HW" else self.layout), None
+        except _DECODE_ERRORS as err:
+            raise _BadItem(f"{type(err).__name__}: {err}") from err
+
+    def _hash_items(self, h: Any) -> None:
+        h.update(f"{self.dataset}\0{self.dtype.str}\0{self.shape[1:]}\n".encode())
+        for item_id in self._ids:
+            h.update(item_id.encode() + b"\n")
+        with self._opened() as src:
+            step = 256
+            for start in range(0, len(self._rows), step):
+                h.update(np.ascontiguousarray(self._read_rows(src, self._rows[start:start + step])).tobytes())

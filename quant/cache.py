@@ -1,0 +1,213 @@
+"""TensorRT calibration cache and ranges JSON: exact reading and writing.
+
+Cache format (TensorRT <= 10, implicit INT8)::
+
+    TRT-<version>-<Algorithm>
+    <tensor name>: <8 lowercase hex digits>
+
+where the hex digits are the big-endian IEEE-754 bits of the float32 scale ``amax / 127``
+(``input: 3d23ac36`` is scale 0.0399592). Tensor names are ONNX value names and may contain
+spaces and ``": "``, so a line is split at its *last* ``": "``. ``<version>`` is TensorRT's
+``NV_TENSORRT_VERSION`` integer: ``major*1000 + minor*100 + patch`` before TensorRT 10 (8.6.1 ->
+8601) and ``major*10000 + minor*100 + patch`` from 10 on (10.3.0 -> 100300). TensorRT ignores a
+cache whose header does not match its own version and calibrator algorithm, so the header must be
+written for the TensorRT that will read it.
+
+The ranges JSON is the lossless twin: float64 amax per tensor, method, settings and fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import CacheFormatError, ConfigError
+from .fileio import atomic_write_text
+from .types import RangeSet, TensorRange
+
+log = logging.getLogger(__name__)
+
+TRT_ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+DEFAULT_TRT_VERSION = "8.6.1"
+RANGES_FORMAT = "trtquant-ranges/1"
+_HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
+_HEX = re.compile(r"^[0-9a-fA-F]{1,8}$")
+
+
+def trt_version_int(version: str) -> int:
+    """'8.6.1' -> 8601, '10.3.0' -> 100300 (TensorRT's NV_TENSORRT_VERSION)."""
+    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", str(version).strip())
+    if not m:
+        raise ConfigError("invalid TensorRT version", subject="--trt-version", got=repr(version),
+                          expected="MAJOR.MINOR.PATCH, e.g. 8.6.1 or 10.3.0")
+    major, minor, patch = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    if major >= 10:
+        return major * 10000 + minor * 100 + patch
+    return major * 1000 + minor * 100 + patch
+
+
+def installed_trt_version() -> str | None:
+    try:
+        import tensorrt  # noqa: F401  (lazy, optional)
+    except ImportError:
+        return None
+    return tensorrt.__version__
+
+
+def scale_to_hex(scale: float) -> str:
+    return struct.pack(">f", np.float32(scale)).hex()
+
+
+def hex_to_scale(text: str) -> float:
+    return float(struct.unpack(">f", bytes.fromhex(text.rjust(8, "0")))[0])
+
+
+@dataclass(frozen=True, eq=False)
+class TrtCache:
+    """A parsed TensorRT calibration cache. ``scales`` keeps file order and the exact float32 values."""
+
+    version: int
+    algorithm: str
+    scales: Mapping[str, float]
+
+    def header(self) -> str:
+        return f"TRT-{self.version}-{self.algorithm}"
+
+    def amax(self) -> dict[str, float]:
+        return {n: float(np.float32(s) * np.float32(127.0)) for n, s in self.scales.items()}
+
+    def to_text(self) -> str:
+        lines = [self.header()]
+        for name, scale in self.scales.items():
+            if "\n" in name or "\r" in name:
+                raise CacheFormatError("tensor name cannot be written to a cache", subject=f"tensor {name!r}",
+                                       got="a line break in the name")
+            lines.append(f"{name}: {scale_to_hex(scale)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_ranges(cls, ranges: RangeSet | Mapping[str, TensorRange], *, algorithm: str, version: int) -> "TrtCache":
+        if algorithm not in TRT_ALGORITHMS:
+            raise ConfigError("unknown TensorRT calibration algorithm", subject="cache header", got=repr(algorithm),
+                              expected="one of " + ", ".join(TRT_ALGORITHMS))
+        rs = ranges.ranges if isinstance(ranges, RangeSet) else ranges
+        return cls(version=version, algorithm=algorithm, scales={n: r.scale for n, r in rs.items()})
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "cache") -> "TrtCache":
+        lines = text.splitlines()
+        if not lines:
+            raise CacheFormatError("empty calibration cache", subject=source,
+                                   expected="a first line like TRT-8601-EntropyCalibration2")
+        m = _HEADER.match(lines[0].strip())
+        if not m:
+            raise CacheFormatError("bad calibration cache header", subject=f"{source} line 1", got=repr(lines[0][:80]),
+                                   expected="TRT-<version>-<Algorithm>, e.g. TRT-8601-EntropyCalibration2",
+                                   hint="is this a TensorRT calibration cache? (binary or JSON files are not)")
+        scales: dict[str, float] = {}
+        for lineno, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            name, sep, value = line.rpartition(": ")
+            if not sep or not name:
+                raise CacheFormatError("bad calibration cache line", subject=f"{source} line {lineno}",
+                                       got=repr(line[:80]), expected="'<tensor name>: <hex float32 bits>'")
+            value = value.strip()
+            if not _HEX.match(value):
+                raise CacheFormatError("bad scale in calibration cache", subject=f"{source} line {lineno} ({name!r})",
+                                       got=repr(value), expected="up to 8 hex digits (float32 bits)")
+            if name in scales:
+                raise CacheFormatError("duplicate tensor in calibration cache", subject=f"{source} line {lineno}",
+                                       got=repr(name))
+            scale = hex_to_scale(value)
+            if not np.isfinite(scale) or scale < 0:
+                raise CacheFormatError("invalid scale in calibration cache", subject=f"{source} line {lineno} ({name!r})",
+                                       got=f"{scale!r} ({value})", expected="a finite scale >= 0")
+            scales[name] = scale
+        return cls(version=int(m.group(1)), algorithm=m.group(2), scales=scales)
+
+
+def read_trt_cache(path: str | Path) -> TrtCache:
+    path = Path(path)
+    if not path.is_file():
+        raise CacheFormatError("calibration cache not found", subject=str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CacheFormatError("calibration cache is not text", subject=str(path),
+                               hint="TensorRT calibration caches are text files starting with TRT-") from err
+    return TrtCache.parse(text, source=str(path))
+
+
+def write_trt_cache(path: str | Path, cache: TrtCache) -> None:
+    atomic_write_text(Path(path), cache.to_text())
+
+
+def looks_like_trt_cache(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return _HEADER.match(f.readline(200).decode("utf-8", "replace").strip()) is not None
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# ranges JSON
+# ---------------------------------------------------------------------------------------------
+
+def ranges_to_json(rs: RangeSet) -> str:
+    doc = {
+        "format": RANGES_FORMAT,
+        "method": rs.method,
+        "settings": dict(rs.settings),
+        "model_fingerprint": rs.model_fingerprint,
+        "data_fingerprint": rs.data_fingerprint,
+        "num_images": rs.num_images,
+        "meta": dict(rs.meta),
+        "tensors": [{"name": r.name, "amax": r.amax, "scale": r.scale, "scale_hex": scale_to_hex(r.scale)}
+                    for r in rs.ranges.values()],
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def write_ranges_json(path: str | Path, rs: RangeSet) -> None:
+    atomic_write_text(Path(path), ranges_to_json(rs))
+
+
+def read_ranges_json(path: str | Path) -> RangeSet:
+    path = Path(path)
+    if not path.is_file():
+        raise CacheFormatError("ranges file not found", subject=str(path))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CacheFormatError("ranges file is not valid JSON", subject=str(path), got=str(err)[:200]) from err
+    if not isinstance(doc, dict) or doc.get("format") != RANGES_FORMAT:
+        raise CacheFormatError("not a ranges file", subject=str(path),
+                               got=repr(doc.get("format") if isinstance(doc, dict) else type(doc).__name__),
+                               expected=repr(RANGES_FORMAT))
+    ranges = {}
+    try:
+        for t in doc["tensors"]:
+            ranges[t["name"]] = TensorRange(t["name"], float(t["amax"]))
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
+        raise CacheFormatError("bad tensor entry in ranges file", subject=str(path), got=str(err)[:200]) from err
+    return RangeSet(ranges=ranges, method=doc.get("method", ""), settings=doc.get("settings", {}),
+                    model_fingerprint=doc.get("model_fingerprint", ""), data_fingerprint=doc.get("data_fingerprint", ""),
+                    num_images=int(doc.get("num_images", 0)), meta=doc.get("meta", {}))
+
+
+def looks_like_ranges_json(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+        return RANGES_FORMAT in head
+    except OSError:
+        return False

@@ -1,0 +1,303 @@
+"""``calibrate()``: dataset -> statistics pass -> range algorithm -> TensorRT cache + ranges JSON.
+
+The one orchestration function both the CLI and the tests call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..calibrators.algorithms import make_algorithm
+from ..calibrators.collector import HistogramCollector
+from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, TrtCache, installed_trt_version, looks_like_ranges_json,
+                    looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
+from .errors import BackendUnavailable, CalibrationError, ConfigError, DataError, Interrupted
+from .fileio import check_output_path
+from .graph import EXECUTORS, OnnxGraph, make_executor
+from .types import CalibrationStats, RangeSet, TensorRange
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_IMAGES = 1000
+"""Without --num-images, calibrate on all images up to this many (a seeded random subset beyond)."""
+
+ZERO_TENSOR_AMAX = 1.0
+"""Placeholder amax for a tensor that was exactly zero on every calibration image (any scale
+represents it exactly; TensorRT and Q/DQ need a positive one). Such tensors are listed in the
+ranges JSON under ``meta.zero_tensors``."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Every calibration setting, with its default, in one place."""
+
+    model: str = "mobilenet_v2"
+    onnx: str | None = None
+    weights: str | None = None
+    preset: str | None = None            # None: the model's own preset
+    data: str = "imagenet_sample"
+    data_dir: str | None = None
+    num_images: int | None = None        # None: all images, at most DEFAULT_MAX_IMAGES
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    executor: str = "auto"               # auto | torch | onnxruntime
+    method: str = "entropy"
+    percentile: float = 99.99
+    num_bins: int = 2048
+    workers: int | None = None
+    on_bad_image: str = "skip"
+    trt_version: str | None = None       # None: the installed TensorRT's, else DEFAULT_TRT_VERSION
+    cache_algorithm: str | None = None   # None: the method's (EntropyCalibration2 / MinMaxCalibration)
+    h5_images: str = "images"
+    h5_labels: str = "labels"
+    calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError("invalid batch size", subject="--batch-size", got=str(self.batch_size), expected=">= 1")
+        if self.num_images is not None and self.num_images < 1:
+            raise ConfigError("invalid image count", subject="--num-images", got=str(self.num_images), expected=">= 1")
+        if self.num_bins < 256:
+            raise ConfigError("too few histogram bins", subject="--num-bins", got=str(self.num_bins),
+                              expected=">= 256 (TensorRT's entropy search needs more than 128 bins; 2048 is standard)")
+        if self.executor not in EXECUTORS:
+            raise ConfigError("unknown executor", subject="--executor", got=repr(self.executor),
+                              expected=" or ".join(EXECUTORS))
+        if self.cache_algorithm is not None and self.cache_algorithm not in TRT_ALGORITHMS:
+            raise ConfigError("unknown cache algorithm", subject="--cache-algorithm", got=repr(self.cache_algorithm),
+                              expected="one of " + ", ".join(TRT_ALGORITHMS))
+        if self.trt_version is not None:
+            trt_version_int(self.trt_version)
+        if self.calibrator not in ("ours", "tensorrt"):
+            raise ConfigError("unknown calibrator", subject="--calibrator", got=repr(self.calibrator),
+                              expected="ours or tensorrt")
+        self.algorithm()  # validates --method and its settings
+
+    def algorithm(self):
+        settings = {"percentile": self.percentile} if self.method == "percentile" else {}
+        return make_algorithm(self.method, **settings)
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationResult:
+    ranges: RangeSet
+    stats: CalibrationStats
+    cache: TrtCache
+    onnx_path: Path | None
+    images: int
+    skipped: tuple = ()
+    timings: dict = field(default_factory=dict)
+    device: str = "cpu"
+    executor: str = ""
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as err:
+        raise ConfigError("invalid device", subject="--device", got=repr(spec), expected="auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("CUDA is not available", subject=f"--device {spec}",
+                                 hint="use --device cpu (or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError("unsupported device", subject="--device", got=repr(spec), expected="auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -> None:
+    gi = graph.inputs[0]
+    want = gi.shape
+    got = images.shape
+    ok = len(want) == len(got) and all(not isinstance(w, int) or w in (0, g) for w, g in zip(want[1:], got[1:]))
+    if not ok:
+        raise DataError("input shape mismatch", subject=f"model input {gi.name!r} vs data {source_name}",
+                        got=f"batches of shape {tuple(got)}", expected=f"{tuple(want)}",
+                        hint="pick the model's preprocessing preset (--preset) or data of the right size")
+
+
+def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *, progress: bool = True):
+    """The statistics pass: one streaming pass over the data, histograms on ``device``."""
+    executor = make_executor(graph, cfg.executor, device)
+    names = graph.calibration_tensors
+    collector = HistogramCollector(names, num_bins=cfg.num_bins, device=device)
+    input_name = graph.inputs[0].name
+    images = 0
+    checked = False
+    pin = device.type == "cuda"
+    for batch in source.batches(cfg.batch_size, workers=cfg.workers, progress=progress):
+        if not checked:
+            _check_input_shape(graph, batch.images, source.name)
+            checked = True
+        x = torch.from_numpy(batch.images)
+        if pin:
+            x = x.pin_memory().to(device, non_blocking=True)
+        p = collector.begin(batch_ids=batch.ids)
+        executor.run({input_name: x}, observe=p.observe)
+        redo = p.commit()
+        for _ in range(3):   # tensors whose range grew this batch: histogram them again (deterministic forward)
+            if not redo:
+                break
+            p = collector.begin(redo, batch_ids=batch.ids)
+            executor.run({input_name: x}, observe=p.observe, watch=redo)
+            redo = p.commit()
+        if redo:
+            raise CalibrationError("histogram range did not settle", subject=", ".join(sorted(redo))[:200],
+                                   hint="the model's forward pass is not deterministic")
+        images += len(batch.images)
+    if images == 0:
+        raise DataError("no images could be read", subject=source.name, hint="every image was skipped as unreadable")
+    return collector.histograms(), images, executor.kind
+
+
+def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeSet:
+    algo = cfg.algorithm()
+    ranges, zero = {}, []
+    for name, hist in stats.histograms.items():
+        amax = algo.compute(hist)
+        if amax <= 0:
+            zero.append(name)
+            amax = ZERO_TENSOR_AMAX
+        ranges[name] = TensorRange(name, float(amax))
+    if zero:
+        log.warning("%d tensor(s) were zero on every calibration image; wrote placeholder amax=%g: %s",
+                    len(zero), ZERO_TENSOR_AMAX, ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
+    return RangeSet(ranges=ranges, method=algo.name, settings=algo.settings(),
+                    model_fingerprint=stats.model_fingerprint, data_fingerprint=stats.data_fingerprint,
+                    num_images=stats.num_images, meta={"zero_tensors": zero, "num_bins": stats.num_bins,
+                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset")}})
+
+
+def _cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
+    algo = cfg.algorithm()
+    installed = installed_trt_version()
+    if cfg.trt_version:
+        version = cfg.trt_version
+        if installed and trt_version_int(installed) != trt_version_int(version):
+            log.warning("--trt-version %s differs from the installed TensorRT %s: that TensorRT will ignore this cache",
+                        version, installed)
+    elif installed:
+        version = installed
+    else:
+        version = DEFAULT_TRT_VERSION
+        log.warning("TensorRT is not installed here: cache header written for TensorRT %s (TRT-%d). TensorRT ignores "
+                    "a cache written for another version: pass --trt-version to match yours", version,
+                    trt_version_int(version))
+    return trt_version_int(version), cfg.cache_algorithm or algo.trt_algorithm
+
+
+def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: str | Path | None = None,
+              stats_path: str | Path | None = None, from_stats: str | Path | None = None,
+              onnx_out: str | Path | None = None, force: bool = False, progress: bool = True) -> CalibrationResult:
+    """Calibrate and write the TensorRT cache, the ranges JSON and (optionally) the statistics.
+
+    Every output path is validated before any work starts; every file is written atomically at the
+    end, so an error or Ctrl-C leaves earlier outputs untouched.
+    """
+    t0 = time.perf_counter()
+    cache_path = check_output_path(Path(cache_path), flag="--cache", is_same_kind=looks_like_trt_cache, force=force)
+    ranges_path = Path(ranges_path) if ranges_path else cache_path.with_name(cache_path.name + ".ranges.json")
+    check_output_path(ranges_path, flag="--ranges", is_same_kind=looks_like_ranges_json, force=force)
+    if stats_path is not None:
+        check_output_path(Path(stats_path), flag="--stats", is_same_kind=lambda p: p.suffix == ".npz", force=force)
+    if onnx_out is not None:
+        check_output_path(Path(onnx_out), flag="--onnx-out", is_same_kind=lambda p: p.suffix == ".onnx", force=force)
+    version, algorithm = _cache_header(cfg)
+    timings = {}
+    skipped: tuple = ()
+    onnx_path = None
+    executor_kind = "stats-file"
+    device = torch.device("cpu")
+    try:
+        if from_stats is not None:
+            stats = CalibrationStats.load(from_stats)
+            if cfg.onnx is not None:
+                fp = OnnxGraph.load(cfg.onnx).fingerprint()
+                if fp != stats.model_fingerprint:
+                    raise ConfigError("statistics are from another model", subject=f"--from-stats {from_stats}",
+                                      got=f"model fingerprint {stats.model_fingerprint[:12]}", expected=fp[:12],
+                                      hint="re-run calibrate on this model")
+            images = stats.num_images
+        else:
+            from ..datasets import PRESETS, open_source
+            from .models import resolve_model
+
+            device = resolve_device(cfg.device)
+            rm = resolve_model(cfg.model, onnx=cfg.onnx, weights=cfg.weights, preset=cfg.preset)
+            onnx_path = rm.onnx_path
+            if rm.preset not in PRESETS:
+                raise ConfigError("unknown preprocessing preset", subject="--preset", got=repr(rm.preset),
+                                  expected="one of " + ", ".join(sorted(PRESETS)))
+            preprocess = PRESETS[rm.preset]
+            source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
+                                 seed=cfg.seed, h5_images=cfg.h5_images, h5_labels=cfg.h5_labels,
+                                 on_bad_image=cfg.on_bad_image)
+            if cfg.num_images is None and len(source) > DEFAULT_MAX_IMAGES:
+                log.info("%s holds %d images: calibrating on a seeded subset of %d (set --num-images to change)",
+                         source.name, len(source), DEFAULT_MAX_IMAGES)
+                source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir,
+                                     num_images=DEFAULT_MAX_IMAGES, seed=cfg.seed, h5_images=cfg.h5_images,
+                                     h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image)
+            timings["setup_s"] = time.perf_counter() - t0
+            if cfg.calibrator == "tensorrt":
+                return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)
+            t1 = time.perf_counter()
+            hists, images, executor_kind = collect_stats(rm.graph, source, cfg, device, progress=progress)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings["stats_pass_s"] = time.perf_counter() - t1
+            skipped = tuple(source.skipped)
+            stats = CalibrationStats(histograms=hists, model_fingerprint=rm.graph.fingerprint(),
+                                     data_fingerprint=source.fingerprint(), num_images=images, num_bins=cfg.num_bins,
+                                     meta={"model": rm.name, "data": source.name, "preset": rm.preset,
+                                           "preprocess": preprocess.as_dict(), "device": str(device),
+                                           "skipped": [list(s) for s in skipped]})
+        t2 = time.perf_counter()
+        ranges = ranges_from_stats(stats, cfg)
+        timings["ranges_s"] = time.perf_counter() - t2
+        cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)
+    except KeyboardInterrupt:
+        raise Interrupted("calibration interrupted", subject=str(cache_path),
+                          hint="nothing was written; run the command again") from None
+    # all outputs at the end, each atomic
+    write_trt_cache(cache_path, cache)
+    write_ranges_json(ranges_path, ranges)
+    if stats_path is not None:
+        stats.save(stats_path)
+    if onnx_out is not None and onnx_path is not None:
+        shutil.copyfile(onnx_path, str(onnx_out) + ".tmp")
+        Path(str(onnx_out) + ".tmp").replace(onnx_out)
+    timings["total_s"] = time.perf_counter() - t0
+    return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=onnx_path, images=images,
+                             skipped=skipped, timings=timings, device=str(device), executor=executor_kind)
+
+
+def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings) -> CalibrationResult:
+    """TensorRT's own IInt8 calibrator on our data pipeline; its cache is parsed and re-written atomically."""
+    from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
+
+    shape = tuple(int(d) for d in rm.graph.input_shape()[1:])
+    batches = (b.images for b in source.batches(cfg.batch_size, workers=cfg.workers))
+    t1 = time.perf_counter()
+    cache = calibrate_onnx_with_tensorrt(rm.onnx_path, batches, method=cfg.method, batch_size=cfg.batch_size,
+                                         input_shape=shape, cache_path=cache_path)
+    timings["stats_pass_s"] = time.perf_counter() - t1
+    ranges = RangeSet(ranges={n: TensorRange(n, a if a > 0 else ZERO_TENSOR_AMAX) for n, a in cache.amax().items()},
+                      method=f"tensorrt-{cache.algorithm}", model_fingerprint=rm.graph.fingerprint(),
+                      data_fingerprint=source.fingerprint(), num_images=len(source))
+    write_ranges_json(ranges_path, ranges)
+    timings["total_s"] = time.perf_counter() - t0
+    stats = CalibrationStats(histograms={}, model_fingerprint=ranges.model_fingerprint,
+                             data_fingerprint=ranges.data_fingerprint, num_images=len(source), num_bins=0)
+    return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=rm.onnx_path, images=len(source),
+                             skipped=tuple(source.skipped), timings=timings, device="cuda", executor="tensorrt")

@@ -1,0 +1,568 @@
+"""The ONNX graph as the single source of truth for tensor names, and executors that run it.
+
+``OnnxGraph`` loads and validates a model and lists the tensors TensorRT may quantize (the graph
+inputs and every data-dependent floating-point node output, by ONNX value name). Two executors run
+exactly that graph and hand each of those tensors to an ``observe(name, tensor)`` callback:
+
+- ``TorchGraphExecutor``: interprets the ONNX nodes one by one with PyTorch ops, on the GPU when
+  present. Fast, and every observed value *is* the ONNX tensor of that name.
+- ``OrtGraphExecutor``: ONNX Runtime with every calibrated tensor added as a graph output; the
+  universal fallback for operators the interpreter does not implement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[str, torch.Tensor], None]
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    name: str
+    shape: tuple            # ints, or strings for symbolic dims
+    elem_type: int
+
+
+class OnnxGraph:
+    """A loaded, checked ONNX model and the names of its calibratable tensors."""
+
+    def __init__(self, model: onnx.ModelProto, path: Path | None = None):
+        self.model = model
+        self.path = path
+        g = model.graph
+        init_names = {i.name for i in g.initializer}
+        self.inputs = []
+        for vi in g.input:
+            if vi.name in init_names:
+                continue
+            t = vi.type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+            self.inputs.append(GraphInput(vi.name, dims, t.elem_type))
+        if not self.inputs:
+            raise ModelError("ONNX model has no inputs", subject=str(path or "model"))
+        self.outputs = [o.name for o in g.output]
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.calibration_tensors = self._calibration_tensors(init_names)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "OnnxGraph":
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError("ONNX file not found", subject=f"--onnx {path}", hint="check the path")
+        try:
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model)
+        except Exception as err:  # onnx raises DecodeError, ValidationError, ...: all mean "not a valid model"
+            raise ModelError("invalid ONNX model", subject=f"--onnx {path}", got=f"{type(err).__name__}: {err}"[:400],
+                             expected="a valid ONNX ModelProto", hint="re-export the model; check it with onnx.checker") from err
+        if not model.graph.node:
+            raise ModelError("ONNX model has no nodes", subject=f"--onnx {path}")
+        return cls(model, path)
+
+    def fingerprint(self) -> str:
+        """sha256 of the graph (structure + weights), independent of producer metadata."""
+        return hashlib.sha256(self.model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+    def _calibration_tensors(self, init_names: set[str]) -> list[str]:
+        """Graph inputs and data-dependent float node outputs, in execution order."""
+        types = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model)
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+                types[vi.name] = vi.type.tensor_type.elem_type
+        except Exception as err:  # shape inference is best effort; runtime dtype check still filters
+            log.debug("shape inference failed: %s", err)
+        dynamic = {i.name for i in self.inputs}
+        names = [i.name for i in self.inputs if i.elem_type in _FLOAT_TYPES]
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" or not any(i in dynamic for i in node.input if i):
+                continue
+            for o in node.output:
+                if not o:
+                    continue
+                dynamic.add(o)
+                if node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
+                    continue
+                if types.get(o, onnx.TensorProto.FLOAT) in _FLOAT_TYPES or types.get(o, 0) == 0:
+                    names.append(o)
+        return names
+
+    def input_shape(self) -> tuple:
+        return self.inputs[0].shape
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch interpreter
+# ------------------------------------------------------------------------------------------
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _ints(t) -> list[int]:
+    return [int(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
+
+
+def _pad_pairs(pads: Sequence[int], nd: int) -> list[int]:
+    """ONNX pads [b1..bn, e1..en] -> torch F.pad order (last dim first)."""
+    out = []
+    for d in reversed(range(nd)):
+        out += [int(pads[d]), int(pads[d + nd])]
+    return out
+
+
+def _auto_pads(x: torch.Tensor, kernel, strides, dilations, mode: str) -> list[int]:
+    spatial = x.shape[2:]
+    begins, ends = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        if mode == "SAME_UPPER":
+            begins.append(small); ends.append(big)
+        else:
+            begins.append(big); ends.append(small)
+    return begins + ends
+
+
+def _resolve_pads(node_attrs, x, kernel, strides, dilations):
+    nd = len(kernel)
+    mode = node_attrs.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return _auto_pads(x, kernel, strides, dilations, mode)
+    if mode == "VALID":
+        return [0] * (2 * nd)
+    return list(node_attrs.get("pads", [0] * (2 * nd)))
+
+
+def _conv(x, w, b=None, **a):
+    nd = w.dim() - 2
+    kernel = list(w.shape[2:])
+    strides = a.get("strides", [1] * nd)
+    dil = a.get("dilations", [1] * nd)
+    pads = _resolve_pads(a, x, kernel, strides, dil)
+    sym = all(pads[i] == pads[i + nd] for i in range(nd))
+    if not sym:
+        x = F.pad(x, _pad_pairs(pads, nd))
+        pads = [0] * (2 * nd)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return conv(x, w, b, stride=strides, padding=pads[:nd], dilation=dil, groups=a.get("group", 1))
+
+
+def _pool(x, kind, **a):
+    kernel = a["kernel_shape"]
+    nd = len(kernel)
+    strides = a.get("strides", [1] * nd)
+    dil = a.get("dilations", [1] * nd)
+    pads = _resolve_pads(a, x, kernel, strides, dil)
+    ceil = bool(a.get("ceil_mode", 0))
+    sym = all(pads[i] == pads[i + nd] for i in range(nd)) and all(pads[i] <= kernel[i] // 2 for i in range(nd))
+    if kind == "max":
+        if not sym:
+            x = F.pad(x, _pad_pairs(pads, nd), value=float("-inf"))
+            pads = [0] * (2 * nd)
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+        return fn(x, kernel, strides, pads[:nd], dil, ceil_mode=ceil)
+    include = bool(a.get("count_include_pad", 0))
+    if not sym:
+        if not include:
+            raise NotImplementedError("AveragePool with asymmetric pads and count_include_pad=0")
+        x = F.pad(x, _pad_pairs(pads, nd))
+        pads = [0] * (2 * nd)
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    return fn(x, kernel, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include)
+
+
+def _gemm(a_, b_, c=None, **a):
+    if a.get("transA", 0):
+        a_ = a_.t()
+    if a.get("transB", 0):
+        b_ = b_.t()
+    y = a.get("alpha", 1.0) * (a_ @ b_)
+    if c is not None:
+        y = y + a.get("beta", 1.0) * c
+    return y
+
+
+def _clip(x, lo=None, hi=None, **a):
+    lo = a.get("min", None) if lo is None else lo
+    hi = a.get("max", None) if hi is None else hi
+    if lo is not None and hi is not None and not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
+        return torch.clamp(x, lo, hi)
+    if isinstance(lo, torch.Tensor):
+        lo = lo.item() if lo.numel() == 1 else lo
+    if isinstance(hi, torch.Tensor):
+        hi = hi.item() if hi.numel() == 1 else hi
+    return torch.clamp(x, lo, hi)
+
+
+def _reshape(x, shape, **a):
+    shape = _ints(shape)
+    if not a.get("allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _flatten(x, **a):
+    axis = a.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    return x.reshape(lead, -1)
+
+
+def _gather(x, idx, **a):
+    axis = a.get("axis", 0)
+    axis = axis + x.dim() if axis < 0 else axis
+    idx = idx.to(torch.int64).to(x.device)
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = x.index_select(axis, idx.reshape(-1))
+    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+
+
+def _axes(a, axes_in, opset_attr="axes"):
+    if axes_in is not None:
+        return _ints(axes_in)
+    return list(a.get(opset_attr, []))
+
+
+def _unsqueeze(x, axes=None, **a):
+    axes = sorted(ax + x.dim() + len(_axes(a, axes)) if ax < 0 else ax for ax in _axes(a, axes))
+    for ax in axes:
+        x = x.unsqueeze(ax)
+    return x
+
+
+def _squeeze(x, axes=None, **a):
+    axes = _axes(a, axes)
+    if not axes:
+        return x.squeeze()
+    for ax in sorted((ax + x.dim() if ax < 0 else ax for ax in axes), reverse=True):
+        x = x.squeeze(ax)
+    return x
+
+
+def _slice(x, starts, ends, axes=None, steps=None, **a):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) if axes is not None else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = ax + x.dim() if ax < 0 else ax
+        # ONNX Slice clamps exactly like Python's slice.indices (negative steps included)
+        idx = range(*slice(s, e, st).indices(x.shape[ax]))
+        if st > 0:
+            x = x[(slice(None),) * ax + (slice(idx.start, idx.stop, st),)]
+        else:
+            x = x.index_select(ax, torch.tensor(list(idx), dtype=torch.int64, device=x.device))
+    return x
+
+
+def _constant_of_shape(shape, **a):
+    val = a.get("value")
+    arr = numpy_helper.to_array(val) if val is not None else np.zeros(1, dtype=np.float32)
+    return torch.full(tuple(_ints(shape)), arr.reshape(-1)[0].item(), dtype=torch.from_numpy(np.array(arr)).dtype)
+
+
+def _pad(x, pads=None, value=None, axes=None, **a):
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = _ints(pads) if pads is not None else list(a["pads"])
+    if axes is not None:
+        raise NotImplementedError("Pad with axes")
+    v = float(value.item()) if isinstance(value, torch.Tensor) and value.numel() else float(a.get("value", 0.0))
+    nd = x.dim()
+    pairs = _pad_pairs(pads, nd)
+    while len(pairs) > 2 and pairs[-1] == 0 and pairs[-2] == 0:
+        pairs = pairs[:-2]
+    tmode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
+    return F.pad(x, pairs, mode=tmode, value=v) if tmode == "constant" else F.pad(x, pairs, mode=tmode)
+
+
+def _reduce_mean(x, axes=None, **a):
+    axes = _axes(a, axes)
+    keep = bool(a.get("keepdims", 1))
+    if not axes:
+        return x.mean(dim=tuple(range(x.dim())), keepdim=keep)
+    return x.mean(dim=tuple(axes), keepdim=keep)
+
+
+def _softmax(x, opset, **a):
+    if opset >= 13:
+        return torch.softmax(x, dim=a.get("axis", -1))
+    axis = a.get("axis", 1)
+    shape = x.shape
+    return torch.softmax(x.reshape(int(np.prod(shape[:axis])), -1), dim=1).reshape(shape)
+
+
+def _concat(*xs, **a):
+    return torch.cat([t.to(xs[0].device) for t in xs], dim=a["axis"])
+
+
+def _split(x, split=None, **a):
+    axis = a.get("axis", 0)
+    sizes = _ints(split) if split is not None else a.get("split")
+    if sizes is None:
+        n = a.get("num_outputs")
+        if n is None:
+            raise NotImplementedError("Split without sizes")
+        return torch.tensor_split(x, n, dim=axis)
+    return torch.split(x, sizes, dim=axis)
+
+
+_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.FLOAT16: torch.float16,
+           onnx.TensorProto.DOUBLE: torch.float64, onnx.TensorProto.INT64: torch.int64,
+           onnx.TensorProto.INT32: torch.int32, onnx.TensorProto.BOOL: torch.bool,
+           onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8,
+           onnx.TensorProto.BFLOAT16: torch.bfloat16}
+
+
+def _batchnorm(x, scale, bias, mean, var, **a):
+    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
+
+
+def _hardsigmoid(x, **a):
+    return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
+
+
+OPS: dict[str, Callable] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": lambda a_, b_, **a: torch.matmul(a_, b_),
+    "Relu": lambda x, **a: torch.relu(x),
+    "Clip": _clip,
+    "Sigmoid": lambda x, **a: torch.sigmoid(x),
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": lambda x, **a: F.hardswish(x),
+    "Tanh": lambda x, **a: torch.tanh(x),
+    "LeakyRelu": lambda x, **a: F.leaky_relu(x, a.get("alpha", 0.01)),
+    "Erf": lambda x, **a: torch.erf(x),
+    "Add": lambda x, y, **a: x + y,
+    "Sub": lambda x, y, **a: x - y,
+    "Mul": lambda x, y, **a: x * y,
+    "Div": lambda x, y, **a: torch.div(x, y, rounding_mode="trunc") if not x.is_floating_point() else x / y,
+    "Pow": lambda x, y, **a: torch.pow(x, y),
+    "Sqrt": lambda x, **a: torch.sqrt(x),
+    "Exp": lambda x, **a: torch.exp(x),
+    "Neg": lambda x, **a: -x,
+    "Abs": lambda x, **a: torch.abs(x),
+    "Reciprocal": lambda x, **a: torch.reciprocal(x),
+    "Max": lambda *xs, **a: torch.stack(torch.broadcast_tensors(*xs)).amax(0),
+    "Min": lambda *xs, **a: torch.stack(torch.broadcast_tensors(*xs)).amin(0),
+    "GlobalAveragePool": lambda x, **a: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
+    "GlobalMaxPool": lambda x, **a: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
+    "AveragePool": lambda x, **a: _pool(x, "avg", **a),
+    "MaxPool": lambda x, **a: _pool(x, "max", **a),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Transpose": lambda x, **a: x.permute(*a["perm"]) if "perm" in a else x.permute(*reversed(range(x.dim()))),
+    "Concat": _concat,
+    "Shape": lambda x, **a: torch.tensor(x.shape, dtype=torch.int64)[a.get("start", 0):a.get("end", None)],
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Slice": _slice,
+    "Identity": lambda x, **a: x,
+    "Dropout": lambda x, *rest, **a: x,
+    "BatchNormalization": _batchnorm,
+    "Pad": _pad,
+    "ReduceMean": _reduce_mean,
+    "Cast": lambda x, **a: x.to(_DTYPES[a["to"]]),
+    "Split": _split,
+    "ConstantOfShape": _constant_of_shape,
+}
+_NEEDS_OPSET = {"Softmax"}
+_SUPPORTED = set(OPS) | _NEEDS_OPSET | {"Constant"}
+
+
+def unsupported_ops(graph: OnnxGraph) -> list[str]:
+    """Operator types in ``graph`` that the PyTorch interpreter cannot run."""
+    return sorted({n.op_type for n in graph.model.graph.node
+                   if n.op_type not in _SUPPORTED or n.domain not in ("", "ai.onnx")})
+
+
+class TorchGraphExecutor:
+    """Runs the ONNX graph node by node with PyTorch, observing named tensors as they are produced."""
+
+    kind = "torch"
+
+    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu"):
+        missing = unsupported_ops(graph)
+        if missing:
+            raise ModelError("operators not supported by the PyTorch executor", subject=str(graph.path or "model"),
+                             got=", ".join(missing), hint="use the ONNX Runtime executor (--executor onnxruntime)")
+        self.graph = graph
+        self.device = torch.device(device)
+        g = graph.model.graph
+        self.consts: dict[str, torch.Tensor] = {}
+        for init in g.initializer:
+            self.consts[init.name] = self._to_tensor(numpy_helper.to_array(init))
+        self.nodes = []
+        for node in g.node:
+            a = _attrs(node)
+            if node.op_type == "Constant":
+                val = a.get("value")
+                if val is None:
+                    for key in ("value_float", "value_floats", "value_int", "value_ints"):
+                        if key in a:
+                            val = np.array(a[key], dtype=np.float32 if "float" in key else np.int64)
+                            break
+                else:
+                    val = numpy_helper.to_array(val)
+                self.consts[node.output[0]] = self._to_tensor(np.asarray(val))
+                continue
+            a = {k: (v.decode() if isinstance(v, bytes) and k not in ("auto_pad", "mode") else v) for k, v in a.items()}
+            if node.input and all((not n) or n in self.consts for n in node.input) and node.op_type != "Softmax":
+                # constant subgraph (e.g. exported padding arithmetic): evaluate once, here
+                args = [self.consts[n] if n else None for n in node.input]
+                while args and args[-1] is None:
+                    args.pop()
+                out = OPS[node.op_type](*args, **a)
+                for name, val in zip(node.output, out if isinstance(out, (tuple, list)) else (out,)):
+                    if name:
+                        self.consts[name] = val if not val.is_floating_point() else val.to(self.device)
+                continue
+            self.nodes.append((node, a))
+        # last use of each value, to free intermediates early (memory ~ the widest cut, not the whole graph)
+        self._last_use: dict[str, int] = {}
+        for i, (node, _) in enumerate(self.nodes):
+            for name in node.input:
+                self._last_use[name] = i
+        for name in graph.outputs:
+            self._last_use[name] = len(self.nodes)
+
+    def _to_tensor(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(arr, copy=True, order="C"))
+        # small integer tensors (shapes, axes) stay on the CPU: they are read back as Python ints
+        if not t.is_floating_point() and t.numel() <= 64:
+            return t
+        return t.to(self.device)
+
+    def run(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
+            watch: set[str] | None = None,
+            transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Run the graph. ``observe(name, value)`` sees each watched tensor; ``transform(name, value)``
+        may replace a float tensor before its consumers read it (e.g. fake quantization)."""
+        env: dict[str, torch.Tensor] = dict(self.consts)
+        for gi in self.graph.inputs:
+            if gi.name not in feeds:
+                raise ModelError("missing model input", subject=f"input {gi.name!r}")
+            x = feeds[gi.name].to(self.device)
+            if observe and (watch is None or gi.name in watch):
+                observe(gi.name, x)
+            env[gi.name] = transform(gi.name, x) if transform else x
+        opset = self.graph.opset
+        with torch.inference_mode():
+            for i, (node, a) in enumerate(self.nodes):
+                args = [env[n] if n else None for n in node.input]
+                while args and args[-1] is None:
+                    args.pop()
+                try:
+                    if node.op_type == "Softmax":
+                        out = _softmax(args[0], opset, **a)
+                    else:
+                        out = OPS[node.op_type](*args, **a)
+                except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError, TypeError) as err:
+                    raise ModelError("cannot execute node", subject=f"node {node.name!r} ({node.op_type})",
+                                     got=f"{type(err).__name__}: {err}"[:300],
+                                     hint="check the input shape; or use --executor onnxruntime") from err
+                outs = out if isinstance(out, (tuple, list)) else (out,)
+                for name, val in zip(node.output, outs):
+                    if not name:
+                        continue
+                    if val.is_floating_point():
+                        if observe and (watch is None or name in watch):
+                            observe(name, val)
+                        if transform:
+                            val = transform(name, val)
+                    env[name] = val
+                for name in node.input:
+                    if name and self._last_use.get(name) == i and name not in self.consts:
+                        env.pop(name, None)
+        return {o: env[o] for o in self.graph.outputs}
+
+
+class OrtGraphExecutor:
+    """ONNX Runtime with every calibration tensor exposed as an output (CPU; CUDA EP when available)."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.graph = graph
+        model = onnx.ModelProto()
+        model.CopyFrom(graph.model)
+        existing = {o.name for o in model.graph.output}
+        init_names = {i.name for i in model.graph.initializer}
+        input_names = {i.name for i in graph.inputs}
+        for name in graph.calibration_tensors:
+            if name not in existing and name not in input_names and name not in init_names:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        except Exception as err:  # ORT raises its own exception types for invalid graphs
+            raise ModelError("ONNX Runtime cannot load the model", subject=str(graph.path or "model"),
+                             got=str(err)[:300]) from err
+        self.out_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
+            watch: set[str] | None = None) -> dict[str, torch.Tensor]:
+        np_feeds = {k: v.detach().cpu().numpy() for k, v in feeds.items()}
+        try:
+            values = self.session.run(self.out_names, np_feeds)
+        except Exception as err:
+            raise ModelError("ONNX Runtime failed to run the model", subject=str(self.graph.path or "model"),
+                             got=str(err)[:300], hint="check the input shape and dtype") from err
+        result = dict(zip(self.out_names, values))
+        if observe:
+            for gi in self.graph.inputs:
+                if watch is None or gi.name in watch:
+                    observe(gi.name, feeds[gi.name])
+            for name in self.graph.calibration_tensors:
+                if name in result and (watch is None or name in watch) and np.issubdtype(result[name].dtype, np.floating):
+                    observe(name, torch.from_numpy(result[name]))
+        return {o: torch.from_numpy(result[o]) for o in self.graph.outputs}
+
+
+EXECUTORS = ("auto", "torch", "onnxruntime")
+
+
+def make_executor(graph: OnnxGraph, kind: str, device: torch.device):
+    if kind not in EXECUTORS:
+        from .errors import ConfigError
+        raise ConfigError("unknown executor", subject="--executor", got=repr(kind), expected=" or ".join(EXECUTORS))
+    if kind == "auto":
+        missing = unsupported_ops(graph)
+        if missing:
+            log.info("PyTorch executor lacks %s; using ONNX Runtime for the statistics pass", ", ".join(missing))
+            kind = "onnxruntime"
+        else:
+            kind = "torch"
+    if kind == "torch":
+        return TorchGraphExecutor(graph, device)
+    return OrtGraphExecutor(graph, device)

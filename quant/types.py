@@ -1,0 +1,162 @@
+"""Values that flow between the stages: statistics, histograms and ranges.
+
+Every tensor is keyed by its ONNX value name (= the TensorRT network tensor name).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import CacheFormatError, ConfigError
+
+STATS_FORMAT = "trtquant-stats/1"
+
+
+@dataclass(frozen=True, eq=False)
+class TensorHistogram:
+    """Histogram of |x| for one tensor, collected over the whole calibration set.
+
+    Bin ``k`` counts values in ``[k * bin_width, (k + 1) * bin_width)`` (the last bin also holds
+    its right edge), exactly as ``torch.histc(|x|, bins=len(counts), min=0, max=len(counts) * bin_width)``.
+    ``bin_width`` is fixed by the first batch with a non-zero maximum (its max / num_bins) and the
+    histogram grows by whole bins when a later batch exceeds the range (NVIDIA's reference scheme),
+    so ``len(counts)`` can exceed the configured bin count. ``bin_width == 0`` means every value
+    seen was zero; then ``counts`` is a single bin holding ``numel``.
+    """
+
+    name: str
+    amax: float
+    bin_width: float
+    counts: np.ndarray
+    numel: int
+
+    def __post_init__(self):
+        if not (math.isfinite(self.amax) and self.amax >= 0):
+            raise ConfigError("invalid histogram", subject=f"tensor {self.name!r}", got=f"amax={self.amax}",
+                              expected="a finite amax >= 0")
+        if self.counts.ndim != 1 or len(self.counts) == 0:
+            raise ConfigError("invalid histogram", subject=f"tensor {self.name!r}",
+                              got=f"counts of shape {self.counts.shape}", expected="a non-empty 1-D array")
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.counts)
+
+    @property
+    def range_max(self) -> float:
+        """Right edge of the last bin."""
+        return self.num_bins * self.bin_width
+
+    def edges(self) -> np.ndarray:
+        return np.arange(self.num_bins + 1, dtype=np.float64) * self.bin_width
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationStats:
+    """The result of one statistics pass: a histogram per tensor plus provenance.
+
+    Saved as ``.npz`` so every range algorithm can be recomputed later without running the model.
+    """
+
+    histograms: Mapping[str, TensorHistogram]
+    model_fingerprint: str
+    data_fingerprint: str
+    num_images: int
+    num_bins: int
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.histograms)
+
+    def save(self, path: str | Path) -> None:
+        from .fileio import atomic_write_bytes
+        import io
+
+        names = list(self.histograms)
+        hists = [self.histograms[n] for n in names]
+        offsets = np.cumsum([0] + [h.num_bins for h in hists]).astype(np.int64)
+        header = {
+            "format": STATS_FORMAT,
+            "names": names,
+            "model_fingerprint": self.model_fingerprint,
+            "data_fingerprint": self.data_fingerprint,
+            "num_images": self.num_images,
+            "num_bins": self.num_bins,
+            "meta": dict(self.meta),
+        }
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            counts=np.concatenate([h.counts.astype(np.float64) for h in hists]) if hists else np.zeros(0),
+            offsets=offsets,
+            amax=np.array([h.amax for h in hists], dtype=np.float64),
+            bin_width=np.array([h.bin_width for h in hists], dtype=np.float64),
+            numel=np.array([h.numel for h in hists], dtype=np.int64),
+        )
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CalibrationStats":
+        path = Path(path)
+        if not path.is_file():
+            raise CacheFormatError("statistics file not found", subject=str(path),
+                                   hint="write one with `cli.py calibrate --stats FILE`")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                counts, offsets = z["counts"], z["offsets"]
+                amax, width, numel = z["amax"], z["bin_width"], z["numel"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise CacheFormatError("cannot read statistics file", subject=str(path), got=str(err),
+                                   expected=f"a {STATS_FORMAT} .npz written by `cli.py calibrate --stats`") from err
+        if header.get("format") != STATS_FORMAT:
+            raise CacheFormatError("unsupported statistics file", subject=str(path),
+                                   got=repr(header.get("format")), expected=repr(STATS_FORMAT))
+        hists = {}
+        for i, name in enumerate(header["names"]):
+            hists[name] = TensorHistogram(name=name, amax=float(amax[i]), bin_width=float(width[i]),
+                                          counts=counts[offsets[i]:offsets[i + 1]].copy(), numel=int(numel[i]))
+        return cls(histograms=hists, model_fingerprint=header["model_fingerprint"],
+                   data_fingerprint=header["data_fingerprint"], num_images=int(header["num_images"]),
+                   num_bins=int(header["num_bins"]), meta=header.get("meta", {}))
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """The symmetric INT8 range of one tensor: scale = amax / 127."""
+
+    name: str
+    amax: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.amax) and self.amax > 0):
+            raise ConfigError("invalid range", subject=f"tensor {self.name!r}", got=f"amax={self.amax}",
+                              expected="a finite amax > 0")
+
+    @property
+    def scale(self) -> float:
+        return float(np.float32(self.amax) / np.float32(127.0))
+
+
+@dataclass(frozen=True, eq=False)
+class RangeSet:
+    """Ranges for every calibrated tensor, with how they were obtained."""
+
+    ranges: Mapping[str, TensorRange]
+    method: str
+    settings: Mapping[str, object] = field(default_factory=dict)
+    model_fingerprint: str = ""
+    data_fingerprint: str = ""
+    num_images: int = 0
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def amax(self) -> dict[str, float]:
+        return {n: r.amax for n, r in self.ranges.items()}
