@@ -31,18 +31,26 @@ from ..quant.types import TensorHistogram
 _HISTC_CHUNK = 1 << 24
 
 
-def _abs_histogram(y: torch.Tensor, bins: int, hi: float) -> torch.Tensor:
-    """Histogram of |y| over [0, hi] in ``bins`` bins, without materialising |y|.
+def _signed_histogram(y: torch.Tensor, bins: int, hi: float) -> torch.Tensor:
+    """Histogram of ``y`` over ``[-hi, hi]`` in ``2 * bins`` bins.
 
-    ``torch.histc(y, 2 bins, -hi, hi)`` puts ``v`` in bin ``floor(v / w) + bins`` (``w = hi / bins``), so
-    bin ``bins + k`` holds ``v in [k w, (k+1) w)`` and bin ``bins - 1 - k`` holds ``-v`` for the same
-    ``k``: folding the two halves gives the |y| histogram with one read of ``y`` (no abs pass).
+    ``torch.histc`` puts ``v`` in bin ``floor(v / w) + bins`` (``w = hi / bins``): bin ``bins + k`` holds
+    ``v in [k w, (k+1) w)`` and bin ``bins - 1 - k`` holds ``-v`` for the same ``k``, so folding the two
+    halves (``fold_signed``) gives the |x| histogram from one read of ``y``, with no |y| pass.
     """
     flat = y.reshape(-1)
+    if flat.numel() <= _HISTC_CHUNK:
+        return torch.histc(flat, bins=2 * bins, min=-hi, max=hi)      # float32, exact below 2**24
     out = torch.zeros(2 * bins, dtype=torch.float64, device=y.device)
     for s in range(0, flat.numel(), _HISTC_CHUNK):
-        out += torch.histc(flat[s:s + _HISTC_CHUNK], bins=2 * bins, min=-hi, max=hi).double()
-    return out[bins:] + out[:bins].flip(0)
+        out += torch.histc(flat[s:s + _HISTC_CHUNK], bins=2 * bins, min=-hi, max=hi)
+    return out
+
+
+def fold_signed(counts: np.ndarray) -> np.ndarray:
+    """Signed histogram over [-hi, hi] (2n bins) -> |x| histogram over [0, hi] (n bins)."""
+    n = len(counts) // 2
+    return counts[n:] + counts[:n][::-1]
 
 
 @dataclass
@@ -53,15 +61,17 @@ class _TensorState:
     amax: float = 0.0
     numel: int = 0
     zeros_before_range: int = 0        # values seen while every value so far was 0
-    counts: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # signed histogram over [-hi, hi], 2 * nbins bins, float64
 
 
 class HistogramCollector:
     """Collects max |x| and |x| histograms for a fixed set of named tensors."""
 
-    def __init__(self, names: Sequence[str], *, num_bins: int = 2048, device: torch.device | str = "cpu"):
+    def __init__(self, names: Sequence[str], *, num_bins: int = 2048, device: torch.device | str = "cpu",
+                 histograms: bool = True):
         if num_bins < 2:
             raise ValueError("num_bins must be >= 2")
+        self.with_histograms = histograms   # False: max |x| only (enough for minmax, much cheaper)
         self.names = list(names)
         self.num_bins = num_bins
         self.device = torch.device(device)
@@ -81,8 +91,10 @@ class HistogramCollector:
                                        hint="the tensor was never computed; is the dataset empty?")
             if st.width == 0:
                 counts = np.array([float(st.numel)])
+            elif not self.with_histograms:
+                counts = np.array([float(st.numel)])
             else:
-                counts = st.counts.cpu().numpy().astype(np.float64)
+                counts = fold_signed(st.counts.cpu().numpy().astype(np.float64))
                 counts[0] += st.zeros_before_range
             out[n] = TensorHistogram(name=n, amax=st.amax, bin_width=st.width, counts=counts, numel=st.numel)
         return out
@@ -106,22 +118,25 @@ class Pass:
         y = y.detach()
         if y.dtype != torch.float32:
             y = y.float()
-        if y.numel():
-            lo, hi = torch.aminmax(y)
-            m = torch.maximum(-lo, hi)
-        else:
-            m = torch.zeros((), device=y.device)
         st = self.c._state[name]
         self._order.append(name)
-        self._maxes.append(m)
         self._numels.append(y.numel())
-        self._hists.append(_abs_histogram(y, st.nbins, st.hi) if st.width > 0 and y.numel() else None)
+        if y.numel():
+            self._maxes.append(torch.stack(torch.aminmax(y)))
+        else:
+            self._maxes.append(torch.zeros(2, device=y.device))
+        if st.width > 0 and y.numel() and self.c.with_histograms:
+            self._hists.append(_signed_histogram(y, st.nbins, st.hi))
+        else:
+            self._hists.append(None)
 
     def commit(self) -> set[str]:
         """Fold this batch in; return the tensors that must be histogrammed again with a grown range."""
         if not self._order:
             return set()
-        maxes = torch.stack(self._maxes).double().cpu().numpy()   # the one host sync of the batch
+        lohi = torch.stack(self._maxes).double().cpu().numpy()   # the one host sync of the batch
+        maxes = np.maximum(-lohi[:, 0], lohi[:, 1]) if len(lohi) else lohi
+        maxes = np.where(np.isnan(lohi).any(axis=1), np.nan, maxes) if len(lohi) else maxes
         redo = set()
         for name, m, h, numel in zip(self._order, maxes, self._hists, self._numels):
             st = self.c._state[name]
@@ -132,25 +147,28 @@ class Pass:
                                        hint="check the input data and preprocessing (e.g. division by a zero std); "
                                             "TensorRT cannot calibrate a tensor holding NaN/Inf")
             m = float(m)
+            if not self.c.with_histograms:
+                st.amax, st.numel, st.width = max(st.amax, m), st.numel + numel, max(st.amax, m)
+                continue
             if st.width == 0:
                 if m == 0:
                     st.zeros_before_range += numel
                     st.numel += numel
                     continue
                 st.width, st.nbins, st.hi = m / self.c.num_bins, self.c.num_bins, m
-                st.counts = torch.zeros(st.nbins, dtype=torch.float64, device=self.c.device)
+                st.counts = torch.zeros(2 * st.nbins, dtype=torch.float64, device=self.c.device)
                 redo.add(name)
                 continue
             if m > st.hi:
                 nb = max(st.nbins, math.ceil(m / st.width))
                 while nb * st.width < m:
                     nb += 1
-                grown = torch.zeros(nb, dtype=torch.float64, device=self.c.device)
-                grown[:st.nbins] = st.counts
-                st.counts, st.nbins, st.hi = grown, nb, nb * st.width
+                pad = nb - st.nbins          # the signed layout grows at both ends
+                st.counts = torch.nn.functional.pad(st.counts, (pad, pad))
+                st.nbins, st.hi = nb, nb * st.width
                 redo.add(name)
                 continue
-            st.counts += h.to(self.c.device)
+            st.counts += h.to(self.c.device)   # float64 accumulator
             st.amax = max(st.amax, m)
             st.numel += numel
         return redo

@@ -102,7 +102,7 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
                     log.info("dropped %d images of a last partial batch (TensorRT needs full batches)", self.dropped)
                 return None
             except BaseException as err:  # kept, re-raised by raise_if_failed() after the build
-                self.error = err
+                self.error = self.error or err   # keep the first failure
                 return None
 
         def read_calibration_cache(self, *args):
@@ -115,7 +115,7 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
                     return None
                 return self._cache_bytes
             except BaseException as err:
-                self.error = err
+                self.error = self.error or err   # keep the first failure
                 return None
 
         def write_calibration_cache(self, cache, *args):
@@ -125,7 +125,7 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
                     write_trt_cache(cache_path, parsed)
                 self.written = parsed
             except BaseException as err:
-                self.error = err
+                self.error = self.error or err   # keep the first failure
 
         def raise_if_failed(self):
             if self.error is not None:
@@ -138,8 +138,12 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
 
 def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, method: str, batch_size: int,
                                  input_shape: tuple[int, int, int], cache_path: str | Path,
-                                 workspace_gib: float = 4.0) -> TrtCache:
-    """Let TensorRT itself calibrate ``onnx_path`` (INT8 build with our calibrator); returns its cache."""
+                                 serve_cache: TrtCache | None = None, workspace_gib: float = 4.0) -> TrtCache:
+    """INT8 build of ``onnx_path`` with our calibrator; returns the cache TensorRT wrote.
+
+    Without ``serve_cache`` TensorRT calibrates on ``batches``; with it, TensorRT takes our scales
+    from the cache and skips calibration (and writes the same cache back).
+    """
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -160,7 +164,8 @@ def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, me
     profile.set_shape(inp.name, shape, shape, shape)
     config.add_optimization_profile(profile)
     config.set_calibration_profile(profile)
-    calibrator = make_calibrator(method, batches, batch_size=batch_size, input_name=inp.name, cache_path=cache_path)
+    calibrator = make_calibrator(method, batches, batch_size=batch_size, input_name=inp.name, cache_path=cache_path,
+                                 serve_cache=serve_cache)
     config.int8_calibrator = calibrator
     engine = builder.build_serialized_network(network, config)
     calibrator.raise_if_failed()

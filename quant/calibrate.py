@@ -126,11 +126,15 @@ def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -
                         hint="pick the model's preprocessing preset (--preset) or data of the right size")
 
 
-def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *, progress: bool = True):
-    """The statistics pass: one streaming pass over the data, histograms on ``device``."""
+def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *, progress: bool = True,
+                  histograms: bool = True):
+    """The statistics pass: one streaming pass over the data, histograms on ``device``.
+
+    ``histograms=False`` records max |x| only (all minmax needs; no statistics file can be saved then).
+    """
     executor = make_executor(graph, cfg.executor, device)
     names = graph.calibration_tensors
-    collector = HistogramCollector(names, num_bins=cfg.num_bins, device=device)
+    collector = HistogramCollector(names, num_bins=cfg.num_bins, device=device, histograms=histograms)
     input_name = graph.inputs[0].name
     images = 0
     checked = False
@@ -252,7 +256,9 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)
             t1 = time.perf_counter()
-            hists, images, executor_kind = collect_stats(rm.graph, source, cfg, device, progress=progress)
+            need_hist = cfg.method != "minmax" or stats_path is not None
+            hists, images, executor_kind = collect_stats(rm.graph, source, cfg, device, progress=progress,
+                                                         histograms=need_hist)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings["stats_pass_s"] = time.perf_counter() - t1
@@ -261,6 +267,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                      data_fingerprint=source.fingerprint(), num_images=images, num_bins=cfg.num_bins,
                                      meta={"model": rm.name, "data": source.name, "preset": rm.preset,
                                            "preprocess": preprocess.as_dict(), "device": str(device),
+                                           "histograms": need_hist,
                                            "skipped": [list(s) for s in skipped]})
         t2 = time.perf_counter()
         ranges = ranges_from_stats(stats, cfg)

