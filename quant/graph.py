@@ -12,6 +12,7 @@ exactly that graph and hand each of those tensors to an ``observe(name, tensor)`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -392,6 +393,19 @@ _NEEDS_OPSET = {"Softmax"}
 _SUPPORTED = set(OPS) | _NEEDS_OPSET | {"Constant"}
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """FP32 means FP32: no TF32 in cuDNN convolutions or cuBLAS matmuls (PyTorch allows TF32 for
+    convolutions by default, which moves activations by ~1e-3 relative on Ampere and later GPUs)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def unsupported_ops(graph: OnnxGraph) -> list[str]:
     """Operator types in ``graph`` that the PyTorch interpreter cannot run."""
     return sorted({n.op_type for n in graph.model.graph.node
@@ -469,7 +483,7 @@ class TorchGraphExecutor:
                 observe(gi.name, x)
             env[gi.name] = transform(gi.name, x) if transform else x
         opset = self.graph.opset
-        with torch.inference_mode():
+        with torch.inference_mode(), strict_fp32():
             for i, (node, a) in enumerate(self.nodes):
                 args = [env[n] if n else None for n in node.input]
                 while args and args[-1] is None:

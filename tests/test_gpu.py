@@ -33,16 +33,25 @@ def test_cuda_statistics_equal_cpu(mobilenet, sample_images):
     assert set(cpu) == set(gpu)
     for name in cpu:
         a, b = cpu[name], gpu[name]
-        assert b.amax == pytest.approx(a.amax, rel=1e-4), name          # cuDNN vs CPU conv rounding
+        assert b.amax == pytest.approx(a.amax, rel=1e-5), name          # cuDNN vs CPU FP32 rounding (TF32 off)
         assert b.numel == a.numel and b.counts.sum() == a.counts.sum()
         if a.bin_width == b.bin_width:
             assert np.abs(a.counts - b.counts).sum() <= 1e-3 * a.numel, name
 
 
-def test_cuda_calibration_matches_cpu(tmp_path):
-    cpu = calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path / "c.bin", progress=False)
-    gpu = calibrate(CalibrationConfig(device="cuda"), cache_path=tmp_path / "g.bin", progress=False)
+@pytest.mark.parametrize("method,settings", [("minmax", {}), ("percentile", {"percentile": 99.99}),
+                                             ("entropy", {})])
+def test_cuda_calibration_matches_cpu(tmp_path, method, settings):
+    cfg = dict(method=method, **settings)
+    cpu = calibrate(CalibrationConfig(device="cpu", **cfg), cache_path=tmp_path / "c.bin", progress=False)
+    gpu = calibrate(CalibrationConfig(device="cuda", **cfg), cache_path=tmp_path / "g.bin", progress=False)
     assert gpu.device.startswith("cuda")
+    close = 0
     for name, r in cpu.ranges.ranges.items():
         width = cpu.stats.histograms[name].bin_width
-        assert abs(gpu.ranges.ranges[name].amax - r.amax) <= 2 * width + 1e-4 * r.amax, name
+        close += abs(gpu.ranges.ranges[name].amax - r.amax) <= 2 * width + 1e-5 * r.amax
+    if method == "entropy":
+        # the KL minimum can jump between near-equal local minima on a 1e-6 change of the histogram
+        assert close >= 0.95 * len(cpu.ranges.ranges)
+    else:
+        assert close == len(cpu.ranges.ranges)

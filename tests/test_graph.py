@@ -65,7 +65,8 @@ def _tiny_model(op="Relu", domain=""):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
     node = helper.make_node(op, ["x"], ["y"], name="the node", domain=domain)
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    return helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=opsets)
+    # IR version 8: readable by every ONNX Runtime we meet (the GPU machine's 1.30 stops at IR 13)
+    return helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=opsets, ir_version=8)
 
 
 def test_unsupported_operator_falls_back_to_onnxruntime(tmp_path):
