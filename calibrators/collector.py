@@ -17,6 +17,7 @@ rarely afterwards.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ..quant.errors import CalibrationError
+from . import gpu_hist
 from ..quant.types import TensorHistogram
 
 # torch.histc accumulates in the input's float32: a bin count above 2**24 would stop increasing.
@@ -72,6 +74,8 @@ class HistogramCollector:
         if num_bins < 2:
             raise ValueError("num_bins must be >= 2")
         self.with_histograms = histograms   # False: max |x| only (enough for minmax, much cheaper)
+        # the fused Triton statistics kernel on CUDA tensors (TRTQUANT_FUSED_KERNEL=0: torch.histc instead)
+        self.fused_kernel = os.environ.get("TRTQUANT_FUSED_KERNEL", "1") != "0"
         self.names = list(names)
         self.num_bins = num_bins
         self.device = torch.device(device)
@@ -121,6 +125,11 @@ class Pass:
         st = self.c._state[name]
         self._order.append(name)
         self._numels.append(y.numel())
+        if st.width > 0 and y.numel() and self.c.with_histograms and self.c.fused_kernel and gpu_hist.available(y):
+            lohi, h = gpu_hist.lohi_and_histogram(y, st.nbins, st.hi)   # one read of y for everything
+            self._maxes.append(lohi)
+            self._hists.append(h)
+            return
         if y.numel():
             self._maxes.append(torch.stack(torch.aminmax(y)))
         else:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from trtquant.calibrators import gpu_hist
 from trtquant.calibrators.collector import HistogramCollector
 from trtquant.quant.calibrate import CalibrationConfig, calibrate
 from trtquant.quant.graph import TorchGraphExecutor
@@ -55,3 +56,33 @@ def test_cuda_calibration_matches_cpu(tmp_path, method, settings):
         assert close >= 0.95 * len(cpu.ranges.ranges)
     else:
         assert close == len(cpu.ranges.ranges)
+
+
+def test_fused_kernel_equals_histc_on_real_activations(mobilenet, sample_images):
+    if not gpu_hist.available(torch.zeros(1, device="cuda")):
+        pytest.skip("Triton not installed")
+    acts = {}
+    TorchGraphExecutor(mobilenet.graph, "cuda").run({"input": torch.from_numpy(sample_images[0]).cuda()},
+                                                     observe=lambda n, v: acts.__setitem__(n, v))
+    for name, v in acts.items():
+        hi = float(v.abs().max()) * 1.01
+        lohi, h = gpu_hist.lohi_and_histogram(v, 512, hi)
+        ref = torch.histc(v.double().reshape(-1), 1024, -hi, hi)
+        assert float(lohi[0]) == float(v.min()) and float(lohi[1]) == float(v.max()), name
+        assert int(h.sum()) == v.numel(), name
+        assert float((h.double() - ref).abs().sum()) <= 1e-4 * v.numel(), name
+    v = acts["input"].clone()
+    v[0, 0, 0, 0] = float("nan")
+    lohi, _ = gpu_hist.lohi_and_histogram(v, 512, 10.0)
+    assert torch.isnan(lohi).all()
+
+
+def test_fused_and_torch_paths_give_the_same_statistics(mobilenet, sample_images, monkeypatch):
+    if not gpu_hist.available(torch.zeros(1, device="cuda")):
+        pytest.skip("Triton not installed")
+    fused = _collect(mobilenet.graph, sample_images[0], torch.device("cuda"))
+    monkeypatch.setenv("TRTQUANT_FUSED_KERNEL", "0")
+    plain = _collect(mobilenet.graph, sample_images[0], torch.device("cuda"))
+    for name in fused:
+        assert fused[name].amax == plain[name].amax
+        assert np.abs(fused[name].counts - plain[name].counts).sum() <= 1e-4 * fused[name].numel, name
