@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=int, default=0, help="subset seed")
     d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    d.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(16, CPUs))")
     d.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="unreadable images: skip and count them, or stop with an error")
     d.add_argument("--h5-images", default="images", help="HDF5 dataset holding the images")

@@ -35,8 +35,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 
 
 def default_workers() -> int:
-    """Decoding threads used when ``workers`` is None: ``min(8, os.cpu_count())``."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Decoding threads used when ``workers`` is None: ``min(16, os.cpu_count())``."""
+    return max(1, min(16, os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class ImageSource(abc.ABC):
     def batches(self, batch_size: int, *, workers: int | None = None, progress: bool = True) -> Iterator[Batch]:
         """A new deterministic pass in batches of ``batch_size`` (the last may be smaller).
 
-        Items are decoded by ``workers`` threads (default ``min(8, cpu_count)``) while the
+        Items are decoded by ``workers`` threads (default ``min(16, cpu_count)``) while the
         caller consumes the current batch (up to 2 batches ahead). Batches that lost
         skipped items are smaller; a pass where every item fails raises DataError.
         """
