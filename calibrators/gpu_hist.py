@@ -5,7 +5,10 @@ per element; activations are concentrated in a few bins (after ReLU half of them
 so those atomics serialise and histc runs far below memory bandwidth. This kernel reads each
 element once, reduces min/max in registers, counts exact zeros with a block reduction (one atomic
 per block instead of one per element) and sends only the non-zero values to per-bin atomics, spread
-over ``COPIES`` private copies of the histogram to cut contention further.
+over ``COPIES`` private copies of the histogram to cut contention further (measured on an H100 for
+MobileNetV2 batch 256: 64 copies 51 ms vs 8 copies 91 ms vs torch.histc 79 ms for all 101 tensors;
+still per-element atomics, so the pass costs about 2x a forward: a shared-memory kernel with warp
+aggregation would be the next step).
 
 Bin semantics equal ``torch.histc(x, 2 * bins, -hi, hi)``: ``v`` goes to ``floor((v + hi) * 2 bins /
 (2 hi))``, ``v == hi`` to the last bin, values outside ``[-hi, hi]`` are not counted.
@@ -22,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-COPIES = 8
+COPIES = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,12 +37,12 @@ def _kernel():
         return None
 
     @triton.jit
-    def stats_kernel(x_ptr, n, lo_edge, scale, nbins2, hist_ptr, aux_ptr,
+    def stats_kernel(x_ptr, n, lo_edge, span, nbins2, nbins2_f, hist_ptr, aux_ptr,
                      BLOCK: tl.constexpr, ITERS: tl.constexpr, COPIES_: tl.constexpr):
         pid = tl.program_id(0)
         base = pid.to(tl.int64) * BLOCK * ITERS
         copy = (pid % COPIES_) * nbins2
-        zero_bin = nbins2 // 2                         # v = 0 -> floor(hi * scale) = bins
+        zero_bin = nbins2 // 2                         # v = 0 -> bin `bins`
         vmin = tl.full([BLOCK], float("inf"), tl.float32)
         vmax = tl.full([BLOCK], float("-inf"), tl.float32)
         zeros = tl.zeros([BLOCK], tl.int32)
@@ -53,7 +56,7 @@ def _kernel():
             vmax = tl.maximum(vmax, tl.where(mask, x, float("-inf")))
             is_zero = mask & (x == 0.0)
             zeros += is_zero.to(tl.int32)
-            pos = (x - lo_edge) * scale
+            pos = tl.math.div_rn((x - lo_edge) * nbins2_f, span)   # histc's formula, IEEE division
             b = pos.to(tl.int32)
             b = tl.where(b >= nbins2, nbins2 - 1, b)       # x == hi -> last bin, as histc
             ok = mask & (x != 0.0) & (pos >= 0.0) & (pos <= nbins2)
@@ -85,7 +88,7 @@ def lohi_and_histogram(y: torch.Tensor, bins: int, hi: float) -> tuple[torch.Ten
     hist = torch.zeros(COPIES * nb2, dtype=torch.int32, device=y.device)
     block, iters = 1024, 16
     grid = (-(-n // (block * iters)),)
-    kernel[grid](x, n, -hi, nb2 / (2 * hi), nb2, hist, aux, BLOCK=block, ITERS=iters, COPIES_=COPIES, num_warps=8)
+    kernel[grid](x, n, -hi, 2 * hi, nb2, float(nb2), hist, aux, BLOCK=block, ITERS=iters, COPIES_=COPIES, num_warps=8)
     nan_count = aux[2:3].view(torch.int32)
     lohi = torch.where(nan_count > 0, torch.full_like(aux[:2], float("nan")), aux[:2])
     return lohi, hist.view(COPIES, nb2).sum(0, dtype=torch.int32)

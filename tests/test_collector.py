@@ -79,3 +79,31 @@ def test_tensor_never_seen_is_an_error():
     feed(col, [[1.0]], name="a")
     with pytest.raises(CalibrationError, match="no statistics collected | tensor 'b'"):
         col.histograms()
+
+
+def test_fused_gpu_kernel_semantics_in_triton_interpreter():
+    """The Triton statistics kernel, run by Triton's CPU interpreter, equals torch.histc and min/max."""
+    pytest.importorskip("triton", reason="Triton not installed")
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, torch
+        from trtquant.calibrators import gpu_hist
+        g = torch.Generator().manual_seed(0)
+        y = torch.relu(torch.randn(40000, generator=g)) * 3
+        y[5] = -1.25
+        hi = float(y.abs().max())
+        lohi, h = gpu_hist.lohi_and_histogram(y, 64, hi)
+        ref = torch.histc(y, 128, -hi, hi)
+        assert lohi.tolist() == [-1.25, float(y.max())], lohi
+        assert int(h.sum()) == y.numel()
+        assert float((h.double() - ref.double()).abs().sum()) == 0.0
+        y[7] = float("nan")
+        assert torch.isnan(gpu_hist.lohi_and_histogram(y, 64, hi)[0]).all()
+        print("ok")
+    """)
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
