@@ -112,7 +112,7 @@ def forward_vs_stats(data: str, n: int, batch_size: int, device_spec: str) -> di
     import numpy as np
     import torch
 
-    from trtquant.calibrators.collector import HistogramCollector
+    from trtquant.calibrators.collector import HistogramCollector, collect_batch
     from trtquant.datasets import PRESETS, open_source
     from trtquant.quant.calibrate import resolve_device
     from trtquant.quant.graph import TorchGraphExecutor
@@ -134,13 +134,7 @@ def forward_vs_stats(data: str, n: int, batch_size: int, device_spec: str) -> di
 
     def stats():
         for x in xs:
-            p = col.begin()
-            ex.run({"input": x}, observe=p.observe)
-            redo = p.commit()
-            if redo:
-                p = col.begin(redo)
-                ex.run({"input": x}, observe=p.observe, watch=redo)
-                p.commit()
+            collect_batch(col, lambda observe, watch: ex.run({"input": x}, observe=observe, watch=watch))
         sync()
 
     stats()   # warm-up; also fixes every tensor's range, so the timed pass is the steady state

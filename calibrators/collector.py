@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -181,3 +181,21 @@ class Pass:
             st.amax = max(st.amax, m)
             st.numel += numel
         return redo
+
+
+def collect_batch(collector: HistogramCollector, run: Callable[[Callable, set | None], None],
+                  batch_ids: Sequence[str] = ()) -> None:
+    """Fold one batch into ``collector``. ``run(observe, watch)`` runs the model on the batch, calling
+    ``observe(name, tensor)`` for the tensors in ``watch`` (None: all); it is called again, for just the
+    tensors whose range grew, until every histogram has the batch (the forward must be deterministic)."""
+    p = collector.begin(batch_ids=batch_ids)
+    run(p.observe, None)
+    redo = p.commit()
+    for _ in range(3):
+        if not redo:
+            return
+        p = collector.begin(redo, batch_ids=batch_ids)
+        run(p.observe, redo)
+        redo = p.commit()
+    raise CalibrationError("histogram range did not settle", subject=", ".join(sorted(redo))[:200],
+                           hint="the model's forward pass is not deterministic")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..calibrators.algorithms import make_algorithm
-from ..calibrators.collector import HistogramCollector
+from ..calibrators.collector import HistogramCollector, collect_batch
 from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, TrtCache, installed_trt_version, looks_like_ranges_json,
                     looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
 from .errors import BackendUnavailable, CalibrationError, ConfigError, DataError, Interrupted
@@ -148,18 +148,8 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
         x = torch.from_numpy(batch.images)
         if pin:
             x = x.pin_memory().to(device, non_blocking=True)
-        p = collector.begin(batch_ids=batch.ids)
-        executor.run({input_name: x}, observe=p.observe)
-        redo = p.commit()
-        for _ in range(3):   # tensors whose range grew this batch: histogram them again (deterministic forward)
-            if not redo:
-                break
-            p = collector.begin(redo, batch_ids=batch.ids)
-            executor.run({input_name: x}, observe=p.observe, watch=redo)
-            redo = p.commit()
-        if redo:
-            raise CalibrationError("histogram range did not settle", subject=", ".join(sorted(redo))[:200],
-                                   hint="the model's forward pass is not deterministic")
+        collect_batch(collector, lambda observe, watch: executor.run({input_name: x}, observe=observe, watch=watch),
+                      batch.ids)
         images += len(batch.images)
     if images == 0:
         raise DataError("no images could be read", subject=source.name, hint="every image was skipped as unreadable")

@@ -5,20 +5,14 @@ import pytest
 import torch
 
 from trtquant.calibrators import collector as collector_mod
-from trtquant.calibrators.collector import HistogramCollector
+from trtquant.calibrators.collector import HistogramCollector, collect_batch
 from trtquant.quant.errors import CalibrationError
 
 
 def feed(col, batches, name="t"):
     for b in batches:
         t = torch.tensor(b, dtype=torch.float32)
-        p = col.begin(batch_ids=["img0"])
-        p.observe(name, t)
-        redo = p.commit()
-        if redo:
-            p = col.begin(redo)
-            p.observe(name, t)
-            assert not p.commit()
+        collect_batch(col, lambda observe, watch: observe(name, t), ["img0"])
 
 
 def test_growth_by_whole_bins_hand_computed():

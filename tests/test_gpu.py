@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trtquant.calibrators import gpu_hist
-from trtquant.calibrators.collector import HistogramCollector
+from trtquant.calibrators.collector import HistogramCollector, collect_batch
 from trtquant.quant.calibrate import CalibrationConfig, calibrate
 from trtquant.quant.graph import TorchGraphExecutor
 
@@ -17,13 +17,7 @@ def _collect(graph, x, device):
     col = HistogramCollector(graph.calibration_tensors, device=device)
     for chunk in np.array_split(x, 3):
         t = torch.from_numpy(chunk)
-        p = col.begin()
-        ex.run({"input": t}, observe=p.observe)
-        redo = p.commit()
-        if redo:
-            p = col.begin(redo)
-            ex.run({"input": t}, observe=p.observe, watch=redo)
-            assert not p.commit()
+        collect_batch(col, lambda observe, watch: ex.run({"input": t}, observe=observe, watch=watch))
     return col.histograms()
 
 
