@@ -234,8 +234,9 @@ def main():
             t = r["timings"]
             rows.append(("C", f"ours entropy calibration, {r['images']} img ({r['device']})",
                          f"{r['wall_s']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
-                         f"stats pass {t.get('stats_pass_s', 0):.2f} s, ranges {t.get('ranges_s', 0):.2f} s, "
-                         f"setup {t.get('setup_s', 0):.2f} s"))
+                         f"setup {t.get('setup_s', 0):.2f} s, statistics pass {t.get('stats_pass_s', 0):.2f} s "
+                         f"(waiting for decoded images {t.get('data_wait_s', 0):.2f} s, model + statistics "
+                         f"{t.get('model_and_stats_s', 0):.2f} s), ranges {t.get('ranges_s', 0):.2f} s"))
         if not args.skip_ort:
             for method in ("MinMax", "Percentile", "Entropy"):
                 r = run_worker("ort", n=args.ort_images, method=method, **{**common, "device": "cpu"})

@@ -36,5 +36,5 @@ def test_installed_package_maps_folders_under_trtquant():
     import trtquant.datasets
     import trtquant.quant
 
-    assert Path(trtquant.datasets.__file__).parent == REPO / "datasets"
-    assert Path(trtquant.quant.__file__).parent == REPO / "quant"
+    assert Path(trtquant.datasets.__file__).resolve().parent == REPO / "datasets"
+    assert Path(trtquant.quant.__file__).resolve().parent == REPO / "quant"
