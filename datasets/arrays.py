@@ -199,11 +199,12 @@ class ArraySource(ImageSource):
     def _fetch(self, handle: Any, positions: range) -> list[Any]:
         return list(self._read_rows(handle, self._rows[positions.start:positions.stop]))
 
-    def _decode(self, position: int, payload: Any) -> tuple[np.ndarray, str | None]:
+    def _decode(self, position: int, payload: Any, pixels: bool = False) -> tuple[np.ndarray, str | None]:
         if self.model_ready:
             return np.ascontiguousarray(payload, dtype=np.float32), None
         try:
-            return self.preprocess.apply_array(payload, layout=None if self.layout == "HW" else self.layout), None
+            return self.preprocess.apply_array(payload, layout=None if self.layout == "HW" else self.layout,
+                                               pixels_only=pixels), None
         except _DECODE_ERRORS as err:
             raise _BadItem(f"{type(err).__name__}: {err}") from err
 

@@ -44,7 +44,10 @@ def default_workers() -> int:
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Batch:
-    """One preprocessed batch: float32 NCHW images, int64 labels (-1 unknown) or None, ids."""
+    """One batch: NCHW images, int64 labels (-1 unknown) or None, ids.
+
+    ``images`` is float32 and model-ready, or uint8 resized/cropped RGB pixels when the pass was
+    asked for ``pixels=True`` (normalise them with ``Preprocess.normalize``/``normalize_torch``)."""
 
     images: np.ndarray
     labels: np.ndarray | None
@@ -52,11 +55,11 @@ class Batch:
 
     def __post_init__(self) -> None:
         images = self.images
-        if not isinstance(images, np.ndarray) or images.dtype != np.float32 or images.ndim != 4:
+        if not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8) or images.ndim != 4:
             raise DataError("invalid batch images", subject="Batch.images",
                             got=f"{type(images).__name__} {getattr(images, 'dtype', '')} "
                                 f"shape {getattr(images, 'shape', '')}",
-                            expected="a float32 NCHW numpy array")
+                            expected="a float32 (or uint8 pixels) NCHW numpy array")
         if not images.flags.c_contiguous:
             object.__setattr__(self, "images", np.ascontiguousarray(images))
         n = images.shape[0]
@@ -178,8 +181,13 @@ class ImageSource(abc.ABC):
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
-    def batches(self, batch_size: int, *, workers: int | None = None, progress: bool = True) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, workers: int | None = None, progress: bool = True,
+                pixels: bool = False) -> Iterator[Batch]:
         """A new deterministic pass in batches of ``batch_size`` (the last may be smaller).
+
+        ``pixels=True``: images come as uint8 resized/cropped pixels (4x less data, and the float
+        normalisation can run on the GPU: ``Preprocess.normalize_torch``); model-ready float arrays
+        still come as float32.
 
         Items are decoded by ``workers`` threads (default ``min(16, cpu_count)``) while the
         caller consumes the current batch (up to 2 batches ahead). Batches that lost
@@ -188,7 +196,7 @@ class ImageSource(abc.ABC):
         batch_size = _check_int(batch_size, "--batch-size", minimum=1, what="batch size")
         workers = default_workers() if workers is None else _check_int(workers, "--workers", minimum=1,
                                                                           what="number of decoding threads")
-        return self._pass(batch_size, workers, bool(progress))
+        return self._pass(batch_size, workers, bool(progress), bool(pixels))
 
     # -- hooks for subclasses -----------------------------------------------------------
     def _preprocess_key(self) -> dict | None:
@@ -208,13 +216,13 @@ class ImageSource(abc.ABC):
         """Main thread: per-item payloads for the selected ``positions`` (cheap: paths, rows)."""
 
     @abc.abstractmethod
-    def _decode(self, position: int, payload: Any) -> tuple[np.ndarray, str | None]:
-        """Worker thread: ``(float32 CHW array, original mode if converted else None)``.
+    def _decode(self, position: int, payload: Any, pixels: bool = False) -> tuple[np.ndarray, str | None]:
+        """Worker thread: ``(float32 CHW array (uint8 pixels if ``pixels``), original mode if converted else None)``.
 
         Raises :class:`_BadItem` for a corrupt item."""
 
     # -- the pass -----------------------------------------------------------------------
-    def _pass(self, batch_size: int, workers: int, progress: bool) -> Iterator[Batch]:
+    def _pass(self, batch_size: int, workers: int, progress: bool, pixels: bool = False) -> Iterator[Batch]:
         n = len(self._ids)
         self.skipped = []
         self.converted = {}
@@ -232,7 +240,7 @@ class ImageSource(abc.ABC):
                 chunk = next(chunks, None)
                 if chunk is not None:
                     payloads = self._fetch(handle, chunk)
-                    pending.append((chunk, [pool.submit(self._decode, pos, p) for pos, p in zip(chunk, payloads)]))
+                    pending.append((chunk, [pool.submit(self._decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]))
 
             try:
                 for _ in range(1 + PREFETCH_BATCHES):

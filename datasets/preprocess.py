@@ -103,6 +103,10 @@ class Preprocess:
     # -- public API ---------------------------------------------------------------------
     def apply(self, img: Image.Image) -> np.ndarray:
         """Preprocess one PIL image (any mode) into a float32 ``(3, crop, crop)`` array."""
+        return self.normalize(self.pixels(img))
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """Resize + centre-crop one PIL image (any mode) into uint8 ``(3, crop, crop)`` RGB pixels."""
         if not isinstance(img, Image.Image):
             raise DataError("not a PIL image", subject="Preprocess.apply", got=type(img).__name__,
                             expected="a PIL.Image.Image (use apply_array for numpy pixels)")
@@ -117,14 +121,28 @@ class Preprocess:
         c = self.crop
         top = int(round((new_h - c) / 2.0))
         left = int(round((new_w - c) / 2.0))
-        chw = pixels[top:top + c, left:left + c].transpose(2, 0, 1)
-        out = np.array(chw, dtype=np.float32, order="C")   # a fresh C-contiguous copy
+        return np.ascontiguousarray(pixels[top:top + c, left:left + c].transpose(2, 0, 1))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 ``(..., 3, H, W)`` pixels -> float32 ``(x / 255 - mean) / std`` (float32 arithmetic)."""
+        out = np.array(pixels, dtype=np.float32, order="C")   # a fresh C-contiguous copy
         out /= np.float32(255.0)
         out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
         out /= np.asarray(self.std, dtype=np.float32)[:, None, None]
         return out
 
-    def apply_array(self, arr: np.ndarray, *, layout: str | None = None) -> np.ndarray:
+    def normalize_torch(self, pixels):
+        """``normalize`` for a uint8 torch tensor (e.g. already on the GPU): the same float32 operations
+        in the same order, so the result is bit-identical to the NumPy path."""
+        import torch
+
+        out = pixels.to(torch.float32)
+        out /= 255.0
+        out -= torch.tensor(self.mean, dtype=torch.float32, device=out.device)[:, None, None]
+        out /= torch.tensor(self.std, dtype=torch.float32, device=out.device)[:, None, None]
+        return out
+
+    def apply_array(self, arr: np.ndarray, *, layout: str | None = None, pixels_only: bool = False) -> np.ndarray:
         """Preprocess one uint8 pixel array: ``HWC`` or ``CHW`` with 3 or 1 channels, or ``HW``.
 
         ``layout`` ("HWC" / "CHW") resolves shapes that fit both; by default a last axis of
@@ -156,7 +174,7 @@ class Preprocess:
                             got=f"shape {arr.shape}", expected="HWC or CHW with 3 or 1 channels")
         hwc = np.ascontiguousarray(hwc)
         img = Image.fromarray(hwc[:, :, 0], "L") if hwc.shape[2] == 1 else Image.fromarray(hwc, "RGB")
-        return self.apply(img)
+        return self.pixels(img) if pixels_only else self.apply(img)
 
     def as_dict(self) -> dict:
         """JSON-ready description (also hashed into source fingerprints)."""

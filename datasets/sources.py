@@ -128,12 +128,12 @@ class _FileSource(ImageSource):
     def _fetch(self, handle: Any, positions: range) -> list[Any]:
         return [self._ids[p] for p in positions]
 
-    def _decode(self, position: int, payload: Any) -> tuple[np.ndarray, str | None]:
+    def _decode(self, position: int, payload: Any, pixels: bool = False) -> tuple[np.ndarray, str | None]:
         try:
             with Image.open(payload) as img:
                 img.load()
                 mode = img.mode
-                arr = self.preprocess.apply(img)
+                arr = self.preprocess.pixels(img) if pixels else self.preprocess.apply(img)
         except _DECODE_ERRORS as err:
             raise _BadItem(f"{type(err).__name__}: {err}") from err
         return arr, (None if mode == "RGB" else mode)

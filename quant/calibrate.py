@@ -143,7 +143,9 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     checked = False
     staging = None              # one pinned host buffer, reused: pinning a fresh 150 MB batch costs ~0.1 s
     waits = {"data_wait_s": 0.0, "model_and_stats_s": 0.0}
-    batches = iter(source.batches(cfg.batch_size, workers=cfg.workers, progress=progress))
+    # uint8 pixels from the decoding threads; the float normalisation runs on the device (bit-identical
+    # to the NumPy path, 4x less host->device traffic, and no float work under the GIL)
+    batches = iter(source.batches(cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True))
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -161,6 +163,8 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
             pinned = staging[:x.numel()].view(x.shape)
             pinned.copy_(x)
             x = pinned.to(device, non_blocking=True)   # commit() below syncs before the buffer is reused
+        if x.dtype == torch.uint8:
+            x = source.preprocess.normalize_torch(x)
         collect_batch(collector, lambda observe, watch: executor.run({input_name: x}, observe=observe, watch=watch),
                       batch.ids)
         images += len(batch.images)

@@ -503,3 +503,15 @@ def test_array_shape_and_dtype_errors(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="junk.h5"):
         open_source(str(tmp_path / "junk.h5"), preprocess=IMAGENET)
+
+
+def test_pixels_mode_normalizes_bit_identically():
+    import torch
+
+    src = open_source("imagenet_sample", preprocess=PRESETS["inception"], num_images=6)
+    floats = np.concatenate([b.images for b in src.batches(4, progress=False)])
+    pix = [b.images for b in src.batches(4, progress=False, pixels=True)]
+    assert all(p.dtype == np.uint8 for p in pix)
+    pix = np.concatenate(pix)
+    assert np.array_equal(src.preprocess.normalize(pix), floats)
+    assert np.array_equal(src.preprocess.normalize_torch(torch.from_numpy(pix)).numpy(), floats)
