@@ -54,10 +54,18 @@ def test_mobilenet_calibration_tensors_are_onnx_value_names(mobilenet):
     assert len(names) == 1 + 52 + 35 + 10 + 3   # input, Conv, Clip, Add, pool/flatten/gemm
 
 
-def test_export_is_deterministic_and_cached(mobilenet):
-    again = resolve_model("mobilenet_v2")
-    assert again.onnx_path == mobilenet.onnx_path
-    assert again.graph.fingerprint() == mobilenet.graph.fingerprint()
+def test_export_is_deterministic_and_cached(mobilenet, tmp_path, monkeypatch):
+    # a fresh export into an empty cache gives the very same graph (names and weights) ...
+    monkeypatch.setenv("TRTQUANT_CACHE_DIR", str(tmp_path))
+    fresh = resolve_model("mobilenet_v2")
+    assert fresh.onnx_path.parent == tmp_path / "onnx" and fresh.onnx_path.is_file()
+    assert fresh.graph.fingerprint() == mobilenet.graph.fingerprint()
+    first = fresh.onnx_path.read_bytes()
+    fresh.onnx_path.unlink()
+    assert resolve_model("mobilenet_v2").onnx_path.read_bytes() == first      # byte-identical re-export
+    # ... and a second resolve reuses the cached file instead of exporting again
+    mtime = fresh.onnx_path.stat().st_mtime_ns
+    assert resolve_model("mobilenet_v2").onnx_path.stat().st_mtime_ns == mtime
 
 
 def _tiny_model(op="Relu", domain=""):
