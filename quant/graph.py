@@ -102,8 +102,8 @@ class OnnxGraph:
                 dynamic.add(o)
                 if node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
                     continue
-                if types.get(o, onnx.TensorProto.FLOAT) in _FLOAT_TYPES or types.get(o, 0) == 0:
-                    names.append(o)
+                if types.get(o, onnx.TensorProto.UNDEFINED) in _FLOAT_TYPES | {onnx.TensorProto.UNDEFINED}:
+                    names.append(o)          # unknown type: the executors check the dtype at run time
         return names
 
     def input_shape(self) -> tuple:
