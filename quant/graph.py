@@ -276,6 +276,36 @@ def _slice(x, starts, ends, axes=None, steps=None, **a):
     return x
 
 
+def _per_axis(v: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    v = v.to(x.device)
+    if v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * x.dim()
+    shape[axis if axis >= 0 else axis + x.dim()] = -1
+    return v.reshape(shape)
+
+
+def _quantize_linear(x, scale, zero_point=None, **a):
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), int8 or uint8."""
+    axis = a.get("axis", 1)
+    s = _per_axis(scale, x, axis)
+    out_dtype = zero_point.dtype if zero_point is not None else torch.uint8
+    lo, hi = (-128, 127) if out_dtype == torch.int8 else (0, 255)
+    q = torch.round(x / s)
+    if zero_point is not None:
+        q = q + _per_axis(zero_point, x, axis).to(q.dtype)
+    return torch.clamp(q, lo, hi).to(out_dtype)
+
+
+def _dequantize_linear(x, scale, zero_point=None, **a):
+    axis = a.get("axis", 1)
+    s = _per_axis(scale, x, axis)
+    v = x.to(torch.float32)
+    if zero_point is not None:
+        v = v - _per_axis(zero_point, x, axis).to(torch.float32)
+    return v * s
+
+
 def _constant_of_shape(shape, **a):
     val = a.get("value")
     arr = numpy_helper.to_array(val) if val is not None else np.zeros(1, dtype=np.float32)
@@ -388,6 +418,8 @@ OPS: dict[str, Callable] = {
     "Cast": lambda x, **a: x.to(_DTYPES[a["to"]]),
     "Split": _split,
     "ConstantOfShape": _constant_of_shape,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear,
 }
 _NEEDS_OPSET = {"Softmax"}
 _SUPPORTED = set(OPS) | _NEEDS_OPSET | {"Constant"}
@@ -424,6 +456,7 @@ class TorchGraphExecutor:
                              got=", ".join(missing), hint="use the ONNX Runtime executor (--executor onnxruntime)")
         self.graph = graph
         self.device = torch.device(device)
+        self.allow_tf32 = False          # True only for an engine asked to run TF32
         g = graph.model.graph
         self.consts: dict[str, torch.Tensor] = {}
         for init in g.initializer:
@@ -483,7 +516,7 @@ class TorchGraphExecutor:
                 observe(gi.name, x)
             env[gi.name] = transform(gi.name, x) if transform else x
         opset = self.graph.opset
-        with torch.inference_mode(), strict_fp32():
+        with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
             for i, (node, a) in enumerate(self.nodes):
                 args = [env[n] if n else None for n in node.input]
                 while args and args[-1] is None:
