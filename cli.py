@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _import_package():
@@ -33,9 +34,9 @@ def _import_package():
 
 if __name__ == "__main__":
     _import_package()
-    from trtquant.quant.errors import QuantError  # noqa: E402
+    from trtquant.quant.errors import ConfigError, QuantError  # noqa: E402
 else:
-    from .quant.errors import QuantError
+    from .quant.errors import ConfigError, QuantError
 
 
 def _percent(value: str) -> float:
@@ -71,6 +72,54 @@ def cmd_calibrate(args) -> int:
     if res.onnx_path:
         lines.append(f"onnx   {args.onnx_out or res.onnx_path}  (build the TensorRT engine from this graph: the cache is keyed by its tensor names)")
     print("\n".join(lines))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from trtquant.quant.build import build_engine
+
+    res = build_engine(precision=args.precision, backend=args.backend, out=args.out, model=args.model, onnx=args.onnx,
+                       weights=args.weights, ranges_path=args.ranges, device=args.device,
+                       torch_precision=args.torch_precision, smoke=not args.no_smoke)
+    info = res.engine.info
+    lines = [f"engine  {info.backend} | {info.precision} | {info.device}" + (" | SIMULATED" if info.simulated else ""),
+             f"        {info.description}",
+             f"plan    {res.plan.name}: " + ", ".join(f"{k} {v}" for k, v in res.plan.counts().items()) + f", rest {res.plan.default}"]
+    if res.smoke:
+        lines.append(f"check   top-1 {res.smoke['top1'] * 100:.1f}% on the {res.smoke['images']} bundled images, "
+                     f"batch latency {res.smoke['batch_latency_ms']:.1f} ms")
+    lines += [f"wrote   {p}" for p in res.files.values()]
+    lines += ["trtexec " + c for c in res.trtexec]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from trtquant.quant import cache_tools
+
+    if args.action == "show":
+        print(cache_tools.show(args.files[0]))
+        return 0
+    if args.action == "diff":
+        if len(args.files) != 2:
+            raise ConfigError("cache diff needs two files", subject="cache diff", got=f"{len(args.files)} file(s)")
+        d = cache_tools.diff(args.files[0], args.files[1], rel_tol=args.rel_tol)
+        print(cache_tools.format_diff(d, args.files[0], args.files[1]))
+        return 0 if d.identical else 1
+    if not args.out:
+        raise ConfigError("cache convert needs an output", subject="--out", hint="e.g. --out calib.ranges.json")
+    from trtquant.quant.fileio import check_output_path
+
+    out = check_output_path(Path(args.out), flag="--out", force=True)
+    to = args.to or ("ranges" if out.suffix == ".json" else "onnx" if out.suffix == ".onnx" else "cache")
+    graph = None
+    if to == "onnx":
+        from trtquant.quant.models import resolve_model
+
+        graph = resolve_model(args.model, onnx=args.onnx).graph
+    msg = cache_tools.convert(args.files[0], out, to=to, trt_version=args.trt_version, algorithm=args.algorithm,
+                              graph=graph)
+    print(f"wrote {out} ({to}: {msg})")
     return 0
 
 
@@ -123,6 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--force", action="store_true", help="overwrite output files of another kind")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_calibrate)
+
+    b = sub.add_parser("build", help="build an engine for a precision configuration and write TensorRT artifacts",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--precision", default="int8", help="fp32 | fp16 | int8 | PLAN.json")
+    b.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
+    b.add_argument("--ranges", default=None, help="ranges JSON, TensorRT cache or Q/DQ ONNX (needed for INT8)")
+    b.add_argument("--out", required=True, help="output directory (created)")
+    b.add_argument("--model", default="mobilenet_v2")
+    b.add_argument("--weights", default=None)
+    b.add_argument("--onnx", default=None)
+    b.add_argument("--device", default="auto", help="torch backend: auto | cpu | cuda")
+    b.add_argument("--torch-precision", default=None, help="torch backend: fp32 | tf32 | fp16 | bf16")
+    b.add_argument("--no-smoke", action="store_true", help="skip the check on the bundled images")
+    b.set_defaults(func=cmd_build)
+
+    k = sub.add_parser("cache", help="show, diff or convert calibration caches / ranges / Q/DQ models")
+    k.add_argument("action", choices=("show", "diff", "convert"))
+    k.add_argument("files", nargs="+", help="one file (show, convert) or two (diff)")
+    k.add_argument("--out", default=None, help="convert: output file (.json ranges, .onnx Q/DQ, else cache)")
+    k.add_argument("--to", default=None, choices=("cache", "ranges", "onnx"), help="convert: output format")
+    k.add_argument("--trt-version", default=None, help="convert to cache: rewrite the header's TensorRT version")
+    k.add_argument("--algorithm", default=None, help="convert to cache: rewrite the header's algorithm")
+    k.add_argument("--rel-tol", type=float, default=1e-6, help="diff: relative amax tolerance")
+    k.add_argument("--model", default="mobilenet_v2", help="convert to onnx: the model the ranges belong to")
+    k.add_argument("--onnx", default=None, help="convert to onnx: the ONNX model the ranges belong to")
+    k.set_defaults(func=cmd_cache)
     return p
 
 

@@ -111,7 +111,6 @@ def run_worker(kind: str, **kw) -> dict:
 # --------------------------------------------------------------------------- in-process parts
 
 def forward_vs_stats(data: str, n: int, batch_size: int, device_spec: str) -> dict:
-    import numpy as np
     import torch
 
     from trtquant.calibrators.collector import HistogramCollector, collect_batch
@@ -241,7 +240,7 @@ def main():
                          f"(waiting for decoded images {t.get('data_wait_s', 0):.2f} s, model + statistics "
                          f"{t.get('model_and_stats_s', 0):.2f} s), ranges {t.get('ranges_s', 0):.2f} s"))
             if r.get("warm_wall_s") and r["warm_wall_s"] != r["wall_s"]:
-                rows.append(("C", f"  same, second run in the same process", f"{r['warm_wall_s']:.2f} s",
+                rows.append(("C", "  same, second run in the same process", f"{r['warm_wall_s']:.2f} s",
                              "the first run above includes CUDA/cuDNN initialisation and kernel compilation"))
         if not args.skip_ort:
             for method in ("MinMax", "Percentile", "Entropy"):

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
 
 from .errors import BackendUnavailable, ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
@@ -48,7 +48,6 @@ class EngineInfo:
     simulated: bool
     description: str
     integer_kernels: Mapping[str, int] = field(default_factory=dict)
-    artifacts: Mapping[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -164,8 +163,7 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
-          torch_precision: str | None = None, device: str = "auto", out_dir: Path | None = None,
-          quantize_outputs: bool = False) -> Engine:
+          torch_precision: str | None = None, device: str = "auto", quantize_outputs: bool = False) -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
     to the torch backend's non-INT8 execution; ``quantize_outputs`` makes the simulated torch engine
     use the ONNX Runtime flavour of the Q/DQ graph (quantized layer outputs too), for agreement checks."""
@@ -175,7 +173,6 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
     if needs_ranges and ranges is None:
         raise ConfigError("INT8 needs ranges", subject="--ranges", hint="pass the ranges JSON or cache from `calibrate`")
     precision = _plan_precision(plan)
-    artifacts = {}
     if backend == "onnxruntime":
         if plan.nodes("fp16") or plan.default == "fp16":
             raise BackendUnavailable("ONNX Runtime's CPU provider has no FP16 convolution kernels",
@@ -184,15 +181,11 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         if needs_ranges:
             model, summary = build_qdq_model(graph, ranges, plan, quantize_outputs=True)
             model = to_uint8_activations(model)
-            if out_dir is not None:
-                path = Path(out_dir) / "model_ort_qdq.onnx"
-                onnx.save(model, str(path))
-                artifacts["onnx"] = str(path)
         else:
             model = graph.model
         ort = _ort()
         fields = dict(backend="onnxruntime", precision=precision, device="cpu", simulated=False,
-                      description="", artifacts=artifacts)
+                      description="")
         engine = OrtEngine(model, fields)
         isa = ", ".join(cpu_int8_instructions()) or "none detected"
         if needs_ranges:
@@ -227,7 +220,7 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         desc = (f"PyTorch {torch.__version__} on {dev}, {tp.upper()}"
                 + (" + INT8 SIMULATED (fake quantization with the same scales; not a real INT8 engine)" if simulated else ""))
         info = EngineInfo(backend="torch", precision=precision if needs_ranges else tp, device=str(dev),
-                          simulated=simulated, description=desc, artifacts=artifacts)
+                          simulated=simulated, description=desc)
         return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32")
     raise BackendUnavailable("the TensorRT backend is not built yet", subject="--backend tensorrt",
                              hint="use the Q/DQ ONNX (`cli.py build --backend onnxruntime --out DIR` writes it) with trtexec")

@@ -6,12 +6,11 @@ The one orchestration function both the CLI and the tests call.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 import shutil
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from ..calibrators.algorithms import make_algorithm
 from ..calibrators.collector import HistogramCollector, collect_batch
 from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, TrtCache, installed_trt_version, looks_like_ranges_json,
                     looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
-from .errors import BackendUnavailable, CalibrationError, ConfigError, DataError, Interrupted
+from .errors import BackendUnavailable, ConfigError, DataError, Interrupted
 from .fileio import check_output_path
 from .graph import EXECUTORS, OnnxGraph, make_executor
 from .types import CalibrationStats, RangeSet, TensorRange

@@ -1,6 +1,5 @@
 """calibrate() and `cli.py calibrate` end to end on the real model and images, and every error path."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from trtquant import cli
-from trtquant.calibrators.algorithms import Entropy, Percentile
+from trtquant.calibrators.algorithms import Percentile
 from trtquant.calibrators.collector import HistogramCollector
 from trtquant.quant.cache import read_ranges_json, read_trt_cache
 from trtquant.quant.calibrate import CalibrationConfig, calibrate

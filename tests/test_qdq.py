@@ -5,7 +5,6 @@ import json
 import re
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -18,7 +17,7 @@ from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
 from trtquant.quant.numerics import sqnr_db
 from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes, resolve_plan
 from trtquant.quant.qdq import build_qdq_model, weight_scales
-from trtquant.quant.types import RangeSet, TensorRange
+from trtquant.quant.types import RangeSet
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,109 @@
+"""``build_engine()``: model + ranges + precision plan -> an engine on a backend, plus TensorRT artifacts.
+
+Writes into ``out``: ``model_qdq.onnx`` (the TensorRT 10/11 explicit-quantization model, when the
+plan has INT8 or FP16 layers), ``plan.json``, and ``engine.json`` (engine description, smoke-test
+numbers on the bundled images, and the equivalent ``trtexec`` command lines).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Engine, build
+from .cache_tools import load_ranges
+from .errors import ConfigError, PlanError
+from .fileio import atomic_write_bytes, atomic_write_text
+from .graph import OnnxGraph
+from .models import resolve_model
+from .plan import PrecisionPlan, resolve_plan
+from .qdq import build_qdq_model
+from .types import RangeSet
+
+
+@dataclass(frozen=True, eq=False)
+class BuildResult:
+    engine: Engine
+    plan: PrecisionPlan
+    out: Path
+    files: dict = field(default_factory=dict)
+    trtexec: list = field(default_factory=list)
+    smoke: dict = field(default_factory=dict)
+
+
+def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None, input_name: str,
+                     input_shape: tuple, batch: int = 1) -> list[str]:
+    shape = "x".join(str(d) for d in (batch, *input_shape))
+    common = f"--shapes={input_name}:{shape} --saveEngine=model.engine"
+    if qdq_path is not None:
+        return [f"trtexec --onnx={qdq_path} --stronglyTyped {common}   # TensorRT 10/11: precisions from Q/DQ and Casts",
+                f"trtexec --onnx={qdq_path} --int8 --fp16 {common}   # TensorRT 8.x/9.x"]
+    flag = " --fp16" if plan.default == "fp16" else ""
+    return [f"trtexec --onnx={onnx_path}{flag} {common}"]
+
+
+def _check_ranges_model(ranges: RangeSet, graph: OnnxGraph, source: str) -> None:
+    fp = ranges.model_fingerprint
+    if fp and fp != graph.fingerprint():
+        raise PlanError("ranges are from another model", subject=f"--ranges {source}",
+                        got=f"model fingerprint {fp[:12]}", expected=graph.fingerprint()[:12],
+                        hint="calibrate this model (same export) or pass the matching ranges")
+
+
+def build_engine(*, precision: str, backend: str, out: str | Path, model: str = "mobilenet_v2",
+                 onnx: str | None = None, weights: str | None = None, ranges_path: str | None = None,
+                 device: str = "auto", torch_precision: str | None = None, smoke: bool = True) -> BuildResult:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output is not a directory", subject=f"--out {out}")
+    if not out.parent.is_dir():
+        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}",
+                          hint=f"mkdir -p {out.parent}")
+    rm = resolve_model(model, onnx=onnx, weights=weights)
+    graph = rm.graph
+    plan = resolve_plan(precision, graph)
+    ranges = None
+    if ranges_path is not None:
+        ranges, _, _ = load_ranges(ranges_path)
+        _check_ranges_model(ranges, graph, ranges_path)
+    t0 = time.perf_counter()
+    engine = build(backend, graph, plan, ranges, torch_precision=torch_precision, device=device)
+    build_s = time.perf_counter() - t0
+    model_qdq = None
+    if plan.nodes("int8") or plan.nodes("fp16"):
+        model_qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), plan)
+    # everything that can fail has run: only now create the directory and write (atomically)
+    out.mkdir(exist_ok=True)
+    files = {}
+    qdq_path = None
+    if model_qdq is not None:
+        qdq_path = out / "model_qdq.onnx"
+        atomic_write_bytes(qdq_path, model_qdq.SerializeToString())
+        files["model_qdq.onnx"] = str(qdq_path)
+    atomic_write_text(out / "plan.json", plan.to_json())
+    files["plan.json"] = str(out / "plan.json")
+    smoke_numbers = {}
+    if smoke:
+        from ..datasets import PRESETS, open_source
+
+        src = open_source("imagenet_sample", preprocess=PRESETS[rm.preset])
+        batches = list(src.batches(32, progress=False))
+        x = np.concatenate([b.images for b in batches])
+        y = np.concatenate([b.labels for b in batches])
+        engine.run(x[:2])
+        t = time.perf_counter()
+        logits = engine.run(x)
+        smoke_numbers = {"images": int(len(x)), "top1": float((logits.argmax(1) == y).mean()),
+                         "batch_latency_ms": 1e3 * (time.perf_counter() - t)}
+    cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, graph.inputs[0].name,
+                            tuple(int(d) for d in graph.input_shape()[1:]))
+    doc = {"engine": asdict(engine.info), "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default},
+           "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
+           "ranges": ranges_path, "build_s": build_s, "smoke": smoke_numbers, "trtexec": cmds}
+    atomic_write_text(out / "engine.json", json.dumps(doc, indent=1) + "\n")
+    files["engine.json"] = str(out / "engine.json")
+    return BuildResult(engine=engine, plan=plan, out=out, files=files, trtexec=cmds, smoke=smoke_numbers)

@@ -1,0 +1,142 @@
+"""Cache tools: read ranges from any artifact, show them, diff two, convert between formats.
+
+Artifacts: a TensorRT calibration cache (``TRT-...`` text), a ranges JSON (``trtquant-ranges/1``),
+or a Q/DQ ONNX model (activation scales of its per-tensor QuantizeLinear nodes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .cache import (TrtCache, looks_like_ranges_json, looks_like_trt_cache, read_ranges_json, read_trt_cache,
+                    trt_version_int, write_ranges_json, write_trt_cache)
+from .errors import CacheFormatError
+from .fileio import atomic_write_bytes
+from .types import RangeSet, TensorRange
+
+FORMATS = ("cache", "ranges", "onnx")
+
+
+def detect_format(path: Path) -> str:
+    if not path.is_file():
+        raise CacheFormatError("file not found", subject=str(path))
+    if looks_like_trt_cache(path):
+        return "cache"
+    if looks_like_ranges_json(path):
+        return "ranges"
+    if path.suffix == ".onnx":
+        return "onnx"
+    raise CacheFormatError("unrecognised ranges file", subject=str(path),
+                           expected="a TensorRT calibration cache (TRT-...), a ranges JSON or a Q/DQ .onnx model")
+
+
+def ranges_from_qdq_onnx(path: Path) -> RangeSet:
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise CacheFormatError("cannot read ONNX model", subject=str(path), got=str(err)[:200]) from err
+    inits = {i.name: i for i in model.graph.initializer}
+    ranges = {}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits or n.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[n.input[1]])
+        if scale.size == 1:
+            ranges[n.input[0]] = TensorRange(n.input[0], float(np.float32(scale.reshape(())) * np.float32(127)))
+    if not ranges:
+        raise CacheFormatError("no per-tensor activation quantizers in the model", subject=str(path),
+                               hint="is this a Q/DQ (explicitly quantized) ONNX model?")
+    return RangeSet(ranges=ranges, method="from-qdq-onnx")
+
+
+def load_ranges(path: str | Path) -> tuple[RangeSet, str, TrtCache | None]:
+    """``(ranges, format, cache if the file is a TensorRT cache)``."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "cache":
+        cache = read_trt_cache(path)
+        ranges = {n: TensorRange(n, a) for n, a in cache.amax().items() if a > 0}
+        return RangeSet(ranges=ranges, method=f"trt-cache:{cache.algorithm}"), fmt, cache
+    if fmt == "ranges":
+        return read_ranges_json(path), fmt, None
+    return ranges_from_qdq_onnx(path), fmt, None
+
+
+def show(path: str | Path) -> str:
+    rs, fmt, cache = load_ranges(path)
+    head = f"{path}: {fmt}" + (f" ({cache.header()})" if cache else f" (method {rs.method})") + f", {len(rs.ranges)} tensors"
+    width = max([len("tensor")] + [len(n) for n in rs.ranges])
+    lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"]
+    for name, r in rs.ranges.items():
+        lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RangeDiff:
+    changed: list[tuple[str, float, float]]     # (tensor, amax a, amax b)
+    missing: list[str]                          # in a, not in b
+    added: list[str]                            # in b, not in a
+    same: int
+
+    @property
+    def identical(self) -> bool:
+        return not (self.changed or self.missing or self.added)
+
+
+def diff(a: str | Path, b: str | Path, *, rel_tol: float = 1e-6) -> RangeDiff:
+    ra, _, _ = load_ranges(a)
+    rb, _, _ = load_ranges(b)
+    changed, same = [], 0
+    for name, r in ra.ranges.items():
+        if name in rb.ranges:
+            other = rb.ranges[name].amax
+            if math.isclose(r.amax, other, rel_tol=rel_tol):
+                same += 1
+            else:
+                changed.append((name, r.amax, other))
+    return RangeDiff(changed=changed, missing=[n for n in ra.ranges if n not in rb.ranges],
+                     added=[n for n in rb.ranges if n not in ra.ranges], same=same)
+
+
+def format_diff(d: RangeDiff, a: str, b: str, limit: int = 50) -> str:
+    lines = [f"{a} -> {b}: {d.same} same, {len(d.changed)} changed, {len(d.missing)} missing in b, {len(d.added)} added in b"]
+    for name, x, y in sorted(d.changed, key=lambda t: -abs(math.log(t[2] / t[1])) if t[1] > 0 and t[2] > 0 else 0)[:limit]:
+        lines.append(f"  changed  {name}: amax {x:.6g} -> {y:.6g} ({(y / x - 1) * 100:+.2f}%)" if x else f"  changed  {name}")
+    lines += [f"  missing  {n}" for n in d.missing[:limit]]
+    lines += [f"  added    {n}" for n in d.added[:limit]]
+    return "\n".join(lines)
+
+
+def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | None = None,
+            algorithm: str | None = None, graph=None) -> str:
+    """Write ``src``'s ranges to ``dst`` as ``to`` (cache | ranges | onnx). A cache keeps its header unless
+    ``trt_version``/``algorithm`` rewrite it. ``onnx`` needs the model ``graph`` (all-INT8 Q/DQ model)."""
+    if to not in FORMATS:
+        raise CacheFormatError("unknown output format", subject="--to", got=repr(to), expected=" | ".join(FORMATS))
+    rs, fmt, cache = load_ranges(src)
+    dst = Path(dst)
+    if to == "cache":
+        version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int("8.6.1"))
+        algo = algorithm or (cache.algorithm if cache else "EntropyCalibration2")
+        out = TrtCache.from_ranges(rs, algorithm=algo, version=version)
+        write_trt_cache(dst, out)
+        return out.header()
+    if to == "ranges":
+        write_ranges_json(dst, rs)
+        return f"{len(rs.ranges)} tensors"
+    if graph is None:
+        raise CacheFormatError("converting to a Q/DQ ONNX model needs the model", subject="--to onnx",
+                               hint="pass --model NAME or --onnx MODEL.onnx (the graph the ranges belong to)")
+    from .plan import resolve_plan
+    from .qdq import build_qdq_model
+
+    model, summary = build_qdq_model(graph, rs, resolve_plan("int8", graph))
+    atomic_write_bytes(dst, model.SerializeToString())
+    return f"{summary.int8_nodes} INT8 layers, {summary.activation_quantizers} activation quantizers"
