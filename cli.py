@@ -123,6 +123,20 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_lint(args) -> int:
+    from trtquant.quant.graph import OnnxGraph
+    from trtquant.quant.lint import lint_model
+
+    graph = OnnxGraph.load(args.model_path)
+    findings = lint_model(graph.model)
+    for f in findings:
+        print(f)
+    errors = sum(f.severity == "error" for f in findings)
+    q = sum(n.op_type == "QuantizeLinear" for n in graph.model.graph.node)
+    print(f"{args.model_path}: {q} QuantizeLinear nodes, {errors} error(s), {len(findings) - errors} warning(s)")
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -198,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--model", default="mobilenet_v2", help="convert to onnx: the model the ranges belong to")
     k.add_argument("--onnx", default=None, help="convert to onnx: the ONNX model the ranges belong to")
     k.set_defaults(func=cmd_cache)
+
+    li = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's quantization rules (exit 1 on errors)")
+    li.add_argument("model_path", metavar="MODEL.onnx")
+    li.set_defaults(func=cmd_lint)
     return p
 
 

@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import CacheFormatError, ConfigError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json_document
 from .types import RangeSet, TensorRange
 
 log = logging.getLogger(__name__)
@@ -183,16 +183,7 @@ def write_ranges_json(path: str | Path, rs: RangeSet) -> None:
 
 def read_ranges_json(path: str | Path) -> RangeSet:
     path = Path(path)
-    if not path.is_file():
-        raise CacheFormatError("ranges file not found", subject=str(path))
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CacheFormatError("ranges file is not valid JSON", subject=str(path), got=str(err)[:200]) from err
-    if not isinstance(doc, dict) or doc.get("format") != RANGES_FORMAT:
-        raise CacheFormatError("not a ranges file", subject=str(path),
-                               got=repr(doc.get("format") if isinstance(doc, dict) else type(doc).__name__),
-                               expected=repr(RANGES_FORMAT))
+    doc = read_json_document(path, fmt=RANGES_FORMAT, what="ranges file", error=CacheFormatError)
     ranges = {}
     try:
         for t in doc["tensors"]:

@@ -8,6 +8,7 @@ we never silently overwrite, say, the user's ONNX model with a calibration cache
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,3 +62,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_document(path: Path, *, fmt: str, what: str, error: type, hint: str | None = None) -> dict:
+    """Read a versioned JSON document whose ``format`` key must equal ``fmt``; errors are ``error``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found", subject=str(path), hint=hint)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{what} is not valid JSON", subject=str(path), got=str(err)[:200]) from err
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"not a {what}", subject=str(path),
+                    got=repr(doc.get("format") if isinstance(doc, dict) else type(doc).__name__), expected=repr(fmt))
+    return doc

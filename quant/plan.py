@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import PlanError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json_document
 from .graph import OnnxGraph
 
 PLAN_FORMAT = "trtquant-plan/1"
@@ -75,17 +75,8 @@ class PrecisionPlan:
     @classmethod
     def load(cls, path: str | Path) -> "PrecisionPlan":
         path = Path(path)
-        if not path.is_file():
-            raise PlanError("plan file not found", subject=str(path),
-                            hint="use a preset (" + ", ".join(PRESETS) + ") or a plan JSON written by trtquant")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PlanError("plan file is not valid JSON", subject=str(path), got=str(err)[:200]) from err
-        if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
-            raise PlanError("not a precision plan", subject=str(path),
-                            got=repr(doc.get("format") if isinstance(doc, dict) else type(doc).__name__),
-                            expected=repr(PLAN_FORMAT))
+        doc = read_json_document(path, fmt=PLAN_FORMAT, what="plan file", error=PlanError,
+                                 hint="use a preset (" + ", ".join(PRESETS) + ") or a plan JSON written by trtquant")
         layers = {}
         try:
             for entry in doc["layers"]:

@@ -1,0 +1,127 @@
+"""Lint a Q/DQ ONNX model against TensorRT's explicit-quantization rules.
+
+Errors (TensorRT rejects the model or silently runs the layer in float): non-zero zero-points,
+non-INT8 quantizers, non-finite or non-positive scales, per-channel scales on the wrong axis or of
+the wrong length, QuantizeLinear not followed by a DequantizeLinear with the same scale/zero-point,
+a quantized layer input whose weights are not quantized. Warnings (the model builds, but slower):
+a residual Add that blocks Conv+Add fusion, Q/DQ between a layer and its activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .qdq import weight_axis
+
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu", "Tanh")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str       # error | warning
+    node: str
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"{self.severity:<7} {self.node}: {self.message}. Hint: {self.hint}"
+
+
+def lint_model(model: onnx.ModelProto) -> list[Finding]:
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    values = {**inits, **consts}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: list[Finding] = []
+
+    def add(sev, node, msg, hint):
+        out.append(Finding(sev, node.name or node.op_type, msg, hint))
+
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = values.get(n.input[1]) if len(n.input) > 1 else None
+        zp = values.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scale is None:
+            add("error", n, "scale is not a constant", "TensorRT needs constant (initializer) scales")
+        elif not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            add("error", n, f"scale must be finite and positive, got min {np.min(scale)!r}",
+                "recompute the ranges; an all-zero tensor still needs a positive scale")
+        if zp is None:
+            add("error", n, "zero point missing: ONNX then defaults to uint8", "add an int8 zero point of 0")
+        else:
+            if zp.dtype != np.int8:
+                add("error", n, f"zero point is {zp.dtype}, TensorRT supports int8 only", "use int8 with zero point 0 (symmetric)")
+            if np.any(zp != 0):
+                add("error", n, f"zero point must be 0 (symmetric), got {zp.reshape(-1)[:4].tolist()}",
+                    "TensorRT quantization is symmetric: fold the offset into the range")
+        if scale is not None and np.size(scale) > 1:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            data = values.get(n.input[0])
+            if data is None and n.op_type == "DequantizeLinear" and n.input[0] in producer:
+                q = producer[n.input[0]]
+                data = values.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
+            if data is not None:
+                if not -data.ndim <= axis < data.ndim or data.shape[axis] != np.size(scale):
+                    add("error", n, f"per-channel scales ({np.size(scale)}) do not match axis {axis} of shape {data.shape}",
+                        "scales along the output-channel axis: one per channel")
+                else:
+                    for c in consumers.get(n.output[0], []):
+                        if c.op_type in LAYERS and c.input[1] == n.output[0]:
+                            want = weight_axis(c, data)
+                            if axis % data.ndim != want:
+                                add("error", n, f"per-channel axis {axis} is not the output-channel axis {want} of "
+                                                f"{c.op_type} {c.name!r}", f"quantize weights along axis {want}")
+            elif n.input[0] not in values:
+                add("error", n, "per-channel scales on an activation", "activations take one per-tensor scale")
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            users = consumers.get(n.output[0], [])
+            if not users or any(u.op_type != "DequantizeLinear" for u in users):
+                add("error", n, "QuantizeLinear output not consumed by a DequantizeLinear only",
+                    "pair every Q with a DQ: TensorRT fuses Q/DQ pairs into the quantized layer")
+            for u in users:
+                if u.op_type == "DequantizeLinear" and (u.input[1:] != n.input[1:]):
+                    sq, sd = values.get(n.input[1]), values.get(u.input[1])
+                    same = sq is not None and sd is not None and np.array_equal(sq, sd)
+                    if not same:
+                        add("error", u, "DequantizeLinear scale differs from its QuantizeLinear",
+                            "a Q/DQ pair must use the same scale and zero point")
+        if n.op_type == "DequantizeLinear" and n.input[0] in producer and producer[n.input[0]].op_type != "QuantizeLinear":
+            add("error", n, f"DequantizeLinear input comes from {producer[n.input[0]].op_type}, not a QuantizeLinear",
+                "pair every DQ with a Q (or an int8 weight initializer)")
+    dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    for n in g.node:
+        if n.op_type in LAYERS and len(n.input) > 1:
+            x_q, w_q = n.input[0] in dq_out, n.input[1] in dq_out
+            if x_q and not w_q and n.input[1] in values:
+                add("error", n, "input is quantized but the weights are not: the layer runs in float",
+                    "add a per-channel Q/DQ on the weights")
+            if w_q and not x_q:
+                add("warning", n, "weights are quantized but the input is not: the layer runs in float",
+                    "add a Q/DQ on the layer's input (per-tensor, from the calibrated range)")
+        if n.op_type == "Add" and len(n.input) == 2:
+            from_q_layer = [i in producer and producer[i].op_type in LAYERS and producer[i].input[0] in dq_out
+                            for i in n.input]
+            if any(from_q_layer):
+                other = n.input[1] if from_q_layer[0] else n.input[0]
+                if other not in dq_out and other not in values:
+                    add("warning", n, "residual Add's other input is not quantized: blocks Conv+Add fusion",
+                        "add Q/DQ on the residual (skip) input")
+        if n.op_type in ACTIVATIONS and n.input[0] in dq_out:
+            q = producer[producer[n.input[0]].input[0]] if producer[n.input[0]].input[0] in producer else None
+            if q is not None and q.input[0] in producer and producer[q.input[0]].op_type in LAYERS:
+                add("warning", n, "Q/DQ between a layer and its activation blocks their fusion",
+                    "quantize after the activation (the next layer's input) instead")
+    return out
