@@ -486,14 +486,32 @@ class TorchGraphExecutor:
                     if name:
                         self.consts[name] = val if not val.is_floating_point() else val.to(self.device)
                 continue
-            self.nodes.append((node, a))
+            inputs = list(node.input)     # a copy: the ONNX graph itself is never modified
+            self._bake_scalar_inputs(node, a, inputs)
+            self.nodes.append((node, a, inputs))
         # last use of each value, to free intermediates early (memory ~ the widest cut, not the whole graph)
         self._last_use: dict[str, int] = {}
-        for i, (node, _) in enumerate(self.nodes):
-            for name in node.input:
+        for i, (_, _, inputs) in enumerate(self.nodes):
+            for name in inputs:
                 self._last_use[name] = i
         for name in graph.outputs:
             self._last_use[name] = len(self.nodes)
+
+    def _bake_scalar_inputs(self, node, a: dict, inputs: list[str]) -> None:
+        """Constant scalar operands read as Python numbers become attributes, and quantizer parameters live
+        on the device: the forward then never copies between host and device (CUDA-graph capturable)."""
+        if node.op_type == "Clip":
+            for idx, key in ((1, "min"), (2, "max")):
+                if len(inputs) > idx and inputs[idx] in self.consts:
+                    a[key] = float(self.consts[inputs[idx]].reshape(-1)[0].item())
+                    inputs[idx] = ""
+        elif node.op_type == "Pad" and len(inputs) > 2 and inputs[2] in self.consts:
+            a["value"] = float(self.consts[inputs[2]].reshape(-1)[0].item())
+            inputs[2] = ""
+        elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            for name in inputs[1:]:
+                if name in self.consts:
+                    self.consts[name] = self.consts[name].to(self.device)
 
     def _to_tensor(self, arr: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.array(arr, copy=True, order="C"))
@@ -517,8 +535,8 @@ class TorchGraphExecutor:
             env[gi.name] = transform(gi.name, x) if transform else x
         opset = self.graph.opset
         with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
-            for i, (node, a) in enumerate(self.nodes):
-                args = [env[n] if n else None for n in node.input]
+            for i, (node, a, inputs) in enumerate(self.nodes):
+                args = [env[n] if n else None for n in inputs]
                 while args and args[-1] is None:
                     args.pop()
                 try:
@@ -540,7 +558,7 @@ class TorchGraphExecutor:
                         if transform:
                             val = transform(name, val)
                     env[name] = val
-                for name in node.input:
+                for name in inputs:
                     if name and self._last_use.get(name) == i and name not in self.consts:
                         env.pop(name, None)
         return {o: env[o] for o in self.graph.outputs}

@@ -80,3 +80,35 @@ def test_fused_and_torch_paths_give_the_same_statistics(mobilenet, sample_images
     for name in fused:
         assert fused[name].amax == plain[name].amax
         assert np.abs(fused[name].counts - plain[name].counts).sum() <= 1e-4 * fused[name].numel, name
+
+
+@pytest.mark.parametrize("precision,min_sqnr", [("tf32", 30), ("fp16", 30), ("bf16", 18)])
+def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, min_sqnr):
+    from trtquant.quant.backends import build
+    from trtquant.quant.numerics import sqnr_db
+    from trtquant.quant.plan import resolve_plan
+
+    x, _ = sample_images
+    plan = resolve_plan("fp32", mobilenet.graph)
+    ref = build("torch", mobilenet.graph, plan, device="cpu").run(x)
+    eng = build("torch", mobilenet.graph, plan, torch_precision=precision, device="cuda")
+    assert "CUDA graphs" in eng.info.description
+    out = eng.run(x)
+    again = eng.run(x)                                    # a graph replay gives the same answer
+    assert np.array_equal(out, again)
+    assert sqnr_db(torch.from_numpy(ref), torch.from_numpy(out)) > min_sqnr
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_simulated_int8_on_cuda_equals_cpu(mobilenet, sample_images, tmp_path):
+    from trtquant.quant.backends import build
+    from trtquant.quant.numerics import sqnr_db
+    from trtquant.quant.plan import resolve_plan
+
+    ranges = calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path / "c.bin", progress=False).ranges
+    plan = resolve_plan("int8", mobilenet.graph)
+    x = sample_images[0]
+    cpu = build("torch", mobilenet.graph, plan, ranges, device="cpu").run(x)
+    gpu = build("torch", mobilenet.graph, plan, ranges, device="cuda").run(x)
+    assert (cpu.argmax(1) == gpu.argmax(1)).mean() >= 0.9
+    assert sqnr_db(torch.from_numpy(cpu), torch.from_numpy(gpu)) > 15

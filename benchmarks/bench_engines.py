@@ -1,0 +1,119 @@
+"""Latency and throughput of every engine on every available backend, in one run.
+
+    .venv/bin/python benchmarks/bench_engines.py --data ../shared/data/imagenet-sample
+
+For MobileNetV2 and EfficientNet-Lite0: batch-1 latency (p50/p99) and throughput at batch 64 and 256
+for ONNX Runtime FP32/INT8 (CPU), PyTorch FP32 (CPU), and on a CUDA GPU PyTorch eager FP32 vs
+FP32/TF32/FP16/BF16 with channels-last + CUDA graphs and simulated INT8. Ratios are computed within
+this run. Ranges come from an entropy calibration on --calib-images of --data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_calibrate import REPO, _bootstrap  # noqa: E402
+
+
+def timeit(fn, x, iters: int, sync) -> np.ndarray:
+    fn(x)
+    sync()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn(x)
+        sync()
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
+    ap.add_argument("--models", default="mobilenet_v2,efficientnet_lite0")
+    ap.add_argument("--calib-images", type=int, default=256)
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--b1-iters", type=int, default=50)
+    args = ap.parse_args()
+    _bootstrap()
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.ERROR)
+    from trtquant.quant.backends import build, cpu_int8_instructions
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.models import resolve_model
+    from trtquant.quant.plan import resolve_plan
+
+    cuda = torch.cuda.is_available()
+    sync_gpu = torch.cuda.synchronize if cuda else (lambda: None)
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    import tempfile
+
+    for name in args.models.split(","):
+        rm = resolve_model(name)
+        g = rm.graph
+        with tempfile.TemporaryDirectory() as tmp:
+            ranges = calibrate(CalibrationConfig(model=name, data=args.data, num_images=args.calib_images,
+                                                 trt_version="8.6.1"), cache_path=Path(tmp) / "c.bin",
+                               progress=False).ranges
+        fp32, int8 = resolve_plan("fp32", g), resolve_plan("int8", g)
+        engines = [("ORT FP32 (CPU)", build("onnxruntime", g, fp32), "np"),
+                   ("ORT INT8 (CPU, real integer kernels)", build("onnxruntime", g, int8, ranges), "np")]
+        if not cuda:
+            engines.append(("torch FP32 eager (CPU)", build("torch", g, fp32, device="cpu"), "np"))
+        else:
+            engines += [("torch FP32 eager (GPU)", build("torch", g, fp32, device="cuda", fast=False), "gpu"),
+                        ("torch FP32 CUDA graphs", build("torch", g, fp32, device="cuda"), "gpu"),
+                        ("torch TF32 CUDA graphs", build("torch", g, fp32, torch_precision="tf32", device="cuda"), "gpu"),
+                        ("torch FP16 CUDA graphs", build("torch", g, fp32, torch_precision="fp16", device="cuda"), "gpu"),
+                        ("torch BF16 CUDA graphs", build("torch", g, fp32, torch_precision="bf16", device="cuda"), "gpu"),
+                        ("torch INT8 SIMULATED", build("torch", g, int8, ranges, device="cuda"), "gpu")]
+        results = {}
+        for label, engine, kind in engines:
+            on_gpu = kind == "gpu"
+            fn = engine.run_tensor if on_gpu else engine.run
+            sync = sync_gpu if on_gpu else (lambda: None)
+            mk = (lambda n: torch.randn(n, 3, 224, 224, device="cuda")) if on_gpu else \
+                (lambda n: np.random.default_rng(0).normal(size=(n, 3, 224, 224)).astype(np.float32))
+            lat = timeit(fn, mk(1), args.b1_iters if on_gpu or "ORT" in label else max(10, args.b1_iters // 5), sync)
+            r = {"p50": np.percentile(lat, 50) * 1e3, "p99": np.percentile(lat, 99) * 1e3}
+            for b in batches:
+                iters = 10 if on_gpu else (3 if b <= 64 else 2)
+                t = timeit(fn, mk(b), iters, sync)
+                r[b] = b / np.median(t)
+            results[label] = r
+            rows.append((name, label, r))
+        base = results.get("ORT FP32 (CPU)")
+        q = results.get("ORT INT8 (CPU, real integer kernels)")
+        if base and q:
+            rows.append((name, f"ratio ORT INT8 / FP32 batch-1 latency {q['p50'] / base['p50']:.2f}x; "
+                               f"throughput at {batches[-1]}: {q[batches[-1]] / base[batches[-1]]:.2f}x", None))
+        eager = results.get("torch FP32 eager (GPU)")
+        half = results.get("torch FP16 CUDA graphs")
+        if eager and half:
+            rows.append((name, f"ratio torch FP16 (graphs) / eager FP32 throughput at {batches[-1]}: "
+                               f"{half[batches[-1]] / eager[batches[-1]]:.2f}x; batch-1 latency "
+                               f"{half['p50']:.2f} vs {eager['p50']:.2f} ms", None))
+    dev = torch.cuda.get_device_name() if cuda else "no GPU"
+    print(f"\nEngine benchmark | CPU integer instructions: {', '.join(cpu_int8_instructions()) or 'none'} | "
+          f"{dev} | torch {torch.__version__}")
+    head = f"{'model':<18} {'engine':<38} {'b1 p50 ms':>10} {'b1 p99 ms':>10}" + "".join(f" {'b' + str(b) + ' img/s':>12}" for b in batches)
+    print(head)
+    for model, label, r in rows:
+        if r is None:
+            print(f"{model:<18} {label}")
+        else:
+            print(f"{model:<18} {label:<38} {r['p50']:>10.2f} {r['p99']:>10.2f}" + "".join(f" {r[b]:>12.0f}" for b in batches))
+
+
+if __name__ == "__main__":
+    main()
