@@ -80,7 +80,7 @@ def cmd_build(args) -> int:
 
     res = build_engine(precision=args.precision, backend=args.backend, out=args.out, model=args.model, onnx=args.onnx,
                        weights=args.weights, ranges_path=args.ranges, device=args.device,
-                       torch_precision=args.torch_precision, smoke=not args.no_smoke)
+                       torch_precision=args.torch_precision, smoke=not args.no_smoke, trt_mode=args.trt_mode)
     info = res.engine.info
     lines = [f"engine  {info.backend} | {info.precision} | {info.device}" + (" | SIMULATED" if info.simulated else ""),
              f"        {info.description}",
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--onnx", default=None)
     b.add_argument("--device", default="auto", help="torch backend: auto | cpu | cuda")
     b.add_argument("--torch-precision", default=None, help="torch backend: fp32 | tf32 | fp16 | bf16")
+    b.add_argument("--trt-mode", default="explicit", choices=("explicit", "implicit"),
+                   help="tensorrt backend: explicit Q/DQ (TensorRT 8-11) or implicit cache + layer precisions (<= 10)")
     b.add_argument("--no-smoke", action="store_true", help="skip the check on the bundled images")
     b.set_defaults(func=cmd_build)
 

@@ -91,6 +91,9 @@ def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in g.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in converted:
             n.input[2] = converted[n.input[2]]
+    still_used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name in converted and i.name not in still_used]:
+        g.initializer.remove(init)
     return out
 
 
@@ -108,6 +111,7 @@ class OrtEngine(Engine):
         ort = _ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3          # errors only: the optimized-model dump warns about NCHWc layouts
         if threads:
             opts.intra_op_num_threads = threads
         with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +220,7 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
           torch_precision: str | None = None, device: str = "auto", quantize_outputs: bool = False,
-          fast: bool = True) -> Engine:
+          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit") -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
     to the torch backend's non-INT8 execution; ``quantize_outputs`` makes the simulated torch engine
     use the ONNX Runtime flavour of the Q/DQ graph (quantized layer outputs too), for agreement checks."""
@@ -277,5 +281,6 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         if fast and dev.type == "cuda":
             info = EngineInfo(**{**info.__dict__, "description": info.description + ", channels-last, CUDA graphs"})
         return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast)
-    raise BackendUnavailable("the TensorRT backend is not built yet", subject="--backend tensorrt",
-                             hint="use the Q/DQ ONNX (`cli.py build --backend onnxruntime --out DIR` writes it) with trtexec")
+    from .trt_backend import build_trt_engine
+
+    return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode)

@@ -56,7 +56,8 @@ def _check_ranges_model(ranges: RangeSet, graph: OnnxGraph, source: str) -> None
 
 def build_engine(*, precision: str, backend: str, out: str | Path, model: str = "mobilenet_v2",
                  onnx: str | None = None, weights: str | None = None, ranges_path: str | None = None,
-                 device: str = "auto", torch_precision: str | None = None, smoke: bool = True) -> BuildResult:
+                 device: str = "auto", torch_precision: str | None = None, smoke: bool = True,
+                 trt_mode: str = "explicit") -> BuildResult:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("output is not a directory", subject=f"--out {out}")
@@ -71,7 +72,17 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
         ranges, _, _ = load_ranges(ranges_path)
         _check_ranges_model(ranges, graph, ranges_path)
     t0 = time.perf_counter()
-    engine = build(backend, graph, plan, ranges, torch_precision=torch_precision, device=device)
+    # TensorRT writes its engine and timing cache into `out`; other backends write nothing there
+    created = not out.exists()
+    if backend == "tensorrt":
+        out.mkdir(exist_ok=True)
+    try:
+        engine = build(backend, graph, plan, ranges, torch_precision=torch_precision, device=device,
+                       out_dir=out if backend == "tensorrt" else None, trt_mode=trt_mode)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     build_s = time.perf_counter() - t0
     model_qdq = None
     if plan.nodes("int8") or plan.nodes("fp16"):

@@ -131,3 +131,33 @@ def test_tensorrt_calibrates_with_our_data_pipeline(tmp_path):
     cache = read_trt_cache(tmp_path / "t.bin")
     assert cache.algorithm == "EntropyCalibration2" and "input" in cache.scales
     assert set(res.ranges.ranges) == set(cache.scales)
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_to_use(mobilenet, monkeypatch, capsys, tmp_path):
+    from trtquant import cli
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    rc = cli.main(["build", "--precision", "fp32", "--backend", "tensorrt", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "TensorRT is not installed" in err and "trtexec" in err
+    assert not (tmp_path / "e").exists()
+
+
+@needs_trt
+def test_tensorrt_int8_engine_from_qdq_agrees_with_simulation(mobilenet, sample_images, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from trtquant.quant.backends import build
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.plan import resolve_plan
+
+    ranges = calibrate(CalibrationConfig(), cache_path=tmp_path / "c.bin", progress=False).ranges
+    plan = resolve_plan("int8", mobilenet.graph)
+    trt_engine = build("tensorrt", mobilenet.graph, plan, ranges, out_dir=tmp_path)
+    assert (tmp_path / "model.engine").is_file() and (tmp_path / "timing.cache").is_file()
+    sim = build("torch", mobilenet.graph, plan, ranges, device="cuda")
+    x = sample_images[0]
+    a, b = trt_engine.run(x), sim.run(x)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
