@@ -137,6 +137,40 @@ def cmd_lint(args) -> int:
     return 1 if errors else 0
 
 
+def cmd_evaluate(args) -> int:
+    from trtquant.quant.evaluate import EvalSettings, evaluate
+
+    settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
+                            weights=args.weights, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
+                            calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
+                            latency_iters=args.latency_iters, device=args.device, target_drop=_percent(args.target_drop))
+    res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
+    doc = res.doc
+    for r in doc["results"]:
+        if r.get("status") != "ok":
+            print(f"{r['config']:<18} FAILED: {r.get('reason', '')}")
+            continue
+        acc = f"top-1 {r['top1'] * 100:6.2f}%" if "top1" in r else f"agreement {r['agreement'] * 100:6.2f}%"
+        d = r["drop_pp"]
+        print(f"{r['config']:<18} {acc}  drop {d['points']:+.2f} pp [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+              f"  b1 p50 {r['latency_ms']['p50']:.2f} ms  {r['throughput']['images_per_s']:.0f} img/s"
+              + ("  (simulated INT8)" if r["engine"].get("simulated") else ""))
+    rec = doc["recommendation"]
+    print(f"recommendation: {rec['config'] or 'none'} ({rec['reason']})")
+    print("\n".join(f"wrote {p}" for p in res.files.values()))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from trtquant.reports.render import load_results, write_reports
+
+    doc = load_results(args.results)
+    out = Path(args.out) if args.out else Path(args.results).parent
+    for p in write_reports(doc, out).values():
+        print(f"wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -218,6 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     li = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's quantization rules (exit 1 on errors)")
     li.add_argument("model_path", metavar="MODEL.onnx")
     li.set_defaults(func=cmd_lint)
+
+    e = sub.add_parser("evaluate", help="build and measure every configuration; write results.json + reports",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
+                   help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json")
+    e.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
+    e.add_argument("--model", default="mobilenet_v2")
+    e.add_argument("--weights", default=None)
+    e.add_argument("--onnx", default=None)
+    e.add_argument("--data", default="imagenet_sample")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--num-images", type=int, default=None, help="evaluation images (default: all, at most 1000)")
+    e.add_argument("--calib-images", type=int, default=256, help="calibration subset (seeded) of the same data")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=64, help="evaluation and throughput batch size")
+    e.add_argument("--latency-iters", type=int, default=50)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--target-drop", default="0.5%", help="accuracy drop allowed for the recommendation (pp)")
+    e.add_argument("--out", required=True, help="output directory (created)")
+    e.add_argument("--resume", action="store_true", help="keep configurations already measured in OUT/results.json")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="re-render report.md/report.html from a results.json")
+    r.add_argument("results", metavar="RESULTS.json")
+    r.add_argument("--out", default=None, help="directory for the reports (default: next to RESULTS.json)")
+    r.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,325 @@
+"""``evaluate()``: build every requested engine, measure accuracy and speed, write the report.
+
+The results JSON (``results.json`` in ``out``) is the source of truth. It is rewritten atomically
+after every configuration, so an interrupted run keeps what it finished and ``resume=True`` skips
+configurations already measured with the same settings. A configuration whose build fails is
+recorded as failed with its reason; the others are still evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import BackendUnavailable, ConfigError, QuantError
+from .fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESULTS_FORMAT = "trtquant-results/1"
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+INT8_METHODS = ("entropy", "minmax", "percentile", "mse")
+CONFIG_NAMES = PRECISIONS + tuple(f"int8:{m}" for m in INT8_METHODS)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    name: str
+    precision: str             # fp32|tf32|fp16|bf16 (non-INT8 execution) or "plan"
+    method: str | None = None  # INT8 range method
+    plan_path: str | None = None
+
+
+def parse_configs(text: str) -> list[ConfigSpec]:
+    specs = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        if item in PRECISIONS:
+            specs.append(ConfigSpec(item, item))
+        elif item.startswith("int8:") and item[5:] in INT8_METHODS:
+            specs.append(ConfigSpec(item, "fp32", method=item[5:]))
+        elif item == "int8":
+            specs.append(ConfigSpec("int8:entropy", "fp32", method="entropy"))
+        elif item.endswith(".json"):
+            if not Path(item).is_file():
+                raise ConfigError("plan file not found", subject=f"--configs {item}")
+            specs.append(ConfigSpec(Path(item).stem, "plan", method="entropy", plan_path=item))
+        else:
+            raise ConfigError("unknown configuration", subject="--configs", got=repr(item),
+                              expected="one of " + ", ".join(CONFIG_NAMES) + ", or a PLAN.json")
+    if not specs:
+        raise ConfigError("no configurations", subject="--configs", expected="e.g. fp32,fp16,int8:entropy")
+    if len({s.name for s in specs}) != len(specs):
+        raise ConfigError("configuration listed twice", subject="--configs", got=text)
+    return specs
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    configs: str = "fp32,int8:entropy,int8:minmax,int8:percentile"
+    backend: str = "onnxruntime"
+    model: str = "mobilenet_v2"
+    onnx: str | None = None
+    weights: str | None = None
+    data: str = "imagenet_sample"
+    data_dir: str | None = None
+    num_images: int | None = None        # evaluation images (None: all, at most 1000)
+    calib_images: int = 256              # calibration: a seeded subset of the same data
+    seed: int = 0
+    batch_size: int = 64                 # evaluation batches; also the throughput batch
+    latency_iters: int = 50
+    device: str = "auto"
+    target_drop: float = 0.5             # percentage points of top-1 (agreement when unlabelled)
+    bootstrap: int = 2000
+
+    def key(self) -> dict:
+        """The settings that make two measurements of one configuration comparable (for --resume)."""
+        d = asdict(self)
+        d.pop("configs")
+        d.pop("target_drop")
+        return d
+
+
+def environment(device: str) -> dict:
+    import onnx
+    import onnxruntime
+
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+           "device": device, "cpu": platform.processor() or platform.machine(), "argv": sys.argv}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        env["tensorrt"] = None
+    from .backends import cpu_int8_instructions
+
+    env["cpu_int8_instructions"] = cpu_int8_instructions()
+    return env
+
+
+def _timed(engine, x_np: np.ndarray, iters: int) -> np.ndarray:
+    """Seconds per call; GPU engines are timed with CUDA events on device tensors."""
+    if hasattr(engine, "run_tensor") and getattr(engine.info, "device", "cpu").startswith("cuda"):
+        x = torch.from_numpy(x_np).cuda()
+        engine.run_tensor(x)
+        torch.cuda.synchronize()
+        out = []
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            engine.run_tensor(x)
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        return np.array(out)
+    engine.run(x_np)
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        engine.run(x_np)
+        out.append(time.perf_counter() - t)
+    return np.array(out)
+
+
+def _engine_bytes(engine) -> int | None:
+    if hasattr(engine, "session"):
+        return None
+    if hasattr(engine, "executor"):
+        return int(sum(v.numel() * v.element_size() for v in engine.executor.consts.values()))
+    if hasattr(engine, "engine"):
+        return int(engine.engine.device_memory_size) if hasattr(engine.engine, "device_memory_size") else None
+    return None
+
+
+@dataclass
+class EvaluationResult:
+    doc: dict
+    out: Path
+    files: dict = field(default_factory=dict)
+
+
+def _load_previous(path: Path, key: dict) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("ignoring unreadable %s", path)
+        return {}
+    if doc.get("format") != RESULTS_FORMAT or doc.get("settings_key") != key:
+        log.warning("%s was measured with other settings: starting over", path)
+        return {}
+    return {r["config"]: r for r in doc.get("results", []) if r.get("status") == "ok"}
+
+
+def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
+    from ..datasets import PRESETS, open_source
+    from .backends import build
+    from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, collect_stats, ranges_from_stats, resolve_device
+    from .models import resolve_model
+    from .plan import resolve_plan
+    from .build import trtexec_commands
+    from .types import CalibrationStats
+
+    specs = parse_configs(settings.configs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output is not a directory", subject=f"--out {out}")
+    if not out.parent.is_dir():
+        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}", hint=f"mkdir -p {out.parent}")
+    out.mkdir(exist_ok=True)
+    results_path = out / "results.json"
+    previous = _load_previous(results_path, settings.key()) if resume else {}
+
+    device = resolve_device(settings.device)
+    rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
+    graph = rm.graph
+    preprocess = PRESETS[rm.preset]
+    def subset(limit: int | None, seed: int):
+        """All images, or a seeded subset when there are more than ``limit`` (no warning for small sets)."""
+        src = open_source(settings.data, preprocess=preprocess, data_dir=settings.data_dir)
+        if limit is not None and len(src) > limit:
+            src = open_source(settings.data, preprocess=preprocess, data_dir=settings.data_dir, num_images=limit,
+                              seed=seed)
+        return src
+
+    source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
+    t_load = time.perf_counter()
+    batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
+    load_s = time.perf_counter() - t_load
+    pixels = np.concatenate([b.images for b in batches])
+    labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
+    has_labels = labels is not None and bool((labels >= 0).any())
+
+    def images(lo: int, hi: int) -> np.ndarray:
+        return preprocess.normalize(pixels[lo:hi]) if pixels.dtype == np.uint8 else pixels[lo:hi]
+
+    doc = {"format": RESULTS_FORMAT, "settings": asdict(settings), "settings_key": settings.key(),
+           "environment": environment(str(device)),
+           "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
+           "data": {"name": source.name, "fingerprint": source.fingerprint(), "images": int(len(pixels)),
+                    "labelled": has_labels, "skipped": [list(s) for s in source.skipped]},
+           "metric": "top-1" if has_labels else "agreement with FP32 top-1",
+           "timings": {"load_images_s": load_s}, "results": []}
+
+    # ranges for every INT8 method from one statistics pass over a seeded calibration subset
+    stats = None
+    if any(s.method for s in specs):
+        calib_cfg = CalibrationConfig(model=settings.model, onnx=settings.onnx, weights=settings.weights,
+                                      data=settings.data, data_dir=settings.data_dir,
+                                      num_images=settings.calib_images, seed=settings.seed + 1, device=settings.device)
+        calib_src = subset(settings.calib_images, settings.seed + 1)
+        t = time.perf_counter()
+        hists, n_cal, _, _ = collect_stats(graph, calib_src, calib_cfg, device, progress=progress)
+        stats = CalibrationStats(hists, graph.fingerprint(), calib_src.fingerprint(), n_cal, calib_cfg.num_bins)
+        doc["calibration"] = {"images": n_cal, "data_fingerprint": calib_src.fingerprint(),
+                              "seconds": time.perf_counter() - t,
+                              "overlaps_evaluation": True}
+
+    def save():
+        atomic_write_text(results_path, json.dumps(doc, indent=1) + "\n")
+
+    reference_logits = None
+    ordered = sorted(specs, key=lambda s: s.name != "fp32")   # FP32 first: every other row compares to it
+    if not any(s.name == "fp32" for s in specs):
+        ordered.insert(0, ConfigSpec("fp32", "fp32"))
+    for spec in ordered:
+        if spec.name in previous and spec.name != "fp32":
+            doc["results"].append(previous[spec.name])
+            save()
+            continue
+        row = {"config": spec.name, "backend": settings.backend}
+        try:
+            t0 = time.perf_counter()
+            ranges = None
+            if spec.precision in ("tf32", "bf16") and settings.backend != "torch":
+                raise BackendUnavailable(f"{spec.precision.upper()} is a torch-backend precision",
+                                         subject=f"--configs {spec.name} --backend {settings.backend}",
+                                         hint="use --backend torch for TF32/BF16")
+            if spec.plan_path:
+                plan = resolve_plan(spec.plan_path, graph)
+            elif spec.method:
+                plan = resolve_plan("int8", graph)
+            else:
+                plan = resolve_plan("fp16" if spec.precision == "fp16" and settings.backend != "torch" else "fp32", graph)
+            if plan.nodes("int8"):
+                ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"))
+            tp = spec.precision if spec.precision in PRECISIONS and settings.backend == "torch" else None
+            engine = build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
+            row["build_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            logits = np.concatenate([engine.run(images(i, i + settings.batch_size))
+                                     for i in range(0, len(pixels), settings.batch_size)])
+            row["accuracy_pass_s"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            if spec.name == "fp32":
+                reference_logits = logits
+            lat = _timed(engine, images(0, 1), settings.latency_iters)
+            full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
+            thr = _timed(engine, full, max(3, settings.latency_iters // 10))
+            row["timing_s"] = time.perf_counter() - t2
+            row.update({
+                "status": "ok", "engine": asdict(engine.info) if hasattr(engine.info, "__dataclass_fields__") else {},
+                "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default,
+                         "layers": [{"node": lp.node, "precision": lp.precision, "reason": lp.reason}
+                                    for lp in plan.layers.values()] if spec.plan_path else []},
+                "latency_ms": {"p50": float(np.percentile(lat, 50) * 1e3), "p90": float(np.percentile(lat, 90) * 1e3),
+                               "p99": float(np.percentile(lat, 99) * 1e3), "batch": 1, "iters": len(lat)},
+                "throughput": {"images_per_s": float(settings.batch_size / np.median(thr)), "batch": settings.batch_size},
+                "engine_bytes": _engine_bytes(engine),
+                "peak_device_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
+                "trtexec": trtexec_commands(rm.onnx_path, plan, Path("model_qdq.onnx") if plan.layers or plan.default == "fp16" else None,
+                                            graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:])),
+            })
+            if has_labels:
+                row["top1"] = float(metrics.topk_correct(logits, labels, 1).mean())
+                row["top5"] = float(metrics.topk_correct(logits, labels, 5).mean())
+            ref = reference_logits
+            row["agreement"] = float(metrics.agreement(logits, ref).mean())
+            row["sqnr_db"] = metrics.sqnr_db(ref, logits)
+            row["cosine"] = metrics.mean_cosine(ref, logits)
+            ref_ok = metrics.topk_correct(ref, labels, 1) if has_labels else np.ones(len(ref), bool)
+            cand_ok = metrics.topk_correct(logits, labels, 1) if has_labels else metrics.agreement(logits, ref)
+            d = metrics.paired_bootstrap_drop(ref_ok, cand_ok, samples=settings.bootstrap, seed=settings.seed)
+            row["drop_pp"] = {"points": d.points, "ci95": [d.lo, d.hi], "within_noise": d.within_noise}
+        except (QuantError, RuntimeError) as err:
+            if spec.name == "fp32":
+                raise
+            row.update({"status": "failed", "reason": str(err)})
+            log.warning("%s failed: %s", spec.name, err)
+        doc["results"].append(row)
+        save()
+    doc["recommendation"] = recommend(doc, settings.target_drop)
+    save()
+    from ..reports import render
+
+    files = render.write_reports(doc, out)
+    files["results.json"] = str(results_path)
+    return EvaluationResult(doc=doc, out=out, files=files)
+
+
+def recommend(doc: dict, target_drop: float) -> dict:
+    ok = [r for r in doc["results"] if r.get("status") == "ok"]
+    within = [r for r in ok if r["drop_pp"]["points"] <= target_drop]
+    if not within:
+        return {"config": None, "target_drop_pp": target_drop,
+                "reason": f"no engine loses at most {target_drop} pp of {doc['metric']}"}
+    best = min(within, key=lambda r: r["latency_ms"]["p50"])
+    noisy = best["drop_pp"]["ci95"][1] > target_drop
+    return {"config": best["config"], "target_drop_pp": target_drop,
+            "reason": (f"fastest at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines losing at most "
+                       f"{target_drop} pp ({best['drop_pp']['points']:+.2f} pp)"
+                       + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else ""))}

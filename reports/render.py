@@ -1,0 +1,190 @@
+"""Render the evaluation results JSON (the source of truth) as Markdown and self-contained HTML.
+
+The HTML has no external assets: inline CSS and an inline SVG accuracy-vs-latency plot with the
+Pareto front marked. ``cli.py report RESULT.json`` re-renders without re-running anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..quant.errors import CacheFormatError
+from ..quant.fileio import atomic_write_text
+from ..quant.metrics import pareto_front
+
+RESULTS_FORMAT = "trtquant-results/1"
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CacheFormatError("results file not found", subject=str(path))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CacheFormatError("results file is not valid JSON", subject=str(path), got=str(err)[:200]) from err
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        raise CacheFormatError("not an evaluation results file", subject=str(path), expected=repr(RESULTS_FORMAT))
+    return doc
+
+
+def _acc(r: dict, doc: dict) -> float:
+    return r["top1"] if doc["data"]["labelled"] else r["agreement"]
+
+
+def _rows(doc: dict) -> list[dict]:
+    return [r for r in doc["results"] if r.get("status") == "ok"]
+
+
+def _front(doc: dict) -> set[str]:
+    ok = _rows(doc)
+    idx = pareto_front([r["latency_ms"]["p50"] for r in ok], [_acc(r, doc) for r in ok])
+    return {ok[i]["config"] for i in idx}
+
+
+def _fmt_drop(r: dict) -> str:
+    d = r["drop_pp"]
+    return f"{d['points']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" + (" (within noise)" if d["within_noise"] else "")
+
+
+def markdown(doc: dict) -> str:
+    front = _front(doc)
+    metric = doc["metric"]
+    lines = [f"# Evaluation: {doc['model']['name']} on {doc['data']['name']} ({doc['data']['images']} images)", "",
+             f"Metric: {metric}. Drop = FP32 minus engine, in percentage points, with a 95% paired bootstrap interval; "
+             "an interval containing 0 means the difference is within noise for this many images.", "",
+             "| config | backend | device | " + ("top-1 | top-5 | " if doc["data"]["labelled"] else "")
+             + "agreement | drop pp [95% CI] | SQNR dB | b1 p50/p90/p99 ms | img/s | build s | Pareto |",
+             "|---|---|---|" + ("---|---|" if doc["data"]["labelled"] else "") + "---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        if r.get("status") != "ok":
+            reason = r.get("reason", "").replace("|", "/")      # keep the table intact
+            lines.append(f"| {r['config']} | {r['backend']} | failed: {reason[:200]} |")
+            continue
+        lat = r["latency_ms"]
+        acc = f"{r['top1'] * 100:.2f} | {r['top5'] * 100:.2f} | " if doc["data"]["labelled"] else ""
+        sim = " (simulated)" if r["engine"].get("simulated") else ""
+        lines.append(f"| {r['config']}{sim} | {r['backend']} | {r['engine'].get('device', '')} | {acc}"
+                     f"{r['agreement'] * 100:.1f} | {_fmt_drop(r)} | {r['sqnr_db']:.1f} | "
+                     f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f} | {r['throughput']['images_per_s']:.0f} "
+                     f"(b{r['throughput']['batch']}) | {r['build_s']:.2f} | {'*' if r['config'] in front else ''} |")
+    lines += ["", "## Engines", ""]
+    for r in _rows(doc):
+        lines.append(f"- **{r['config']}**: {r['engine'].get('description', '')}")
+        for c in r.get("trtexec", []):
+            lines.append(f"  - `{c}`")
+    for r in _rows(doc):
+        if r["plan"].get("layers"):
+            lines += ["", f"## Per-layer precision: {r['config']}", "", "| layer | precision | reason |", "|---|---|---|"]
+            lines += [f"| {lp['node']} | {lp['precision']} | {lp['reason']} |" for lp in r["plan"]["layers"]]
+    env = doc["environment"]
+    lines += ["", "## Environment", "",
+              ", ".join(f"{k} {v}" for k, v in env.items() if k != "argv"),
+              f"command: `{' '.join(env.get('argv', []))}`",
+              f"model fingerprint {doc['model']['fingerprint'][:16]}, data fingerprint {doc['data']['fingerprint'][:16]}"]
+    rec = doc.get("recommendation") or {}
+    lines += ["", "## Recommendation", "",
+              (f"Ship **{rec['config']}**: {rec['reason']}." if rec.get("config") else f"None: {rec.get('reason', '')}.")]
+    return "\n".join(lines) + "\n"
+
+
+def _svg_plot(doc: dict, width: int = 640, height: int = 380) -> str:
+    ok = _rows(doc)
+    if not ok:
+        return "<p>No successful engines to plot.</p>"
+    front = _front(doc)
+    xs = [r["latency_ms"]["p50"] for r in ok]
+    ys = [_acc(r, doc) * 100 for r in ok]
+    pad = 60
+    x0, x1 = min(xs) * 0.9, max(xs) * 1.1 if max(xs) > 0 else 1
+    y0, y1 = min(ys) - 1, max(ys) + 1
+
+    def px(x):
+        return pad + (x - x0) / (x1 - x0 or 1) * (width - 2 * pad)
+
+    def py(y):
+        return height - pad - (y - y0) / (y1 - y0 or 1) * (height - 2 * pad)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="accuracy versus latency">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>',
+             f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle" font-size="13">batch-1 latency p50 (ms)</text>',
+             f'<text x="18" y="{height / 2}" text-anchor="middle" font-size="13" transform="rotate(-90 18 {height / 2})">'
+             f'{html.escape(doc["metric"])} (%)</text>']
+    for t in range(5):
+        xv = x0 + (x1 - x0) * t / 4
+        yv = y0 + (y1 - y0) * t / 4
+        parts.append(f'<text x="{px(xv)}" y="{height - pad + 16}" text-anchor="middle" font-size="11">{xv:.2f}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{py(yv) + 4}" text-anchor="end" font-size="11">{yv:.1f}</text>')
+    fr = sorted((r for r in ok if r["config"] in front), key=lambda r: r["latency_ms"]["p50"])
+    if len(fr) > 1:
+        pts = " ".join(f"{px(r['latency_ms']['p50']):.1f},{py(_acc(r, doc) * 100):.1f}" for r in fr)
+        parts.append(f'<polyline class="pareto" points="{pts}" fill="none" stroke="#d62728" stroke-width="2" stroke-dasharray="6 3"/>')
+    for r, x, y in zip(ok, xs, ys):
+        on = r["config"] in front
+        parts.append(f'<circle class="engine{" front" if on else ""}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="6" '
+                     f'fill="{"#d62728" if on else "#1f77b4"}"><title>{html.escape(r["config"])}: {y:.2f}% at {x:.2f} ms</title></circle>')
+        parts.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) - 8:.1f}" font-size="12">{html.escape(r["config"])}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _md_table_to_html(md: str) -> str:
+    out, in_table = [], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("  - "):
+            out.append(f"<div class='cmd'>{_inline(line[4:])}</div>")
+        elif line.startswith("- "):
+            out.append(f"<p>{_inline(line[2:])}</p>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def html_report(doc: dict) -> str:
+    body = _md_table_to_html(markdown(doc))
+    plot = f"<h2>Accuracy vs latency (Pareto front in red)</h2>\n{_svg_plot(doc)}"
+    body = body.replace("<h2>Engines</h2>", plot + "\n<h2>Engines</h2>", 1)
+    css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+           "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
+           "code{background:#f6f6f6;padding:1px 4px}.cmd{margin-left:2em;font-size:12px}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>trtquant evaluation</title>"
+            f"<style>{css}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_reports(doc: dict, out: str | Path) -> dict:
+    out = Path(out)
+    atomic_write_text(out / "report.md", markdown(doc))
+    atomic_write_text(out / "report.html", html_report(doc))
+    return {"report.md": str(out / "report.md"), "report.html": str(out / "report.html")}
