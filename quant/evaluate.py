@@ -12,7 +12,6 @@ import json
 import logging
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -257,6 +256,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 plan = resolve_plan("fp16" if spec.precision == "fp16" and settings.backend != "torch" else "fp32", graph)
             if plan.nodes("int8"):
                 ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"))
+            # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
+            trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in PRECISIONS and settings.backend == "torch" else None
             engine = build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             row["build_s"] = time.perf_counter() - t0
@@ -281,7 +282,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 "throughput": {"images_per_s": float(settings.batch_size / np.median(thr)), "batch": settings.batch_size},
                 "engine_bytes": _engine_bytes(engine),
                 "peak_device_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
-                "trtexec": trtexec_commands(rm.onnx_path, plan, Path("model_qdq.onnx") if plan.layers or plan.default == "fp16" else None,
+                "trtexec": trtexec_commands(rm.onnx_path, trt_plan, Path("model_qdq.onnx") if trt_plan.layers else None,
                                             graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:])),
             })
             if has_labels:

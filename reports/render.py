@@ -124,11 +124,16 @@ def _svg_plot(doc: dict, width: int = 640, height: int = 380) -> str:
     if len(fr) > 1:
         pts = " ".join(f"{px(r['latency_ms']['p50']):.1f},{py(_acc(r, doc) * 100):.1f}" for r in fr)
         parts.append(f'<polyline class="pareto" points="{pts}" fill="none" stroke="#d62728" stroke-width="2" stroke-dasharray="6 3"/>')
+    placed: list[tuple[float, float]] = []
     for r, x, y in zip(ok, xs, ys):
         on = r["config"] in front
+        ly = py(y) - 8
+        while any(abs(px(x) - qx) < 60 and abs(ly - qy) < 12 for qx, qy in placed):
+            ly += 14                                   # stack labels of coinciding points
+        placed.append((px(x), ly))
         parts.append(f'<circle class="engine{" front" if on else ""}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="6" '
                      f'fill="{"#d62728" if on else "#1f77b4"}"><title>{html.escape(r["config"])}: {y:.2f}% at {x:.2f} ms</title></circle>')
-        parts.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) - 8:.1f}" font-size="12">{html.escape(r["config"])}</text>')
+        parts.append(f'<text x="{px(x) + 8:.1f}" y="{ly:.1f}" font-size="12">{html.escape(r["config"])}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
