@@ -109,6 +109,7 @@ def _ort():
 class OrtEngine(Engine):
     def __init__(self, model: onnx.ModelProto, info_fields: dict, threads: int | None = None):
         ort = _ort()
+        self.model_bytes = model.ByteSize()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3          # errors only: the optimized-model dump warns about NCHWc layouts

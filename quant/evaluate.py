@@ -134,12 +134,11 @@ def _timed(engine, x_np: np.ndarray, iters: int) -> np.ndarray:
 
 
 def _engine_bytes(engine) -> int | None:
-    if hasattr(engine, "session"):
-        return None
+    """Bytes of the engine's model: the ONNX given to ORT, the torch constants, TensorRT's plan."""
+    if hasattr(engine, "model_bytes"):
+        return int(engine.model_bytes)
     if hasattr(engine, "executor"):
         return int(sum(v.numel() * v.element_size() for v in engine.executor.consts.values()))
-    if hasattr(engine, "engine"):
-        return int(engine.engine.device_memory_size) if hasattr(engine.engine, "device_memory_size") else None
     return None
 
 
@@ -241,6 +240,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             save()
             continue
         row = {"config": spec.name, "backend": settings.backend}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         try:
             t0 = time.perf_counter()
             ranges = None

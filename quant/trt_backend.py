@@ -58,6 +58,7 @@ class TrtEngine:
         if self.engine is None:
             raise BackendUnavailable("TensorRT could not deserialize the engine", subject="--backend tensorrt")
         self.context = self.engine.create_execution_context()
+        self.model_bytes = len(serialized)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]

@@ -56,8 +56,8 @@ def markdown(doc: dict) -> str:
              f"Metric: {metric}. Drop = FP32 minus engine, in percentage points, with a 95% paired bootstrap interval; "
              "an interval containing 0 means the difference is within noise for this many images.", "",
              "| config | backend | device | " + ("top-1 | top-5 | " if doc["data"]["labelled"] else "")
-             + "agreement | drop pp [95% CI] | SQNR dB | b1 p50/p90/p99 ms | img/s | build s | Pareto |",
-             "|---|---|---|" + ("---|---|" if doc["data"]["labelled"] else "") + "---|---|---|---|---|---|---|"]
+             + "agreement | drop pp [95% CI] | SQNR dB | b1 p50/p90/p99 ms | img/s | build s | MB | Pareto |",
+             "|---|---|---|" + ("---|---|" if doc["data"]["labelled"] else "") + "---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         if r.get("status") != "ok":
             reason = r.get("reason", "").replace("|", "/")      # keep the table intact
@@ -69,7 +69,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['config']}{sim} | {r['backend']} | {r['engine'].get('device', '')} | {acc}"
                      f"{r['agreement'] * 100:.1f} | {_fmt_drop(r)} | {r['sqnr_db']:.1f} | "
                      f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f} | {r['throughput']['images_per_s']:.0f} "
-                     f"(b{r['throughput']['batch']}) | {r['build_s']:.2f} | {'*' if r['config'] in front else ''} |")
+                     f"(b{r['throughput']['batch']}) | {r['build_s']:.2f} | "
+                     f"{(r['engine_bytes'] or 0) / 2**20:.1f} | {'*' if r['config'] in front else ''} |")
     lines += ["", "## Engines", ""]
     for r in _rows(doc):
         lines.append(f"- **{r['config']}**: {r['engine'].get('description', '')}")
