@@ -171,6 +171,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from trtquant.quant.sweep import SweepSettings, sweep
+
+    settings = SweepSettings(target=args.target_drop, model=args.model, onnx=args.onnx, weights=args.weights,
+                             data=args.data, data_dir=args.data_dir, num_images=args.num_images,
+                             calib_images=args.calib_images, method=args.method, ranges=args.ranges,
+                             proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
+                             validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed)
+    out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
+    doc = sweep(settings, out, progress=not args.no_progress)
+    s, v = doc["search"], doc["validation"]
+    print(f"target  {doc['target']['text']}: {doc['target']['meaning']}")
+    for n in doc["notes"]:
+        print(f"note    {n}")
+    print(f"result  {'met' if s['met'] else 'NOT met'}{' (partial)' if s['partial'] else ''}: "
+          f"{len(s['fp16_layers'])}/{doc['layers']} layers FP16, {s['evaluations']} full-model evaluations, "
+          f"simulated {doc['metric']} {s['simulated_metric'] * 100:.2f}% (FP32 {doc['fp32_metric'] * 100:.2f}%)")
+    if v.get("status") == "ok":
+        print(f"check   {v['backend']}: {v['metric'] * 100:.2f}% -> {'meets' if v['meets_target'] else 'MISSES'} the target")
+    else:
+        print(f"check   {v['backend']} failed: {v.get('reason')}")
+    for c in doc["trtexec"]:
+        print(f"trtexec {c}")
+    print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html "
+          f"({doc['timings']['total_s']:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -279,6 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", metavar="RESULTS.json")
     r.add_argument("--out", default=None, help="directory for the reports (default: next to RESULTS.json)")
     r.set_defaults(func=cmd_report)
+
+    w = sub.add_parser("sweep", help="mixed-precision planner: the fewest FP16 layers that meet an accuracy target",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--target-drop", default="0.5%", help="0.5%% (pp of top-1), 0.5%%rel (relative) or agree:99%%")
+    w.add_argument("--model", default="mobilenet_v2")
+    w.add_argument("--weights", default=None)
+    w.add_argument("--onnx", default=None)
+    w.add_argument("--data", default="imagenet_sample")
+    w.add_argument("--data-dir", default=None)
+    w.add_argument("--num-images", type=int, default=None, help="evaluation images (default: all, at most 1000)")
+    w.add_argument("--calib-images", type=int, default=256)
+    w.add_argument("--method", default="entropy", help="range method when calibrating here")
+    w.add_argument("--ranges", default=None, help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
+    w.add_argument("--proxy-images", type=int, default=64, help="images for the sensitivity ranking")
+    w.add_argument("--time-budget", type=float, default=None, help="seconds; returns the best plan found so far")
+    w.add_argument("--device", default="auto")
+    w.add_argument("--validate-backend", default="onnxruntime", help="backend that measures the chosen plan")
+    w.add_argument("--trt-version", default=None, help="TensorRT version for the calib.bin header")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", default=None, help="output directory (default: ./sweep-MODEL)")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_sweep)
     return p
 
 

@@ -221,7 +221,8 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
           torch_precision: str | None = None, device: str = "auto", quantize_outputs: bool = False,
-          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit") -> Engine:
+          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit",
+          qdq_flavour: str = "ort") -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
     to the torch backend's non-INT8 execution; ``quantize_outputs`` makes the simulated torch engine
     use the ONNX Runtime flavour of the Q/DQ graph (quantized layer outputs too), for agreement checks."""
@@ -237,7 +238,10 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
                                      subject="--backend onnxruntime --precision " + plan.name,
                                      hint="use --backend torch (GPU) or tensorrt for FP16")
         if needs_ranges:
-            model, summary = build_qdq_model(graph, ranges, plan, quantize_outputs=True)
+            # "ort": also quantize layer outputs so ORT selects its integer kernels (fast, but adds quantizers
+            # TensorRT would not have); "tensorrt": the exact Q/DQ model written for TensorRT (ORT then runs most
+            # layers as float kernels between Q/DQ: the best CPU predictor of TensorRT's accuracy)
+            model, summary = build_qdq_model(graph, ranges, plan, quantize_outputs=qdq_flavour == "ort")
             model = to_uint8_activations(model)
         else:
             model = graph.model
@@ -249,8 +253,8 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         if needs_ranges:
             k = sum(engine.integer_kernels.values())
             kernels = ", ".join(f"{v} {op}" for op, v in engine.integer_kernels.items()) or "none"
-            desc = (f"ONNX Runtime {ort.__version__} CPU, INT8 with uint8 activations (zero-point 128) and int8 "
-                    f"per-channel weights; integer kernels selected: {kernels}"
+            desc = (f"ONNX Runtime {ort.__version__} CPU, INT8 ({qdq_flavour}-shaped Q/DQ) with uint8 activations "
+                    f"(zero-point 128) and int8 per-channel weights; integer kernels selected: {kernels}"
                     + ("" if k else " -- none: ORT runs this model's quantizers in float (not a real INT8 engine)")
                     + f"; CPU integer instructions: {isa}")
         else:

@@ -1,0 +1,72 @@
+"""Sweep wall time, full-model evaluations vs layers, and fake-quantized throughput vs FP32.
+
+    .venv/bin/python benchmarks/bench_sweep.py --data ../shared/data/imagenet-sample --images 200
+    python3 benchmarks/bench_sweep.py --data .bench_data --images 1000          # GPU machine
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_calibrate import REPO, _bootstrap  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "imagenet-sample"))
+    ap.add_argument("--models", default="mobilenet_v2,efficientnet_lite0")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--proxy-images", type=int, default=64)
+    ap.add_argument("--target", default="0.5%")
+    args = ap.parse_args()
+    _bootstrap()
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.ERROR)
+    from trtquant.datasets import PRESETS, open_source
+    from trtquant.quant.cache_tools import load_ranges
+    from trtquant.quant.calibrate import resolve_device
+    from trtquant.quant.models import resolve_model
+    from trtquant.quant.sweep import QuantSim, SweepSettings, sweep
+
+    dev = resolve_device("auto")
+    print(f"\nsweep benchmark | {torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'} | {args.images} images")
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            doc = sweep(SweepSettings(model=name, data=args.data, num_images=args.images, target=args.target,
+                                      proxy_images=args.proxy_images), Path(tmp) / "s", progress=False)
+            wall = time.perf_counter() - t
+            ranges, _, _ = load_ranges(Path(tmp) / "s" / "calib.bin")
+        s, tm = doc["search"], doc["timings"]
+        print(f"{name:<18} wall {wall:6.1f} s (sensitivity {tm['sensitivity_s']:.1f} s, search {tm['search_s']:.1f} s) | "
+              f"{s['evaluations']} full-model evaluations for {doc['layers']} layers | FP16 layers {len(s['fp16_layers'])} | "
+              f"target {'met' if s['met'] else 'NOT met'} | all-INT8 {doc['metric']} "
+              f"{s['path'][0]['metric'] * 100:.2f}% vs FP32 {doc['fp32_metric'] * 100:.2f}% | "
+              f"validation {doc['validation'].get('metric', float('nan')) * 100:.2f}%")
+        # fake-quantized evaluation throughput vs the plain FP32 forward, same executor, same device
+        rm = resolve_model(name)
+        sim = QuantSim(rm.graph, ranges, dev)
+        src = open_source(args.data, preprocess=PRESETS[rm.preset], num_images=256, seed=0)
+        x = torch.from_numpy(next(iter(src.batches(256, progress=False))).images).to(dev)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        rates = {}
+        for label, layers in (("fp32", set()), ("int8", set(sim.layers))):
+            sim.run(x, layers)
+            sync()
+            t = time.perf_counter()
+            for _ in range(3):
+                sim.run(x, layers)
+            sync()
+            rates[label] = 3 * len(x) / (time.perf_counter() - t)
+        print(f"{'':<18} fake-quantized forward {rates['int8']:.0f} img/s vs FP32 {rates['fp32']:.0f} img/s "
+              f"= {rates['int8'] / rates['fp32'] * 100:.0f}%")
+
+
+if __name__ == "__main__":
+    main()

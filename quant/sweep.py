@@ -1,0 +1,401 @@
+"""Mixed-precision planner: which layers must stay FP16 for INT8 to keep accuracy, at the least cost.
+
+1. **Target** (``parse_target``): ``0.5%`` = at most 0.5 pp of top-1 lost vs FP32; ``0.5%rel`` = at
+   most 0.5 % of FP32's top-1, relative; ``agree:99%`` = at least 99 % top-1 agreement with FP32 (for
+   unlabelled data; labelled targets fall back to it without labels, and say so).
+2. **Sensitivity** (``QuantSim``): INT8 simulated by fake quantization with the calibrated ranges, on
+   the FP32 graph, with TensorRT's placement (layer inputs per-tensor, weights per-channel, residual
+   inputs). Two views per quantizable layer, on a proxy subset, reusing one FP32 pass: *alone INT8*
+   (output SQNR when only that layer is INT8) and *regain* (SQNR gained when only that layer stays
+   FP16 in an otherwise INT8 model). The regain view ranks the search.
+3. **Search** (``greedy_search``, a pure function of an evaluation oracle): add layers to FP16 in
+   ranking order, verifying the whole mixed model on the evaluation images after each step, until
+   the target holds; then prune every FP16 layer whose return to INT8 keeps the target. Cost = number
+   of FP16 layers (or a per-layer cost). Every step is kept: the path is the accuracy/cost front.
+   A time budget returns the best plan found so far, marked partial.
+
+During the search FP16 layers are simulated in FP32 (FP16's error is orders of magnitude below
+INT8's); the chosen plan is then rebuilt as a real engine and measured (``validate``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import ConfigError
+from .graph import OnnxGraph, TorchGraphExecutor
+from .numerics import fake_quant
+from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
+from .qdq import weight_axis, weight_scales
+from .types import RangeSet
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str          # abs | rel | agree
+    value: float       # pp (abs), percent of FP32 accuracy (rel), minimum agreement in percent (agree)
+    text: str
+
+    def describe(self) -> str:
+        if self.kind == "abs":
+            return f"lose at most {self.value:g} percentage points of top-1 vs FP32"
+        if self.kind == "rel":
+            return f"lose at most {self.value:g}% of FP32's top-1 (relative)"
+        return f"agree with FP32's top-1 on at least {self.value:g}% of images"
+
+    def allowed_drop(self, fp32_acc: float) -> float:
+        """Allowed drop in pp of the metric (accuracy or agreement)."""
+        if self.kind == "abs":
+            return self.value
+        if self.kind == "rel":
+            return fp32_acc * 100 * self.value / 100
+        return 100 - self.value
+
+    def met(self, fp32_acc: float, acc: float) -> bool:
+        return (fp32_acc - acc) * 100 <= self.allowed_drop(fp32_acc) + 1e-9
+
+
+def parse_target(text: str) -> Target:
+    t = text.strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(?:agree:)?(\d+(?:\.\d+)?)%agree|agree:(\d+(?:\.\d+)?)%", t)
+    if m:
+        v = float(m.group(1) or m.group(2))
+        if not 0 < v <= 100:
+            raise ConfigError("invalid agreement target", subject="--target-drop", got=text, expected="agree:P% with 0 < P <= 100")
+        return Target("agree", v, text)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%?(rel)?", t)
+    if not m:
+        raise ConfigError("invalid target", subject="--target-drop", got=repr(text),
+                          expected="0.5% (pp of top-1), 0.5%rel (relative) or agree:99% (agreement with FP32)")
+    v = float(m.group(1))
+    if v < 0 or (m.group(2) and v > 100):
+        raise ConfigError("invalid target", subject="--target-drop", got=repr(text), expected="a drop >= 0")
+    return Target("rel" if m.group(2) else "abs", v, text)
+
+
+class QuantSim:
+    """Fake-quantize any subset of layers on the FP32 graph (TensorRT placement), fast."""
+
+    def __init__(self, graph: OnnxGraph, ranges: RangeSet, device: torch.device):
+        self.graph = graph
+        self.ex = TorchGraphExecutor(graph, device)
+        self.layers = quantizable_nodes(graph)
+        nodes = {n.name: n for n in graph.model.graph.node}
+        producer = {o: n for n in graph.model.graph.node for o in n.output}
+        self.act: dict[str, str] = {}          # layer -> activation tensor quantized for it
+        self.weight: dict[str, tuple[str, torch.Tensor]] = {}
+        self.residual: dict[str, str] = {}     # layer -> residual tensor quantized when it is INT8
+        self.scales = {n: r.scale for n, r in ranges.ranges.items()}
+        for name in self.layers:
+            node = nodes[name]
+            self.act[name] = node.input[0]
+            w = self.ex.consts[node.input[1]]
+            wn = w.detach().cpu().numpy()
+            axis = weight_axis(node, wn)
+            s = torch.from_numpy(weight_scales(wn, axis)).to(w.device)
+            shape = [1] * w.dim()
+            shape[axis] = -1
+            self.weight[name] = (node.input[1], fake_quant(w, s.reshape(shape)))
+        for n in graph.model.graph.node:
+            if n.op_type == "Add" and len(n.input) == 2:
+                for i, j in ((0, 1), (1, 0)):
+                    p = producer.get(n.input[i])
+                    if p is not None and p.name in self.act:
+                        self.residual[p.name] = n.input[j]
+        missing = [t for t in set(self.act.values()) | set(self.residual.values()) if t not in self.scales]
+        if missing:
+            from .qdq import check_ranges
+
+            check_ranges(graph, ranges, list(missing))
+
+    def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
+        tensors = {self.act[n] for n in int8} | {self.residual[n] for n in int8 if n in self.residual}
+        saved = {}
+        for n in int8:
+            wname, wq = self.weight[n]
+            saved[wname] = self.ex.consts[wname]
+            self.ex.consts[wname] = wq
+        try:
+            out = self.ex.run({self.graph.inputs[0].name: x},
+                              transform=lambda name, v: fake_quant(v, self.scales[name]) if name in tensors else v)
+        finally:
+            self.ex.consts.update(saved)
+        return next(iter(out.values()))
+
+    def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
+        dev = self.ex.device
+        return np.concatenate([self.run(torch.from_numpy(x[i:i + batch]).to(dev), int8).float().cpu().numpy()
+                               for i in range(0, len(x), batch)])
+
+
+@dataclass(frozen=True)
+class Step:
+    fp16: tuple[str, ...]
+    accuracy: float          # metric (top-1 or agreement), fraction
+    cost: float
+    met: bool
+    action: str
+
+
+@dataclass
+class SearchResult:
+    fp16: tuple[str, ...]
+    met: bool
+    path: list[Step] = field(default_factory=list)
+    evaluations: int = 0
+    partial: bool = False
+    note: str = ""
+
+
+def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], meets: Callable[[float], bool], *,
+                  cost: Callable[[Sequence[str]], float] | None = None, time_budget_s: float | None = None,
+                  clock: Callable[[], float] = time.perf_counter) -> SearchResult:
+    """Greedy FP16 selection in ``order`` with whole-model verification, then pruning.
+
+    ``evaluate(fp16_set) -> metric`` measures the mixed model; ``meets(metric)`` is the target.
+    """
+    cost = cost or (lambda layers: float(len(layers)))
+    start = clock()
+    res = SearchResult(fp16=(), met=False)
+
+    def over_budget() -> bool:
+        return time_budget_s is not None and clock() - start > time_budget_s
+
+    def measure(layers: list[str], action: str) -> bool:
+        acc = evaluate(frozenset(layers))
+        res.evaluations += 1
+        ok = meets(acc)
+        res.path.append(Step(tuple(layers), acc, cost(layers), ok, action))
+        return ok
+
+    fp16: list[str] = []
+    if measure(fp16, "all INT8"):
+        res.met, res.note = True, "the target is met with every quantizable layer in INT8"
+        return res
+    for layer in order:
+        if over_budget():
+            res.partial = True
+            break
+        fp16.append(layer)
+        if measure(fp16, f"+ {layer} FP16"):
+            res.met = True
+            break
+    if not res.met:
+        res.fp16 = tuple(fp16)
+        best = max(res.path, key=lambda s: s.accuracy)
+        res.note = ("time budget spent before the target was met" if res.partial else
+                    f"target not met even with all {len(fp16)} ranked layers in FP16 (best metric "
+                    f"{best.accuracy * 100:.2f}%)")
+        return res
+    # prune: return to INT8 every FP16 layer that turns out unnecessary (least sensitive first)
+    for layer in reversed(list(fp16)):
+        if over_budget():
+            res.partial = True
+            break
+        trial = [x for x in fp16 if x != layer]
+        if measure(trial, f"- {layer} back to INT8"):
+            fp16 = trial
+        else:
+            res.path[-1] = Step(res.path[-1].fp16, res.path[-1].accuracy, res.path[-1].cost, False,
+                                f"- {layer} back to INT8 (kept FP16)")
+    res.fp16 = tuple(fp16)
+    res.note = f"{len(fp16)} layer(s) in FP16 meet the target"
+    return res
+
+
+def plan_from_search(graph: OnnxGraph, fp16: Sequence[str], sensitivity: dict[str, float], target: Target,
+                     name: str = "sweep") -> PrecisionPlan:
+    layers = {}
+    rank = {n: i + 1 for i, n in enumerate(sorted(sensitivity, key=lambda k: -sensitivity[k]))}
+    for n in quantizable_nodes(graph):
+        s = sensitivity.get(n)
+        if n in fp16:
+            layers[n] = LayerPrecision(n, "fp16", f"kept FP16 for target '{target.text}' (sensitivity rank {rank.get(n)})", s)
+        else:
+            layers[n] = LayerPrecision(n, "int8", "INT8 within the target", s)
+    return PrecisionPlan(name, layers, default="fp32", meta={"target": target.text, "target_meaning": target.describe()})
+
+
+def layer_precisions_flag(plan: PrecisionPlan) -> str:
+    """trtexec's ``--layerPrecisions`` value for the FP16 layers (TensorRT <= 10, implicit INT8)."""
+    return ",".join(f"{n}:fp16" for n in plan.nodes("fp16"))
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    target: str = "0.5%"
+    model: str = "mobilenet_v2"
+    onnx: str | None = None
+    weights: str | None = None
+    data: str = "imagenet_sample"
+    data_dir: str | None = None
+    num_images: int | None = None        # evaluation images (None: all, at most 1000)
+    calib_images: int = 256
+    method: str = "entropy"
+    ranges: str | None = None            # ranges JSON / cache / Q/DQ ONNX instead of calibrating
+    proxy_images: int = 64               # sensitivity ranking subset
+    time_budget_s: float | None = None
+    device: str = "auto"
+    validate_backend: str = "onnxruntime"
+    trt_version: str | None = None
+    seed: int = 0
+
+
+def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
+    """Sensitivity pass + search + outputs + validation; returns the sweep document (also ``sweep.json``)."""
+    import json
+    from pathlib import Path
+
+    from ..datasets import PRESETS, open_source
+    from .backends import build
+    from .build import trtexec_commands
+    from .cache import TrtCache, write_trt_cache
+    from .cache_tools import load_ranges
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, collect_stats, ranges_from_stats,
+                            resolve_device)
+    from .fileio import atomic_write_bytes, atomic_write_text
+    from .models import resolve_model
+    from .qdq import build_qdq_model
+    from .types import CalibrationStats
+
+    t_start = time.perf_counter()
+    target = parse_target(settings.target)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output is not a directory", subject=f"--out {out}")
+    if not out.parent.is_dir():
+        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}", hint=f"mkdir -p {out.parent}")
+    device = resolve_device(settings.device)
+    rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
+    graph = rm.graph
+    pre = PRESETS[rm.preset]
+
+    def subset(limit, seed):
+        src = open_source(settings.data, preprocess=pre, data_dir=settings.data_dir)
+        if limit is not None and len(src) > limit:
+            src = open_source(settings.data, preprocess=pre, data_dir=settings.data_dir, num_images=limit, seed=seed)
+        return src
+
+    source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
+    batches = list(source.batches(64, progress=progress))
+    x = np.concatenate([b.images for b in batches])
+    labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
+    labelled = labels is not None and bool((labels >= 0).any())
+    notes = []
+    if not labelled and target.kind != "agree":
+        target = Target("agree", 100 - target.allowed_drop(1.0), target.text)
+        notes.append(f"no labels: the target is read as agreement with FP32 ({target.describe()})")
+    if settings.ranges:
+        ranges, _, _ = load_ranges(settings.ranges)
+        calib_note = f"ranges from {settings.ranges}"
+    else:
+        cfg = CalibrationConfig(model=settings.model, onnx=settings.onnx, weights=settings.weights, data=settings.data,
+                                data_dir=settings.data_dir, method=settings.method, device=settings.device)
+        csrc = subset(settings.calib_images, settings.seed + 1)
+        hists, n_cal, _, _ = collect_stats(graph, csrc, cfg, device, progress=progress)
+        stats = CalibrationStats(hists, graph.fingerprint(), csrc.fingerprint(), n_cal, cfg.num_bins)
+        ranges = ranges_from_stats(stats, cfg)
+        calib_note = f"{settings.method} ranges from {n_cal} calibration images"
+
+    sim = QuantSim(graph, ranges, device)
+    all_int8 = set(sim.layers)
+    ref = sim.logits(x, set())
+    by_top1 = labelled and target.kind != "agree"        # agreement targets measure agreement, labels or not
+    fp32_metric = float(metrics.topk_correct(ref, labels, 1).mean()) if by_top1 else 1.0
+
+    def metric(logits):
+        return float(metrics.topk_correct(logits, labels, 1).mean()) if by_top1 else float(metrics.agreement(logits, ref).mean())
+
+    # sensitivity on the proxy subset: one FP32 pass (ref) reused, two views per layer
+    t_sens = time.perf_counter()
+    xp, refp = x[:settings.proxy_images], ref[:settings.proxy_images]
+    base_sqnr = metrics.sqnr_db(refp, sim.logits(xp, all_int8))
+    alone, regain, partial_rank = {}, {}, False
+    for layer in sim.layers:
+        if settings.time_budget_s is not None and time.perf_counter() - t_start > settings.time_budget_s:
+            partial_rank = True
+            break
+        alone[layer] = metrics.sqnr_db(refp, sim.logits(xp, {layer}))
+        regain[layer] = metrics.sqnr_db(refp, sim.logits(xp, all_int8 - {layer})) - base_sqnr
+    sens_s = time.perf_counter() - t_sens
+    if partial_rank:
+        notes.append(f"time budget spent during the sensitivity pass: {len(regain)} of {len(sim.layers)} layers ranked")
+    order = sorted(regain, key=lambda k: -regain[k])
+
+    t_search = time.perf_counter()
+    remaining = None if settings.time_budget_s is None else max(0.0, settings.time_budget_s - (time.perf_counter() - t_start))
+    result = greedy_search(order, lambda fp16: metric(sim.logits(x, all_int8 - set(fp16))),
+                           lambda acc: target.met(fp32_metric, acc), time_budget_s=remaining)
+    search_s = time.perf_counter() - t_search
+    plan = plan_from_search(graph, result.fp16, regain, target, name=f"sweep-{rm.name}")
+    final_sim = result.path[-1].accuracy if result.path else float("nan")
+    for s in reversed(result.path):
+        if s.fp16 == result.fp16:
+            final_sim = s.accuracy
+            break
+
+    # outputs, written only after everything above succeeded
+    out.mkdir(exist_ok=True)
+    atomic_write_text(out / "plan.json", plan.to_json())
+    qdq, _ = build_qdq_model(graph, ranges, plan)
+    atomic_write_bytes(out / "model_qdq.onnx", qdq.SerializeToString())
+    version, algo = _cache_header(CalibrationConfig(trt_version=settings.trt_version))
+    write_trt_cache(out / "calib.bin", TrtCache.from_ranges(ranges, algorithm=algo, version=version))
+    flag = layer_precisions_flag(plan)
+    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", graph.inputs[0].name,
+                                 tuple(int(d) for d in graph.input_shape()[1:]))
+    trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
+                     f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
+                     + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
+
+    # validation: the chosen plan as a real engine
+    validation = {"backend": settings.validate_backend}
+    try:
+        vplan = plan
+        if settings.validate_backend == "onnxruntime" and plan.nodes("fp16"):
+            vplan = PrecisionPlan(plan.name, {n: LayerPrecision(n, "fp32" if lp.precision == "fp16" else lp.precision,
+                                                                lp.reason, lp.sensitivity)
+                                              for n, lp in plan.layers.items()}, default="fp32")
+            validation["note"] = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
+        engine = build(settings.validate_backend, graph, vplan, ranges, device=settings.device, qdq_flavour="tensorrt")
+        measured = metric(np.concatenate([engine.run(x[i:i + 64]) for i in range(0, len(x), 64)]))
+        validation.update({"status": "ok", "metric": measured, "engine": engine.info.description,
+                           "simulated": engine.info.simulated,
+                           "meets_target": target.met(fp32_metric, measured)})
+        if not validation["meets_target"]:
+            notes.append(f"the real engine measures {measured * 100:.2f}% against {final_sim * 100:.2f}% simulated and "
+                         f"misses the target: on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images "
+                         f"or a tighter target for margin")
+    except Exception as err:  # validation must not lose the plan: report why it failed
+        validation.update({"status": "failed", "reason": f"{type(err).__name__}: {err}"[:400]})
+
+    doc = {
+        "format": "trtquant-sweep/1", "model": {"name": rm.name, "fingerprint": graph.fingerprint()},
+        "data": {"name": source.name, "images": int(len(x)), "labelled": labelled, "fingerprint": source.fingerprint()},
+        "target": {"text": target.text, "kind": target.kind, "value": target.value, "meaning": target.describe()},
+        "metric": "top-1" if by_top1 else "agreement with FP32 top-1", "fp32_metric": fp32_metric,
+        "calibration": calib_note, "layers": len(sim.layers), "notes": notes + ([result.note] if result.note else []),
+        "sensitivity": [{"layer": n, "regain_sqnr_db": regain.get(n), "alone_int8_sqnr_db": alone.get(n)}
+                        for n in order] + [{"layer": n, "regain_sqnr_db": None, "alone_int8_sqnr_db": None}
+                                           for n in sim.layers if n not in regain],
+        "all_int8_sqnr_db": base_sqnr, "ranking_partial": partial_rank,
+        "search": {"met": result.met, "partial": result.partial, "evaluations": result.evaluations,
+                   "fp16_layers": list(result.fp16), "simulated_metric": final_sim,
+                   "path": [{"fp16": list(s.fp16), "metric": s.accuracy, "cost": s.cost, "met": s.met, "action": s.action}
+                            for s in result.path]},
+        "validation": validation, "trtexec": trt_lines,
+        "timings": {"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
+        "files": {k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")},
+    }
+    atomic_write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
+    from ..reports.sweep_render import write_sweep_reports
+
+    write_sweep_reports(doc, out)
+    return doc
