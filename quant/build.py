@@ -16,8 +16,8 @@ import numpy as np
 
 from .backends import Engine, build
 from .cache_tools import load_ranges
-from .errors import ConfigError, PlanError
-from .fileio import atomic_write_bytes, atomic_write_text
+from .errors import PlanError
+from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir
 from .graph import OnnxGraph
 from .models import resolve_model
 from .plan import PrecisionPlan, resolve_plan
@@ -59,11 +59,7 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
                  device: str = "auto", torch_precision: str | None = None, smoke: bool = True,
                  trt_mode: str = "explicit") -> BuildResult:
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output is not a directory", subject=f"--out {out}")
-    if not out.parent.is_dir():
-        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}",
-                          hint=f"mkdir -p {out.parent}")
+    check_output_dir(out)
     rm = resolve_model(model, onnx=onnx, weights=weights)
     graph = rm.graph
     plan = resolve_plan(precision, graph)

@@ -101,6 +101,17 @@ class CalibrationResult:
     executor: str = ""
 
 
+def open_capped(spec: str, *, preprocess, limit: int | None, seed: int, data_dir: str | None = None, **kw):
+    """All images of ``spec``, or a seeded subset of ``limit`` when there are more (no warning for small sets)."""
+    from ..datasets import open_source
+
+    src = open_source(spec, preprocess=preprocess, data_dir=data_dir, seed=seed, **kw)
+    if limit is not None and len(src) > limit:
+        log.info("%s holds %d images: using a seeded subset of %d", src.name, len(src), limit)
+        src = open_source(spec, preprocess=preprocess, data_dir=data_dir, num_images=limit, seed=seed, **kw)
+    return src
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -254,15 +265,13 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                 raise ConfigError("unknown preprocessing preset", subject="--preset", got=repr(rm.preset),
                                   expected="one of " + ", ".join(sorted(PRESETS)))
             preprocess = PRESETS[rm.preset]
-            source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
-                                 seed=cfg.seed, h5_images=cfg.h5_images, h5_labels=cfg.h5_labels,
-                                 on_bad_image=cfg.on_bad_image)
-            if cfg.num_images is None and len(source) > DEFAULT_MAX_IMAGES:
-                log.info("%s holds %d images: calibrating on a seeded subset of %d (set --num-images to change)",
-                         source.name, len(source), DEFAULT_MAX_IMAGES)
-                source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir,
-                                     num_images=DEFAULT_MAX_IMAGES, seed=cfg.seed, h5_images=cfg.h5_images,
-                                     h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image)
+            extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image)
+            if cfg.num_images is None:
+                source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
+                                     data_dir=cfg.data_dir, **extra)
+            else:
+                source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
+                                     seed=cfg.seed, **extra)
             timings["setup_s"] = time.perf_counter() - t0
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)

@@ -21,7 +21,7 @@ import torch
 
 from . import metrics
 from .errors import BackendUnavailable, ConfigError, QuantError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,10 @@ def _load_previous(path: Path, key: dict) -> dict:
 
 
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
-    from ..datasets import PRESETS, open_source
+    from ..datasets import PRESETS
     from .backends import build
-    from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, collect_stats, ranges_from_stats, resolve_device
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, collect_stats, open_capped, ranges_from_stats,
+                            resolve_device)
     from .models import resolve_model
     from .plan import resolve_plan
     from .build import trtexec_commands
@@ -174,10 +175,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
 
     specs = parse_configs(settings.configs)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output is not a directory", subject=f"--out {out}")
-    if not out.parent.is_dir():
-        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}", hint=f"mkdir -p {out.parent}")
+    check_output_dir(out)
     out.mkdir(exist_ok=True)
     results_path = out / "results.json"
     previous = _load_previous(results_path, settings.key()) if resume else {}
@@ -187,12 +185,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     graph = rm.graph
     preprocess = PRESETS[rm.preset]
     def subset(limit: int | None, seed: int):
-        """All images, or a seeded subset when there are more than ``limit`` (no warning for small sets)."""
-        src = open_source(settings.data, preprocess=preprocess, data_dir=settings.data_dir)
-        if limit is not None and len(src) > limit:
-            src = open_source(settings.data, preprocess=preprocess, data_dir=settings.data_dir, num_images=limit,
-                              seed=seed)
-        return src
+        return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir)
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     t_load = time.perf_counter()

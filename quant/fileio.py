@@ -41,6 +41,17 @@ def _umask() -> int:
     return mask
 
 
+def check_output_dir(path: Path, *, flag: str = "--out") -> Path:
+    """An output directory we may create: not an existing file, parent present."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("output is not a directory", subject=f"{flag} {path}")
+    if not path.parent.is_dir():
+        raise ConfigError("output directory's parent does not exist", subject=f"{flag} {path}",
+                          hint=f"mkdir -p {path.parent}")
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")

@@ -253,14 +253,14 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     import json
     from pathlib import Path
 
-    from ..datasets import PRESETS, open_source
+    from ..datasets import PRESETS
     from .backends import build
     from .build import trtexec_commands
     from .cache import TrtCache, write_trt_cache
     from .cache_tools import load_ranges
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, collect_stats, ranges_from_stats,
-                            resolve_device)
-    from .fileio import atomic_write_bytes, atomic_write_text
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, collect_stats, open_capped,
+                            ranges_from_stats, resolve_device)
+    from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir
     from .models import resolve_model
     from .qdq import build_qdq_model
     from .types import CalibrationStats
@@ -268,20 +268,14 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     target = parse_target(settings.target)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output is not a directory", subject=f"--out {out}")
-    if not out.parent.is_dir():
-        raise ConfigError("output directory's parent does not exist", subject=f"--out {out}", hint=f"mkdir -p {out.parent}")
+    check_output_dir(out)
     device = resolve_device(settings.device)
     rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
     graph = rm.graph
     pre = PRESETS[rm.preset]
 
     def subset(limit, seed):
-        src = open_source(settings.data, preprocess=pre, data_dir=settings.data_dir)
-        if limit is not None and len(src) > limit:
-            src = open_source(settings.data, preprocess=pre, data_dir=settings.data_dir, num_images=limit, seed=seed)
-        return src
+        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir)
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     batches = list(source.batches(64, progress=progress))
