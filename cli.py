@@ -178,7 +178,8 @@ def cmd_sweep(args) -> int:
                              data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
-                             validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed)
+                             validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
+                             margin_pp=_percent(args.margin))
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     doc = sweep(settings, out, progress=not args.no_progress)
     s, v = doc["search"], doc["validation"]
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--ranges", default=None, help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
     w.add_argument("--proxy-images", type=int, default=64, help="images for the sensitivity ranking")
     w.add_argument("--time-budget", type=float, default=None, help="seconds; returns the best plan found so far")
+    w.add_argument("--margin", default="0", help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
+                                                  "room for the real engine's rounding differences")
     w.add_argument("--device", default="auto")
     w.add_argument("--validate-backend", default="onnxruntime", help="backend that measures the chosen plan")
     w.add_argument("--trt-version", default=None, help="TensorRT version for the calib.bin header")

@@ -26,6 +26,7 @@ def test_target_parsing_and_meaning():
     a = parse_target("agree:99%")
     assert a.kind == "agree" and a.met(1.0, 0.99) and not a.met(1.0, 0.985)
     assert parse_target("99%agree").kind == "agree" and parse_target("1").value == 1.0
+    assert t.met(0.80, 0.797) and not t.met(0.80, 0.797, margin_pp=0.3)      # margin: 0.3 + 0.3 > 0.5
     for bad in ("abc", "-1%", "agree:150%", "5%%"):
         with pytest.raises(ConfigError, match="--target-drop"):
             parse_target(bad)
