@@ -184,6 +184,13 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     return collector.histograms(), images, executor.kind, waits
 
 
+def statistics(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *,
+               progress: bool = True) -> CalibrationStats:
+    """One statistics pass over ``source``, packaged with the model and data fingerprints."""
+    hists, images, _, _ = collect_stats(graph, source, cfg, device, progress=progress)
+    return CalibrationStats(hists, graph.fingerprint(), source.fingerprint(), images, cfg.num_bins)
+
+
 def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeSet:
     algo = cfg.algorithm()
     ranges, zero = {}, []

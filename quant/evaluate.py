@@ -166,12 +166,11 @@ def _load_previous(path: Path, key: dict) -> dict:
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
     from ..datasets import PRESETS
     from .backends import build
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, collect_stats, open_capped, ranges_from_stats,
-                            resolve_device)
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, open_capped, ranges_from_stats, resolve_device,
+                            statistics)
     from .models import resolve_model
     from .plan import resolve_plan
     from .build import trtexec_commands
-    from .types import CalibrationStats
 
     specs = parse_configs(settings.configs)
     out = Path(out)
@@ -214,11 +213,10 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                                       num_images=settings.calib_images, seed=settings.seed + 1, device=settings.device)
         calib_src = subset(settings.calib_images, settings.seed + 1)
         t = time.perf_counter()
-        hists, n_cal, _, _ = collect_stats(graph, calib_src, calib_cfg, device, progress=progress)
-        stats = CalibrationStats(hists, graph.fingerprint(), calib_src.fingerprint(), n_cal, calib_cfg.num_bins)
-        doc["calibration"] = {"images": n_cal, "data_fingerprint": calib_src.fingerprint(),
+        stats = statistics(graph, calib_src, calib_cfg, device, progress=progress)
+        doc["calibration"] = {"images": stats.num_images, "data_fingerprint": stats.data_fingerprint,
                               "seconds": time.perf_counter() - t,
-                              "overlaps_evaluation": True}
+                              "images_also_evaluated": len(set(calib_src.ids) & set(source.ids))}
 
     def save():
         atomic_write_text(results_path, json.dumps(doc, indent=1) + "\n")

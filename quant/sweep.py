@@ -260,12 +260,11 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     from .build import trtexec_commands
     from .cache import TrtCache, write_trt_cache
     from .cache_tools import load_ranges
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, collect_stats, open_capped,
-                            ranges_from_stats, resolve_device)
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, open_capped, ranges_from_stats,
+                            resolve_device, statistics)
     from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir
     from .models import resolve_model
     from .qdq import build_qdq_model
-    from .types import CalibrationStats
 
     t_start = time.perf_counter()
     target = parse_target(settings.target)
@@ -294,11 +293,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     else:
         cfg = CalibrationConfig(model=settings.model, onnx=settings.onnx, weights=settings.weights, data=settings.data,
                                 data_dir=settings.data_dir, method=settings.method, device=settings.device)
-        csrc = subset(settings.calib_images, settings.seed + 1)
-        hists, n_cal, _, _ = collect_stats(graph, csrc, cfg, device, progress=progress)
-        stats = CalibrationStats(hists, graph.fingerprint(), csrc.fingerprint(), n_cal, cfg.num_bins)
+        stats = statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg, device, progress=progress)
         ranges = ranges_from_stats(stats, cfg)
-        calib_note = f"{settings.method} ranges from {n_cal} calibration images"
+        calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"
 
     sim = QuantSim(graph, ranges, device)
     all_int8 = set(sim.layers)
