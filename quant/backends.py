@@ -1,10 +1,10 @@
 """Engines for a precision configuration, behind one interface: ``build(...) -> Engine``, ``Engine.run``.
 
-- ``onnxruntime`` (CPU, everywhere): FP32 runs the ONNX graph; INT8 runs the Q/DQ model with ONNX
-  Runtime's real integer kernels. ORT's fast x86 kernels want uint8 activations: a symmetric int8
-  quantizer (zero-point 0) has exactly the values of a uint8 quantizer with zero-point 128 and the
-  same scale (``q_u8 = q_s8 + 128``), so activation quantizers are rewritten that way; weights stay
-  int8 per-channel. The engine reports which integer kernels ORT actually selected.
+- ``onnxruntime`` (CPU, everywhere): FP32 runs the ONNX graph; INT8 runs the very Q/DQ model we ship
+  for TensorRT, lowered for ONNX Runtime's integer kernels by value-preserving rewrites only
+  (:mod:`.ort_int8`: uint8 activations with zero-point 128, u8 or s8 weights by what the CPU computes
+  exactly, ``QLinearConv`` where a quantizer follows the convolution). The engine reports which
+  integer kernels ORT actually selected.
 - ``torch`` (GPU when present, else CPU): FP32 / TF32 / FP16 / BF16 executed for real by the ONNX
   interpreter; INT8 is *simulated* (fake quantization with exactly our scales, on the same Q/DQ graph)
   and labelled so.
@@ -16,14 +16,14 @@ import collections
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+
 
 from .errors import BackendUnavailable, ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
@@ -67,34 +67,36 @@ def cpu_int8_instructions() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
-def to_uint8_activations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Activation quantizers (input not a constant, int8 zero-point 0) -> uint8 with zero-point 128."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    inits = {i.name: i for i in g.initializer}
-    const_inputs = set(inits) | {n.output[0] for n in g.node if n.op_type == "Constant"}
-    # DequantizeLinear nodes consume the Q output; find activation Q nodes first
-    act_zps = set()
-    for n in g.node:
-        if n.op_type == "QuantizeLinear" and n.input[0] not in const_inputs and len(n.input) > 2:
-            act_zps.add(n.input[2])
-    converted = {}
-    for zp in act_zps:
-        arr = numpy_helper.to_array(inits[zp])
-        if arr.dtype != np.int8 or np.any(arr != 0):
-            raise ConfigError("not a symmetric int8 activation quantizer", subject=f"zero point {zp!r}",
-                              got=f"{arr.dtype} {arr.tolist()}", expected="int8 zero-point 0")
-        name = f"{zp}_u8"
-        g.initializer.append(numpy_helper.from_array(np.full(arr.shape, 128, dtype=np.uint8), name))
-        converted[zp] = name
-    for n in g.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in converted:
-            n.input[2] = converted[n.input[2]]
-    still_used = {i for n in g.node for i in n.input}
-    for init in [i for i in g.initializer if i.name in converted and i.name not in still_used]:
-        g.initializer.remove(init)
-    return out
+def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None, *, precision: str,
+                     weights: str | None = None, threads: int | None = None) -> "OrtEngine":
+    """FP32: the ONNX graph. INT8: the exact Q/DQ model we ship for TensorRT, lowered value-preservingly
+    for ONNX Runtime's integer kernels (:mod:`.ort_int8`)."""
+    from .ort_int8 import lower_for_onnxruntime, u8s8_is_exact
+
+    ort = _ort()
+    isa = ", ".join(cpu_int8_instructions()) or "none detected"
+    fields = dict(backend="onnxruntime", precision=precision, device="cpu", simulated=False, description="")
+    if not plan.nodes("int8"):
+        engine = OrtEngine(graph.model, fields, threads=threads)
+        engine.info = replace(engine.info, description=f"ONNX Runtime {ort.__version__} CPU, FP32; "
+                                                       f"CPU instructions: {isa}")
+        return engine
+    shipped, _ = build_qdq_model(graph, ranges, plan)
+    low = lower_for_onnxruntime(shipped, weights)
+    engine = OrtEngine(low.model, fields, threads=threads)
+    engine.lowering = low
+    kernels = ", ".join(f"{v} {op}" for op, v in engine.integer_kernels.items()) or "none"
+    exact = u8s8_is_exact()
+    why = ("u8 x s8 weights (this CPU accumulates u8 x s8 exactly: VNNI/AMX)" if low.weights == "s8" else
+           "u8 x u8 weights with zero-point 128 (same values): this CPU's u8 x s8 GEMM saturates "
+           "(no VNNI: vpmaddubsw), so exact kernels widen to 16 bits"
+           + ("" if exact else " -- on this CPU INT8 is not expected to beat FP32: without VNNI/AMX an "
+                               "exact int8 product costs as much as a float one"))
+    engine.info = replace(engine.info, description=(
+        f"ONNX Runtime {ort.__version__} CPU, INT8: the shipped TensorRT Q/DQ model, lowered value-preservingly; "
+        f"{why}; integer kernels: {kernels}; {len(low.float_layers)} INT8 layer(s) computed in float on "
+        f"dequantized values as the Q/DQ graph defines (residual/classifier); CPU instructions: {isa}"))
+    return engine
 
 
 def _ort():
@@ -220,12 +222,10 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
-          torch_precision: str | None = None, device: str = "auto", quantize_outputs: bool = False,
-          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit",
-          qdq_flavour: str = "ort") -> Engine:
+          torch_precision: str | None = None, device: str = "auto",
+          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit") -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
-    to the torch backend's non-INT8 execution; ``quantize_outputs`` makes the simulated torch engine
-    use the ONNX Runtime flavour of the Q/DQ graph (quantized layer outputs too), for agreement checks."""
+    to the torch backend's non-INT8 execution. Every INT8 engine runs the one Q/DQ model we ship."""
     if backend not in BACKENDS:
         raise ConfigError("unknown backend", subject="--backend", got=repr(backend), expected=" | ".join(BACKENDS))
     needs_ranges = bool(plan.nodes("int8"))
@@ -237,30 +237,7 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
             raise BackendUnavailable("ONNX Runtime's CPU provider has no FP16 convolution kernels",
                                      subject="--backend onnxruntime --precision " + plan.name,
                                      hint="use --backend torch (GPU) or tensorrt for FP16")
-        if needs_ranges:
-            # "ort": also quantize layer outputs so ORT selects its integer kernels (fast, but adds quantizers
-            # TensorRT would not have); "tensorrt": the exact Q/DQ model written for TensorRT (ORT then runs most
-            # layers as float kernels between Q/DQ: the best CPU predictor of TensorRT's accuracy)
-            model, summary = build_qdq_model(graph, ranges, plan, quantize_outputs=qdq_flavour == "ort")
-            model = to_uint8_activations(model)
-        else:
-            model = graph.model
-        ort = _ort()
-        fields = dict(backend="onnxruntime", precision=precision, device="cpu", simulated=False,
-                      description="")
-        engine = OrtEngine(model, fields)
-        isa = ", ".join(cpu_int8_instructions()) or "none detected"
-        if needs_ranges:
-            k = sum(engine.integer_kernels.values())
-            kernels = ", ".join(f"{v} {op}" for op, v in engine.integer_kernels.items()) or "none"
-            desc = (f"ONNX Runtime {ort.__version__} CPU, INT8 ({qdq_flavour}-shaped Q/DQ) with uint8 activations "
-                    f"(zero-point 128) and int8 per-channel weights; integer kernels selected: {kernels}"
-                    + ("" if k else " -- none: ORT runs this model's quantizers in float (not a real INT8 engine)")
-                    + f"; CPU integer instructions: {isa}")
-        else:
-            desc = f"ONNX Runtime {ort.__version__} CPU, FP32; CPU integer instructions: {isa}"
-        engine.info = EngineInfo(**{**engine.info.__dict__, "description": desc})
-        return engine
+        return build_ort_engine(graph, plan, ranges, precision=precision)
     if backend == "torch":
         from .calibrate import resolve_device
 
@@ -276,7 +253,7 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
             if tp != "fp32":
                 raise ConfigError("simulated INT8 runs on an FP32 base", subject="--torch-precision", got=tp,
                                   expected="fp32 with an INT8 plan")
-            model, _ = build_qdq_model(graph, ranges, plan, quantize_outputs=quantize_outputs)
+            model, _ = build_qdq_model(graph, ranges, plan)
             g = OnnxGraph(model)
         simulated = needs_ranges
         desc = (f"PyTorch {torch.__version__} on {dev}, {tp.upper()}"

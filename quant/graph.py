@@ -522,9 +522,12 @@ class TorchGraphExecutor:
 
     def run(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
             watch: set[str] | None = None,
-            transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+            transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+            edges: Mapping[str, Mapping[int, Callable[[torch.Tensor], torch.Tensor]]] | None = None,
+            ) -> dict[str, torch.Tensor]:
         """Run the graph. ``observe(name, value)`` sees each watched tensor; ``transform(name, value)``
-        may replace a float tensor before its consumers read it (e.g. fake quantization)."""
+        may replace a float tensor before its consumers read it; ``edges[node][i](value)`` replaces
+        what input ``i`` of ``node`` reads, for that consumer only (quantizers sit on edges)."""
         env: dict[str, torch.Tensor] = dict(self.consts)
         for gi in self.graph.inputs:
             if gi.name not in feeds:
@@ -537,6 +540,9 @@ class TorchGraphExecutor:
         with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
             for i, (node, a, inputs) in enumerate(self.nodes):
                 args = [env[n] if n else None for n in inputs]
+                if edges and node.name in edges:
+                    for idx, fn in edges[node.name].items():
+                        args[idx] = fn(args[idx])
                 while args and args[-1] is None:
                     args.pop()
                 try:

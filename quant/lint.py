@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .qdq import weight_axis
+from .placement import weight_axis
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu", "Tanh")

@@ -1,16 +1,14 @@
 """Explicit quantization: ranges + precision plan -> a Q/DQ ONNX model for TensorRT 10/11.
 
-Placement follows TensorRT's Q/DQ rules (quantize the *inputs* of the layers that run in INT8):
+Where the quantizers go is decided by :func:`.placement.place_quantizers` (the one placement rule,
+shared with the planner's simulator and lint); this module only writes them:
 
-- every INT8 Conv/ConvTranspose/Gemm/MatMul gets QuantizeLinear -> DequantizeLinear on its
-  activation input (per-tensor, scale = amax / 127 from the ranges, zero-point 0) and on its weight
-  (per-channel along the output-channel axis, scale = max|W_c| / 127 computed from the weights);
-- a residual ``Add`` fed by an INT8 convolution gets Q/DQ on its *other* input, so TensorRT can fuse
-  the addition into the convolution instead of running it in float;
-- outputs are never quantized (TensorRT fuses the DQ -> op -> Q chains it finds);
+- each quantizer becomes QuantizeLinear -> DequantizeLinear (activations per-tensor with scale =
+  amax / 127 from the ranges, weights per-channel with scale = max|W_c| / 127), zero-point 0 int8,
+  read by exactly the consumers the placement names;
 - FP16 nodes get ``Cast`` to FLOAT16 on their float inputs (FP16 copies for weights) and a ``Cast``
-  back to FLOAT on each output, which keeps every original tensor name holding FP32 values
-  (TensorRT removes back-to-back Casts); FP32 nodes are untouched.
+  back to FLOAT on each output, which keeps every original tensor name holding FP32 values;
+  FP32 nodes are untouched.
 
 Only the marking (which tensor gets which quantizer) depends on the plan; the rewrite is one pass.
 """
@@ -26,6 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import PlanError
 from .graph import OnnxGraph
+from .onnxutil import toposort
+from .placement import place_quantizers, weight_scales
 from .plan import PrecisionPlan
 from .types import RangeSet
 
@@ -42,30 +42,6 @@ class QdqSummary:
     residual_quantizers: int
     int8_nodes: int
     fp16_nodes: int
-
-
-def weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
-    """Output-channel axis of a weight, as TensorRT expects per-channel weight scales."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if group != 1:
-            raise PlanError("per-channel INT8 for grouped ConvTranspose is not supported",
-                            subject=f"node {node.name!r}", hint="keep this node FP16/FP32 in the plan")
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    return w.ndim - 1   # MatMul: (..., K, N)
-
-
-def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
-    """Symmetric per-channel scales ``max|W_c| / 127`` (1.0 for an all-zero channel: any scale is exact)."""
-    reduce = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.abs(w.astype(np.float32)).max(axis=reduce) if reduce else np.abs(w.astype(np.float32))
-    scale = (amax / np.float32(127.0)).astype(np.float32)
-    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
 class _Rewriter:
@@ -100,12 +76,11 @@ class _Rewriter:
         self.done[key] = dq
         return dq
 
-    def qdq_weight(self, node: onnx.NodeProto, tensor: str) -> str:
-        key = f"w:{tensor}"
+    def qdq_weight(self, tensor: str, axis: int) -> str:
+        key = f"w:{tensor}:{axis}"
         if key in self.done:
             return self.done[key]
-        w = numpy_helper.to_array(self.inits[tensor])
-        axis = weight_axis(node, w)
+        w = self._constant(tensor)
         scales = weight_scales(w, axis)
         s = self._uniq(f"{tensor}_scale")
         z = self._uniq(f"{tensor}_zero_point")
@@ -118,6 +93,12 @@ class _Rewriter:
                                             name=self._uniq(f"{tensor}_DequantizeLinear"))]
         self.done[key] = dq
         return dq
+
+    def _constant(self, tensor: str) -> np.ndarray:
+        if tensor in self.inits:
+            return numpy_helper.to_array(self.inits[tensor])
+        node = next(n for n in self.g.node if n.op_type == "Constant" and n.output[0] == tensor)
+        return numpy_helper.to_array(node.attribute[0].t)
 
     def fp16_input(self, tensor: str) -> str:
         key = f"h:{tensor}"
@@ -162,48 +143,25 @@ def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str]) -> None:
                         hint="calibrate this very ONNX graph (same export) or pass its ranges/cache")
 
 
-def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
-                    quantize_outputs: bool = False) -> tuple[onnx.ModelProto, QdqSummary]:
-    """Rewrite ``graph`` per ``plan``: Q/DQ around INT8 layers, Casts around FP16 layers.
-
-    ``quantize_outputs=True`` also puts Q/DQ on the outputs of INT8 layers (not on graph outputs):
-    the "QDQ format" ONNX Runtime needs to select its integer kernels (DQ -> Conv -> Q becomes
-    QLinearConv). TensorRT does not want them (it fuses Conv+activation and quantizes after).
-    """
+def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan) -> tuple[onnx.ModelProto, QdqSummary]:
+    """Rewrite ``graph`` per ``plan``: Q/DQ where :func:`.placement.place_quantizers` puts them, Casts
+    around FP16 layers. The quantizers are exactly the ones the planner simulates."""
     plan.check(graph)
     if graph.opset < 13 and plan.nodes("int8"):
         raise PlanError("per-channel Q/DQ needs opset >= 13", subject=str(graph.path or "model"),
                         got=f"opset {graph.opset}", hint="re-export the model with opset 13 or newer")
+    placement = place_quantizers(graph, plan.nodes("int8"))
     rw = _Rewriter(graph)
     nodes = list(rw.g.node)
-    producer = {o: n for n in nodes for o in n.output}
-    int8 = {n.name for n in nodes if plan.precision(n.name) == "int8"}
-    needed = [n.input[0] for n in nodes if n.name in int8]
-    residual = []
-    for n in nodes:
-        if n.op_type == "Add" and len(n.input) == 2 and plan.precision(n.name) != "fp16":
-            from_int8 = [producer.get(i) is not None and producer[i].name in int8 for i in n.input]
-            if any(from_int8):
-                other = n.input[1] if from_int8[0] else n.input[0]
-                if other not in rw.inits and (producer.get(other) is None or producer[other].op_type != "Constant"):
-                    residual.append((n, other))
-    graph_outputs = {o.name for o in rw.g.output}
-    out_q = [n.output[0] for n in nodes if quantize_outputs and n.name in int8 and n.output[0] not in graph_outputs]
-    check_ranges(graph, ranges, needed + [o for _, o in residual] + out_q)
-
-    for n in nodes:
-        if n.name in int8:
-            n.input[0] = rw.qdq_activation(n.input[0], ranges.ranges[n.input[0]].scale)
-            n.input[1] = rw.qdq_weight(n, n.input[1])
-    for add, other in residual:
-        idx = list(add.input).index(other)
-        add.input[idx] = rw.qdq_activation(other, ranges.ranges[other].scale)
-    for tensor in out_q:
-        dq = rw.qdq_activation(tensor, ranges.ranges[tensor].scale)
-        for n in nodes:
-            for i, name in enumerate(n.input):
-                if name == tensor:
-                    n.input[i] = dq
+    by_name = {n.name: n for n in nodes}
+    check_ranges(graph, ranges, placement.activation_tensors())
+    for q in placement.quantizers:
+        dq = (rw.qdq_activation(q.tensor, ranges.ranges[q.tensor].scale) if q.kind == "activation"
+              else rw.qdq_weight(q.tensor, q.axis))
+        for node, idx in q.consumers:
+            by_name[node].input[idx] = dq
+    int8 = placement.int8_nodes
+    residual = placement.fused_adds
 
     fp16_nodes = 0
     if any(plan.precision(n.name) == "fp16" for n in nodes):
@@ -223,35 +181,12 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
                                                          name=rw._uniq(f"{name}_CastToFp32")))
     # rebuild in topological order: new nodes go right before their first consumer
     rw.g.initializer.extend(rw.new_inits)
-    ordered = _toposort(list(rw.g.node) + rw.new_nodes)
+    ordered = toposort(list(rw.g.node) + rw.new_nodes)
     del rw.g.node[:]
     rw.g.node.extend(ordered)
     model = rw.model
     onnx.checker.check_model(model)
-    summary = QdqSummary(activation_quantizers=sum(k.startswith("act:") for k in rw.done),
-                         weight_quantizers=sum(k.startswith("w:") for k in rw.done),
+    summary = QdqSummary(activation_quantizers=len(placement.activations()),
+                         weight_quantizers=len(placement.weights()),
                          residual_quantizers=len(residual), int8_nodes=len(int8), fp16_nodes=fp16_nodes)
     return model, summary
-
-
-def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """Depth-first topological order that keeps the original order wherever it is already valid."""
-    produced_by = {o: idx for idx, n in enumerate(nodes) for o in n.output}
-    order, state = [], [0] * len(nodes)   # 0 new, 1 on the stack, 2 placed
-    for i in range(len(nodes)):
-        stack = [(i, False)]
-        while stack:
-            j, expanded = stack.pop()
-            if state[j] == 2 or (state[j] == 1 and not expanded):
-                continue
-            if expanded:
-                state[j] = 2
-                order.append(nodes[j])
-                continue
-            state[j] = 1
-            stack.append((j, True))
-            for name in reversed(nodes[j].input):
-                k = produced_by.get(name)
-                if k is not None and state[k] == 0:
-                    stack.append((k, False))
-    return order

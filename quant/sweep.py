@@ -33,7 +33,8 @@ from .errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
 from .numerics import fake_quant
 from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
-from .qdq import weight_axis, weight_scales
+from .placement import Placement, Quantizer, place_quantizers, weight_scales
+from .qdq import check_ranges
 from .types import RangeSet
 
 
@@ -82,52 +83,59 @@ def parse_target(text: str) -> Target:
 
 
 class QuantSim:
-    """Fake-quantize any subset of layers on the FP32 graph (TensorRT placement), fast."""
+    """Fake-quantize any subset of layers on the FP32 graph, fast, with exactly the quantizers that
+    :func:`.placement.place_quantizers` gives the shipped Q/DQ model (same tensors, same consumers,
+    same scales)."""
 
     def __init__(self, graph: OnnxGraph, ranges: RangeSet, device: torch.device):
         self.graph = graph
+        self.ranges = ranges
         self.ex = TorchGraphExecutor(graph, device)
         self.layers = quantizable_nodes(graph)
-        nodes = {n.name: n for n in graph.model.graph.node}
-        producer = {o: n for n in graph.model.graph.node for o in n.output}
-        self.act: dict[str, str] = {}          # layer -> activation tensor quantized for it
-        self.weight: dict[str, tuple[str, torch.Tensor]] = {}
-        self.residual: dict[str, str] = {}     # layer -> residual tensor quantized when it is INT8
         self.scales = {n: r.scale for n, r in ranges.ranges.items()}
-        for name in self.layers:
-            node = nodes[name]
-            self.act[name] = node.input[0]
-            w = self.ex.consts[node.input[1]]
-            wn = w.detach().cpu().numpy()
-            axis = weight_axis(node, wn)
-            s = torch.from_numpy(weight_scales(wn, axis)).to(w.device)
-            shape = [1] * w.dim()
-            shape[axis] = -1
-            self.weight[name] = (node.input[1], fake_quant(w, s.reshape(shape)))
-        for n in graph.model.graph.node:
-            if n.op_type == "Add" and len(n.input) == 2:
-                for i, j in ((0, 1), (1, 0)):
-                    p = producer.get(n.input[i])
-                    if p is not None and p.name in self.act:
-                        self.residual[p.name] = n.input[j]
-        missing = [t for t in set(self.act.values()) | set(self.residual.values()) if t not in self.scales]
-        if missing:
-            from .qdq import check_ranges
+        self._placements: dict[frozenset, Placement] = {}
+        self._weights: dict[tuple[str, int], torch.Tensor] = {}
+        self.placement(self.layers)           # checks the ranges cover every quantized tensor, up front
 
-            check_ranges(graph, ranges, list(missing))
+    def placement(self, int8) -> Placement:
+        key = frozenset(int8)
+        if key not in self._placements:
+            p = place_quantizers(self.graph, key)
+            check_ranges(self.graph, self.ranges, p.activation_tensors())
+            self._placements[key] = p
+        return self._placements[key]
+
+    def _weight(self, q: Quantizer) -> torch.Tensor:
+        key = (q.tensor, q.axis)
+        if key not in self._weights:
+            w = self.ex.consts[q.tensor]
+            wn = w.detach().float().cpu().numpy()
+            s = torch.from_numpy(weight_scales(wn, q.axis)).to(w.device)
+            shape = [1] * w.dim()
+            shape[q.axis] = -1
+            self._weights[key] = fake_quant(w, s.reshape(shape))
+        return self._weights[key]
+
+    def edges(self, int8) -> tuple[dict, dict]:
+        """Per-consumer replacements for one forward (``memo`` shares a tensor's fake-quant between its consumers)."""
+        memo: dict[str, torch.Tensor] = {}
+        edges: dict[str, dict[int, object]] = {}
+        for q in self.placement(int8).quantizers:
+            if q.kind == "weight":
+                wq = self._weight(q)
+                fn = lambda v, wq=wq: wq                                     # noqa: E731
+            else:
+                def fn(v, t=q.tensor, s=self.scales[q.tensor]):
+                    if t not in memo:
+                        memo[t] = fake_quant(v, s)
+                    return memo[t]
+            for node, idx in q.consumers:
+                edges.setdefault(node, {})[idx] = fn
+        return edges, memo
 
     def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
-        tensors = {self.act[n] for n in int8} | {self.residual[n] for n in int8 if n in self.residual}
-        saved = {}
-        for n in int8:
-            wname, wq = self.weight[n]
-            saved[wname] = self.ex.consts[wname]
-            self.ex.consts[wname] = wq
-        try:
-            out = self.ex.run({self.graph.inputs[0].name: x},
-                              transform=lambda name, v: fake_quant(v, self.scales[name]) if name in tensors else v)
-        finally:
-            self.ex.consts.update(saved)
+        edges, _ = self.edges(int8)
+        out = self.ex.run({self.graph.inputs[0].name: x}, edges=edges)
         return next(iter(out.values()))
 
     def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
@@ -361,7 +369,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
             validation["note"] = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
-        engine = build(settings.validate_backend, graph, vplan, ranges, device=settings.device, qdq_flavour="tensorrt")
+        engine = build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
         measured = metric(np.concatenate([engine.run(x[i:i + 64]) for i in range(0, len(x), 64)]))
         validation.update({"status": "ok", "metric": measured, "engine": engine.info.description,
                            "simulated": engine.info.simulated,

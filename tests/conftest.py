@@ -42,3 +42,12 @@ def sample_images():
 @pytest.fixture(scope="session")
 def sample_images_inception():
     return _sample("inception")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_ranges(tmp_path_factory):
+    """Entropy ranges of MobileNetV2 on the 20 bundled images (the embedded default), computed once."""
+    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+
+    return calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path_factory.mktemp("ranges") / "c.bin",
+                     progress=False).ranges

@@ -16,9 +16,8 @@ from trtquant.quant.plan import resolve_plan
 
 
 @pytest.fixture(scope="module")
-def ranges(tmp_path_factory):
-    return calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path_factory.mktemp("b") / "c.bin",
-                     progress=False).ranges
+def ranges(mobilenet_ranges):
+    return mobilenet_ranges
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_sweep_end_to_end_on_the_embedded_default(tmp_path, capsys):
     assert doc["layers"] == 53 and len(doc["sensitivity"]) == 53
     assert doc["search"]["met"] and doc["validation"]["status"] == "ok"
     v = doc["validation"]
-    assert v["simulated"] is False and "tensorrt-shaped" in v["engine"] and 0 <= v["metric"] <= 1
+    assert v["simulated"] is False and "the shipped TensorRT Q/DQ model" in v["engine"] and 0 <= v["metric"] <= 1
     # 20 images: one flip is 5 pp, so the measured engine may miss a 0.5 pp target; then the sweep says so
     assert v["meets_target"] or any("misses the target" in n for n in doc["notes"])
     assert "simulated" in (tmp_path / "s" / "sweep.md").read_text().lower()

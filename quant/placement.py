@@ -1,0 +1,169 @@
+"""The one quantizer-placement rule: for a graph and the set of INT8 layers, every quantizer TensorRT needs.
+
+The Q/DQ writer (:mod:`.qdq`, what we ship), the planner's simulator (:class:`.sweep.QuantSim`, what
+we measure) and lint (:mod:`.lint`, what we check) all consume :func:`place_quantizers`; none of them
+re-derives placement. A quantizer is attached to *edges* (consumer node, input index), never to a
+tensor as a whole: a tensor read by an INT8 convolution and by an FP32 layer is quantized for the
+convolution only, in the simulation exactly as in the shipped graph.
+
+TensorRT's explicit-quantization rules (NVIDIA's *Explicit Quantization* docs, pytorch-quantization's
+ResNet tutorial, ModelOpt's ONNX placement):
+
+- **Layer inputs.** An INT8 Conv/ConvTranspose/Gemm/MatMul gets a per-tensor quantizer on its
+  activation input (scale = amax / 127 from the ranges, zero-point 0) and a per-channel quantizer on
+  its weight (output-channel axis, scale = max|W_c| / 127). Outputs are not quantized: TensorRT fuses
+  ``DQ -> Conv -> activation -> Q`` and quantizes where the next INT8 layer reads.
+- **Residual Add.** TensorRT fuses an ``Add`` into the convolution that produces one of its inputs
+  when that convolution is INT8 and its output feeds only the Add; the *other* input (the skip
+  branch) must then be quantized. If both inputs qualify, the one on the longer path from the graph
+  inputs is fused (ModelOpt's rule: the skip is the shorter branch).
+- **Pooling.** A GlobalAveragePool/AveragePool/MaxPool whose input comes (through element-wise
+  activations) from an INT8 layer gets a quantizer on that input, so the pool and the layer before it
+  run in INT8 instead of FP32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+import onnx
+
+from .errors import PlanError
+from .onnxutil import constant_values
+
+if TYPE_CHECKING:                      # no runtime import: this module needs only numpy and onnx
+    from .graph import OnnxGraph
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOL_OPS = ("GlobalAveragePool", "AveragePool", "MaxPool")
+ACTIVATION_OPS = ("Relu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid", "LeakyRelu", "Tanh")
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """One Q/DQ pair: ``tensor`` quantized for ``consumers`` (node name, input index)."""
+
+    tensor: str
+    kind: str                               # "activation" (per-tensor) | "weight" (per-channel)
+    consumers: tuple[tuple[str, int], ...]
+    reason: str                             # "layer input" | "weight" | "residual input" | "pooling input"
+    axis: int | None = None                 # per-channel axis (weights)
+
+
+@dataclass(frozen=True)
+class Placement:
+    int8_nodes: frozenset[str]
+    quantizers: tuple[Quantizer, ...]
+    fused_adds: tuple[tuple[str, str], ...] = ()   # (Add node, the INT8 layer TensorRT fuses it into)
+
+    def activations(self) -> tuple[Quantizer, ...]:
+        return tuple(q for q in self.quantizers if q.kind == "activation")
+
+    def weights(self) -> tuple[Quantizer, ...]:
+        return tuple(q for q in self.quantizers if q.kind == "weight")
+
+    def edges(self) -> dict[tuple[str, int], Quantizer]:
+        return {edge: q for q in self.quantizers for edge in q.consumers}
+
+    def activation_tensors(self) -> list[str]:
+        return sorted({q.tensor for q in self.activations()})
+
+
+def weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
+    """Output-channel axis of a weight, as TensorRT expects per-channel weight scales."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group != 1:
+            raise PlanError("per-channel INT8 for grouped ConvTranspose is not supported",
+                            subject=f"node {node.name!r}", hint="keep this node FP16/FP32 in the plan")
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return w.ndim - 1   # MatMul: (..., K, N)
+
+
+def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
+    """Symmetric per-channel scales ``max|W_c| / 127`` (1.0 for an all-zero channel: any scale is exact)."""
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w.astype(np.float32)).max(axis=reduce) if reduce else np.abs(w.astype(np.float32))
+    scale = (amax / np.float32(127.0)).astype(np.float32)
+    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def _depths(nodes: list[onnx.NodeProto]) -> dict[str, int]:
+    """Longest path (in nodes) from a graph input to each tensor."""
+    depth: dict[str, int] = {}
+    for n in nodes:                       # ONNX graphs are topologically sorted
+        d = 1 + max((depth.get(i, 0) for i in n.input if i), default=0)
+        for o in n.output:
+            depth[o] = d
+    return depth
+
+
+def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str]) -> Placement:
+    """Every quantizer TensorRT needs when the layers in ``int8`` run in INT8 (see the module docstring)."""
+    model = graph if isinstance(graph, onnx.ModelProto) else graph.model
+    nodes = list(model.graph.node)
+    by_name = {n.name: n for n in nodes}
+    int8 = frozenset(int8)
+    consts = set(constant_values(model))
+    for name in int8:
+        n = by_name.get(name)
+        if n is None or n.op_type not in LAYER_OPS or len(n.input) < 2 or n.input[1] not in consts:
+            raise PlanError("INT8 requested for a node that cannot be quantized", subject=f"node {name!r}",
+                            expected="Conv/ConvTranspose/Gemm/MatMul with constant weights")
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in model.graph.output}
+    values = constant_values(model)
+    depth = _depths(nodes)
+
+    acts: dict[str, list[tuple[str, int]]] = {}
+    reasons: dict[str, str] = {}
+    weights: list[Quantizer] = []
+
+    def quantize(tensor: str, node: onnx.NodeProto, idx: int, reason: str) -> None:
+        if tensor in consts:
+            return
+        acts.setdefault(tensor, []).append((node.name, idx))
+        reasons.setdefault(tensor, reason)
+
+    def from_int8_layer(tensor: str) -> bool:
+        """``tensor`` is an INT8 layer's output, possibly through element-wise activations."""
+        p = producer.get(tensor)
+        while p is not None and p.op_type in ACTIVATION_OPS:
+            p = producer.get(p.input[0])
+        return p is not None and p.name in int8
+
+    for n in nodes:
+        if n.name in int8:
+            quantize(n.input[0], n, 0, "layer input")
+            w = values[n.input[1]]
+            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", weight_axis(n, w)))
+    fused = []
+    for n in nodes:
+        if n.op_type == "Add" and len(n.input) == 2 and not any(i in consts for i in n.input):
+            fusable = []
+            for idx, t in enumerate(n.input):
+                p = producer.get(t)
+                if (p is not None and p.name in int8 and len(consumers.get(t, [])) == 1
+                        and t not in graph_outputs):
+                    fusable.append(idx)
+            if not fusable:
+                continue
+            into = max(fusable, key=lambda i: (depth.get(n.input[i], 0), -i))
+            other = 1 - into
+            fused.append((n.name, producer[n.input[into]].name))
+            quantize(n.input[other], n, other, "residual input")
+        elif n.op_type in POOL_OPS and from_int8_layer(n.input[0]):
+            quantize(n.input[0], n, 0, "pooling input")
+    activation_q = [Quantizer(t, "activation", tuple(edges), reasons[t]) for t, edges in acts.items()]
+    return Placement(int8, tuple(activation_q + weights), tuple(fused))
