@@ -25,6 +25,8 @@ from ..quant.trt_versions import needs_explicit_batch, trt_version_int
 
 log = logging.getLogger(__name__)
 
+_DEVICE = "cuda"   # where batches go; the conformance tests' TensorRT double runs on "cpu"
+
 # our method -> (TensorRT calibrator class, CalibrationAlgoType member, cache header algorithm)
 _TRT_CLASSES = {
     "entropy": ("IInt8EntropyCalibrator2", "ENTROPY_CALIBRATION_2", "EntropyCalibration2"),
@@ -61,7 +63,7 @@ def import_tensorrt():
 
 def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_name: str,
                     cache_path: str | Path | None = None, serve_cache: TrtCache | None = None,
-                    device: str = "cuda"):
+                    device: str | None = None):
     """Build a TensorRT calibrator of the class matching ``method``.
 
     ``batches`` yields NCHW float32 arrays (e.g. ``b.images for b in source.batches(n)``). With
@@ -69,6 +71,7 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
     calibration; otherwise TensorRT calibrates and the cache it writes goes to ``cache_path``.
     """
     trt = import_tensorrt()
+    device = device or _DEVICE
     if method not in _TRT_CLASSES:
         raise ConfigError("no TensorRT calibrator for this method", subject=f"--method {method}",
                           expected=" or ".join(_TRT_CLASSES),
