@@ -41,7 +41,7 @@ class MinMax:
 
 @dataclass(frozen=True)
 class Entropy:
-    """TensorRT EntropyCalibration2, as in NVIDIA's reference (pytorch-quantization ``_compute_amax_entropy``).
+    """pytorch-quantization's entropy search (``_compute_amax_entropy``); TensorRT's own EntropyCalibration2 is closed source.
 
     With ``b_0`` replaced by ``b_1`` (the reference's zero-spike suppression), for each candidate
     ``i in {start_bin, start_bin + stride, ..., N}``:
