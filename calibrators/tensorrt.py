@@ -6,7 +6,9 @@ removed implicit INT8 (calibrators, caches, ``set_dynamic_range``): there we rai
 
 The calibrators feed batches from any ``ImageSource`` through torch CUDA tensors (device pointers
 handed to TensorRT), read and write the cache through ``quant.cache`` (so a cache we computed is
-served to TensorRT as is, and a cache TensorRT computes is parsed and written atomically), and keep
+served to TensorRT as is, and a cache TensorRT computes is parsed and written atomically; a file
+already at the output ``cache_path`` is never served back, or TensorRT would skip calibration and
+return it), and keep
 an exception raised inside a callback to re-raise after the build returns (TensorRT would otherwise
 turn it into a generic build failure).
 """
@@ -17,16 +19,29 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from ..quant.cache import TrtCache, read_trt_cache, write_trt_cache
+from ..quant.cache import TrtCache, write_trt_cache
 from ..quant.errors import BackendUnavailable, CalibrationError, ConfigError
+from ..quant.trt_versions import needs_explicit_batch, trt_version_int
 
 log = logging.getLogger(__name__)
 
-# our method -> (TensorRT calibrator class, CalibrationAlgoType member)
+_DEVICE = "cuda"   # where batches go; the conformance tests' TensorRT double runs on "cpu"
+
+# our method -> (TensorRT calibrator class, CalibrationAlgoType member, cache header algorithm)
 _TRT_CLASSES = {
-    "entropy": ("IInt8EntropyCalibrator2", "ENTROPY_CALIBRATION_2"),
-    "minmax": ("IInt8MinMaxCalibrator", "MINMAX_CALIBRATION"),
+    "entropy": ("IInt8EntropyCalibrator2", "ENTROPY_CALIBRATION_2", "EntropyCalibration2"),
+    "minmax": ("IInt8MinMaxCalibrator", "MINMAX_CALIBRATION", "MinMaxCalibration"),
 }
+
+
+def method_for_cache(cache: TrtCache) -> str:
+    """The calibrator method whose class TensorRT accepts ``cache`` from (its header's algorithm)."""
+    for method, (_, _, header) in _TRT_CLASSES.items():
+        if cache.algorithm == header:
+            return method
+    raise ConfigError("no TensorRT calibrator serves this cache", subject=f"cache header {cache.header()}",
+                      expected=" or ".join(h for _, _, h in _TRT_CLASSES.values()),
+                      hint="`cli.py cache convert` rewrites the header")
 
 
 def import_tensorrt():
@@ -48,7 +63,7 @@ def import_tensorrt():
 
 def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_name: str,
                     cache_path: str | Path | None = None, serve_cache: TrtCache | None = None,
-                    device: str = "cuda"):
+                    device: str | None = None):
     """Build a TensorRT calibrator of the class matching ``method``.
 
     ``batches`` yields NCHW float32 arrays (e.g. ``b.images for b in source.batches(n)``). With
@@ -56,13 +71,28 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
     calibration; otherwise TensorRT calibrates and the cache it writes goes to ``cache_path``.
     """
     trt = import_tensorrt()
+    device = device or _DEVICE
     if method not in _TRT_CLASSES:
         raise ConfigError("no TensorRT calibrator for this method", subject=f"--method {method}",
                           expected=" or ".join(_TRT_CLASSES),
                           hint="percentile/mse ranges reach TensorRT through the cache (serve_cache) or Q/DQ ONNX")
-    base_name, algo_name = _TRT_CLASSES[method]
+    base_name, algo_name, header = _TRT_CLASSES[method]
     base = getattr(trt, base_name)
     algo = getattr(trt.CalibrationAlgoType, algo_name)
+    if serve_cache is not None:
+        # TensorRT takes a cache only when the header matches its version and the calibrator's
+        # algorithm; otherwise it recalibrates (here: on no data) instead of using our scales
+        if serve_cache.algorithm != header:
+            raise ConfigError("calibration cache algorithm does not match the calibrator",
+                              subject=f"cache header {serve_cache.header()}", got=serve_cache.algorithm,
+                              expected=f"{header} (for {base_name})",
+                              hint="`cli.py cache convert --algorithm` rewrites the header")
+        want = trt_version_int(trt.__version__)
+        if serve_cache.version != want:
+            raise ConfigError("calibration cache was written for another TensorRT", subject=f"cache header "
+                              f"{serve_cache.header()}", got=str(serve_cache.version),
+                              expected=f"{want} (tensorrt {trt.__version__})",
+                              hint="`cli.py cache convert --trt-version` rewrites the header")
 
     class _Calibrator(base):
         def __init__(self):
@@ -73,6 +103,7 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
             self._it = iter(batches)
             self._current = None      # keeps the device buffer alive while TensorRT reads it
             self._cache_bytes = None  # keeps the bytes handed to TensorRT alive
+            self.written: TrtCache | None = None   # the cache TensorRT wrote, parsed
 
         def get_algorithm(self):
             return algo
@@ -87,8 +118,14 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
                 import numpy as np
                 import torch
 
-                if names and input_name not in names:
-                    raise CalibrationError("TensorRT asked for an unknown input", subject=f"inputs {list(names)}",
+                names = list(names)
+                if len(names) != 1:   # TensorRT copies len(names) pointers from our list
+                    raise CalibrationError("TensorRT calibration feeds one input", subject=f"inputs {names}",
+                                           got=f"{len(names)} inputs", expected=f"only {input_name!r}",
+                                           hint="calibrate a multi-input model with our calibrator "
+                                                "(--calibrator ours)")
+                if names[0] != input_name:
+                    raise CalibrationError("TensorRT asked for an unknown input", subject=f"inputs {names}",
                                            expected=repr(input_name))
                 for arr in self._it:
                     arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -107,12 +144,11 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
 
         def read_calibration_cache(self, *args):
             try:
-                if serve_cache is not None:
-                    self._cache_bytes = serve_cache.to_text().encode()
-                elif cache_path is not None and Path(cache_path).is_file():
-                    self._cache_bytes = read_trt_cache(cache_path).to_text().encode()
-                else:
+                # only the cache we were asked to serve: never the file at the *output* cache_path
+                # (a previous run's), or TensorRT would skip calibration and hand it back
+                if serve_cache is None:
                     return None
+                self._cache_bytes = serve_cache.to_text().encode()
                 return self._cache_bytes
             except BaseException as err:
                 self.error = self.error or err   # keep the first failure
@@ -148,22 +184,29 @@ def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, me
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+    if needs_explicit_batch(trt.__version__):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CalibrationError("TensorRT cannot parse the ONNX model", subject=str(onnx_path), got=errors[:400])
+    if network.num_inputs != 1:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise CalibrationError("TensorRT calibration feeds one input", subject=str(onnx_path),
+                               got=f"{len(names)} inputs ({', '.join(names)})",
+                               hint="calibrate a multi-input model with our calibrator (--calibrator ours)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     config.set_flag(trt.BuilderFlag.INT8)
     inp = network.get_input(0)
+    shape = calibration_shape(inp.name, tuple(int(d) for d in inp.shape), batch_size, input_shape)
     profile = builder.create_optimization_profile()
-    shape = (batch_size, *input_shape)
     profile.set_shape(inp.name, shape, shape, shape)
     config.add_optimization_profile(profile)
-    config.set_calibration_profile(profile)
+    if not config.set_calibration_profile(profile):
+        raise CalibrationError("TensorRT refused the calibration profile", subject=f"input {inp.name!r}",
+                               got=str(shape))
     calibrator = make_calibrator(method, batches, batch_size=batch_size, input_name=inp.name, cache_path=cache_path,
                                  serve_cache=serve_cache)
     config.int8_calibrator = calibrator
@@ -171,4 +214,21 @@ def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, me
     calibrator.raise_if_failed()
     if engine is None:
         raise CalibrationError("TensorRT INT8 build failed", subject=str(onnx_path), hint="see TensorRT's log above")
-    return read_trt_cache(cache_path)
+    if calibrator.written is not None:
+        return calibrator.written
+    if serve_cache is not None:   # TensorRT took our cache and had nothing new to write
+        return serve_cache
+    raise CalibrationError("TensorRT wrote no calibration cache", subject=str(cache_path),
+                           hint="see TensorRT's log above")
+
+
+def calibration_shape(name: str, network_shape: tuple, batch_size: int, input_shape: tuple) -> tuple:
+    """The one (min = opt = max) calibration shape: the network's static dims, batch ``batch_size``."""
+    want = (batch_size, *input_shape)
+    if len(network_shape) != len(want):
+        raise CalibrationError("input rank does not match the model", subject=f"input {name!r}",
+                               got=str(network_shape), expected=f"rank {len(want)} like {want}")
+    if network_shape[0] not in (-1, batch_size):
+        raise ConfigError("the model's batch dimension is static", subject="--batch-size",
+                          got=str(batch_size), expected=f"{network_shape[0]} (input {name!r} is {network_shape})")
+    return tuple(w if d == -1 or i == 0 else d for i, (d, w) in enumerate(zip(network_shape, want)))

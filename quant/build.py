@@ -8,6 +8,7 @@ numbers on the bundled images, and the equivalent ``trtexec`` command lines).
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,13 +38,28 @@ class BuildResult:
 
 def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None, input_name: str,
                      input_shape: tuple, batch: int = 1) -> list[str]:
+    """``trtexec`` lines for the plan.
+
+    Strongly typed (TensorRT 10/11) the Q/DQ nodes and Casts carry the precisions. Weakly typed
+    (8.x/9.x) Casts pin nothing and ``--fp16`` lets any layer run in FP16, so the plan's FP16/FP32
+    layers are pinned with ``--precisionConstraints=obey --layerPrecisions=...`` and ``--fp16`` is
+    given only when the plan has FP16 layers. ``--noTF32`` keeps FP32 layers in FP32.
+    """
     shape = "x".join(str(d) for d in (batch, *input_shape))
     common = f"--shapes={input_name}:{shape} --saveEngine=model.engine"
+    has_fp16 = plan.default == "fp16" or bool(plan.nodes("fp16"))
+    tf32 = " --noTF32" if plan.default == "fp32" or plan.nodes("fp32") else ""
+    pins = [(n, lp.precision) for n, lp in plan.layers.items() if lp.precision in ("fp16", "fp32")]
+    obey = ""
+    if pins:
+        spec = ",".join(f"{n}:{p}" for n, p in pins)
+        obey = f" --precisionConstraints=obey {shlex.quote('--layerPrecisions=' + spec)}"
+    fp16 = " --fp16" if has_fp16 else ""
     if qdq_path is not None:
-        return [f"trtexec --onnx={qdq_path} --stronglyTyped {common}   # TensorRT 10/11: precisions from Q/DQ and Casts",
-                f"trtexec --onnx={qdq_path} --int8 --fp16 {common}   # TensorRT 8.x/9.x"]
-    flag = " --fp16" if plan.default == "fp16" else ""
-    return [f"trtexec --onnx={onnx_path}{flag} {common}"]
+        int8 = " --int8" if plan.nodes("int8") else ""
+        return [f"trtexec --onnx={qdq_path} --stronglyTyped{tf32} {common}   # TensorRT 10/11: precisions from Q/DQ and Casts",
+                f"trtexec --onnx={qdq_path}{int8}{fp16}{tf32}{obey} {common}   # TensorRT 8.x/9.x (weakly typed)"]
+    return [f"trtexec --onnx={onnx_path}{fp16}{tf32}{obey} {common}"]
 
 
 def _check_ranges_model(ranges: RangeSet, graph: OnnxGraph, source: str) -> None:

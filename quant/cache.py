@@ -35,6 +35,12 @@ from .types import RangeSet, TensorRange
 log = logging.getLogger(__name__)
 
 TRT_ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+# headers seen in real TensorRT caches; no public cache uses the other two (written, but unverified)
+VERIFIED_TRT_ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration")
+# the one zero-tensor policy: a tensor that was zero on every calibration image (amax 0, or scale 0
+# in a TensorRT cache, which writes such tensors as ``name: 0``) gets this placeholder amax everywhere
+# (any scale represents zero exactly; TensorRT and Q/DQ need a positive one)
+ZERO_TENSOR_AMAX = 1.0
 DEFAULT_TRT_VERSION = "8.6.1"
 RANGES_FORMAT = "trtquant-ranges/1"
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
@@ -62,7 +68,8 @@ def installed_trt_version() -> str | None:
 
 
 def scale_to_hex(scale: float) -> str:
-    return struct.pack(">f", np.float32(scale)).hex()
+    """The float32 bits in lowercase hex without leading zeros, as TensorRT writes them (0.0 -> ``0``)."""
+    return format(struct.unpack(">I", struct.pack(">f", np.float32(scale)))[0], "x")
 
 
 def hex_to_scale(text: str) -> float:
@@ -83,6 +90,10 @@ class TrtCache:
     def amax(self) -> dict[str, float]:
         return {n: float(np.float32(s) * np.float32(127.0)) for n, s in self.scales.items()}
 
+    def ranges(self) -> dict[str, TensorRange]:
+        """The cache's tensors as ranges; zero scales get ``ZERO_TENSOR_AMAX`` (the one zero-tensor policy)."""
+        return {n: TensorRange(n, a if a > 0 else ZERO_TENSOR_AMAX) for n, a in self.amax().items()}
+
     def to_text(self) -> str:
         lines = [self.header()]
         for name, scale in self.scales.items():
@@ -97,6 +108,8 @@ class TrtCache:
         if algorithm not in TRT_ALGORITHMS:
             raise ConfigError("unknown TensorRT calibration algorithm", subject="cache header", got=repr(algorithm),
                               expected="one of " + ", ".join(TRT_ALGORITHMS))
+        if algorithm not in VERIFIED_TRT_ALGORITHMS:
+            log.warning("cache header algorithm %s is unverified: no public TensorRT cache uses it", algorithm)
         rs = ranges.ranges if isinstance(ranges, RangeSet) else ranges
         return cls(version=version, algorithm=algorithm, scales={n: r.scale for n, r in rs.items()})
 

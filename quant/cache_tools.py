@@ -61,7 +61,7 @@ def load_ranges(path: str | Path) -> tuple[RangeSet, str, TrtCache | None]:
     fmt = detect_format(path)
     if fmt == "cache":
         cache = read_trt_cache(path)
-        ranges = {n: TensorRange(n, a) for n, a in cache.amax().items() if a > 0}
+        ranges = cache.ranges()
         return RangeSet(ranges=ranges, method=f"trt-cache:{cache.algorithm}"), fmt, cache
     if fmt == "ranges":
         return read_ranges_json(path), fmt, None

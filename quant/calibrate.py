@@ -18,8 +18,8 @@ import torch
 
 from ..calibrators.algorithms import make_algorithm
 from ..calibrators.collector import HistogramCollector, collect_batch
-from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, TrtCache, installed_trt_version, looks_like_ranges_json,
-                    looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
+from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, installed_trt_version,
+                    looks_like_ranges_json, looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
 from .errors import BackendUnavailable, ConfigError, DataError, Interrupted
 from .fileio import check_output_path
 from .graph import EXECUTORS, OnnxGraph, make_executor
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IMAGES = 1000
 """Without --num-images, calibrate on all images up to this many (a seeded random subset beyond)."""
 
-ZERO_TENSOR_AMAX = 1.0
-"""Placeholder amax for a tensor that was exactly zero on every calibration image (any scale
-represents it exactly; TensorRT and Q/DQ need a positive one). Such tensors are listed in the
-ranges JSON under ``meta.zero_tensors``."""
 
 
 @dataclass(frozen=True)
@@ -327,7 +323,7 @@ def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timin
     cache = calibrate_onnx_with_tensorrt(rm.onnx_path, batches, method=cfg.method, batch_size=cfg.batch_size,
                                          input_shape=shape, cache_path=cache_path)
     timings["stats_pass_s"] = time.perf_counter() - t1
-    ranges = RangeSet(ranges={n: TensorRange(n, a if a > 0 else ZERO_TENSOR_AMAX) for n, a in cache.amax().items()},
+    ranges = RangeSet(ranges=cache.ranges(),
                       method=f"tensorrt-{cache.algorithm}", model_fingerprint=rm.graph.fingerprint(),
                       data_fingerprint=source.fingerprint(), num_images=len(source))
     write_ranges_json(ranges_path, ranges)

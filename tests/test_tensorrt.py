@@ -13,7 +13,7 @@ import pytest
 
 from trtquant.calibrators import tensorrt as trt_adapter
 from trtquant.quant.cache import TrtCache, read_trt_cache
-from trtquant.quant.errors import BackendUnavailable, CalibrationError
+from trtquant.quant.errors import BackendUnavailable, CalibrationError, ConfigError
 
 try:
     import tensorrt  # noqa: F401
@@ -79,6 +79,49 @@ def test_calibrator_serves_our_cache_and_parses_tensorrts(fake_trt, tmp_path):
     cal.write_calibration_cache(memoryview(ours.to_text().encode()))
     cal.raise_if_failed()
     assert read_trt_cache(tmp_path / "out.bin").to_text() == ours.to_text()
+
+
+def test_file_at_the_output_cache_path_is_never_served_back(fake_trt, tmp_path):
+    # finding 1: TensorRT skips calibration when read_calibration_cache returns a matching cache,
+    # so a previous run's file at the output --cache path must not be handed to it
+    out = tmp_path / "calib.bin"
+    out.write_text("TRT-100300-EntropyCalibration2\ninput: 3f800000\n")
+    cal = trt_adapter.make_calibrator("entropy", iter([]), batch_size=1, input_name="input", cache_path=out)
+    assert cal.read_calibration_cache() is None
+    cal.raise_if_failed()
+    new = "TRT-100300-EntropyCalibration2\ninput: 3d23ac36\n"
+    cal.write_calibration_cache(memoryview(new.encode()))
+    cal.raise_if_failed()
+    assert out.read_text() == new and cal.written.scales["input"] == pytest.approx(0.0399592, rel=1e-5)
+
+
+def test_calibrator_refuses_more_than_one_input(fake_trt):
+    # finding 7: TensorRT copies len(names) pointers from the list get_batch returns
+    cal = trt_adapter.make_calibrator("entropy", iter([np.zeros((1, 3, 2, 2), np.float32)]), batch_size=1,
+                                      input_name="input", device="cpu")
+    assert cal.get_batch(["input", "mask"]) is None
+    with pytest.raises(CalibrationError, match="feeds one input.*'input', 'mask'.*got 2 inputs.*--calibrator ours"):
+        cal.raise_if_failed()
+
+
+@pytest.mark.parametrize("header,message", [
+    ("TRT-100300-MinMaxCalibration", "algorithm does not match the calibrator.*expected EntropyCalibration2"),
+    ("TRT-8601-EntropyCalibration2", "written for another TensorRT.*got 8601.*expected 100300"),
+])
+def test_served_cache_must_match_calibrator_and_version(fake_trt, header, message):
+    # finding 14: a header TensorRT would not accept means silent recalibration instead of our scales
+    cache = TrtCache.parse(header + "\ninput: 3f800000\n")
+    with pytest.raises(ConfigError, match=message):
+        trt_adapter.make_calibrator("entropy", iter([]), batch_size=1, input_name="input", serve_cache=cache)
+    assert trt_adapter.method_for_cache(cache) == ("minmax" if "MinMax" in header else "entropy")
+
+
+def test_calibration_shape_follows_the_network():
+    # finding 6 (calibration profile): static dims come from the network, the batch from --batch-size
+    assert trt_adapter.calibration_shape("x", (-1, 3, -1, -1), 8, (3, 224, 224)) == (8, 3, 224, 224)
+    assert trt_adapter.calibration_shape("x", (8, 3, 32, 32), 8, (3, 224, 224)) == (8, 3, 32, 32)
+    with pytest.raises(ConfigError, match="batch dimension is static.*--batch-size.*got 4.*expected 1"):
+        trt_adapter.calibration_shape("x", (1, 3, 224, 224), 4, (3, 224, 224))
 
 
 def test_exception_in_callback_is_kept_and_reraised(fake_trt, tmp_path):
