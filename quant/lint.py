@@ -4,7 +4,9 @@ Errors (TensorRT rejects the model or silently runs the layer in float): non-zer
 non-INT8 quantizers, non-finite or non-positive scales, per-channel scales on the wrong axis or of
 the wrong length, QuantizeLinear not followed by a DequantizeLinear with the same scale/zero-point,
 a quantized layer input whose weights are not quantized. Warnings (the model builds, but slower):
-a residual Add that blocks Conv+Add fusion, Q/DQ between a layer and its activation.
+a residual Add quantized on the wrong input or not at all, an unquantized pooling input after an INT8
+layer (both checked against the one placement rule of :mod:`.placement`), Q/DQ between a layer and
+its activation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .placement import weight_axis
+from .errors import QuantError
+from .placement import place_quantizers, weight_axis
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu", "Tanh")
@@ -80,7 +83,9 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
                     for c in consumers.get(n.output[0], []):
                         if c.op_type in LAYERS and c.input[1] == n.output[0]:
                             want = weight_axis(c, data)
-                            if axis % data.ndim != want:
+                            # ConvTranspose: axis 0 for TensorRT <= 9, 1 from 10 (review finding 2): both valid
+                            ok = {0, 1} if c.op_type == "ConvTranspose" else {want}
+                            if axis % data.ndim not in ok:
                                 add("error", n, f"per-channel axis {axis} is not the output-channel axis {want} of "
                                                 f"{c.op_type} {c.name!r}", f"quantize weights along axis {want}")
             elif n.input[0] not in values:
@@ -111,17 +116,64 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
             if w_q and not x_q:
                 add("warning", n, "weights are quantized but the input is not: the layer runs in float",
                     "add a Q/DQ on the layer's input (per-tensor, from the calibrated range)")
-        if n.op_type == "Add" and len(n.input) == 2:
-            from_q_layer = [i in producer and producer[i].op_type in LAYERS and producer[i].input[0] in dq_out
-                            for i in n.input]
-            if any(from_q_layer):
-                other = n.input[1] if from_q_layer[0] else n.input[0]
-                if other not in dq_out and other not in values:
-                    add("warning", n, "residual Add's other input is not quantized: blocks Conv+Add fusion",
-                        "add Q/DQ on the residual (skip) input")
         if n.op_type in ACTIVATIONS and n.input[0] in dq_out:
             q = producer[producer[n.input[0]].input[0]] if producer[n.input[0]].input[0] in producer else None
             if q is not None and q.input[0] in producer and producer[q.input[0]].op_type in LAYERS:
                 add("warning", n, "Q/DQ between a layer and its activation blocks their fusion",
                     "quantize after the activation (the next layer's input) instead")
+    out.extend(_placement_findings(g, producer, values))
     return out
+
+
+def _placement_findings(g, producer, values) -> list[Finding]:
+    """Compare the model's activation quantizers with the one placement rule (:mod:`.placement`) for the
+    layers it quantizes: a missing one (residual skip, pooling input) or one on the branch TensorRT fuses."""
+    def source(t: str) -> str | None:
+        """The float tensor behind a DQ(Q(t)) edge, else None."""
+        dq = producer.get(t)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        q = producer.get(dq.input[0])
+        return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]
+
+    stripped = onnx.helper.make_graph([], g.name, list(g.input), list(g.output))
+    actual: dict[tuple[str, int], str] = {}
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        for i, t in enumerate(n.input):
+            src = source(t) if t else None
+            if src is not None:
+                c.input[i] = src
+                if src not in values:
+                    actual[(n.name, i)] = src
+        stripped.node.append(c)
+    weights = {name for name in values}
+    stripped.initializer.extend(onnx.numpy_helper.from_array(np.asarray(values[w]), w) for w in weights
+                                if w in {i for n in stripped.node for i in n.input})
+    model = onnx.helper.make_model(stripped)
+    int8 = [n.name for n in g.node if n.op_type in LAYERS and len(n.input) > 1
+            and (n.name, 0) in actual and source(n.input[1]) in values]
+    try:
+        expected = place_quantizers(model, int8).edges()
+    except QuantError:
+        return []
+    nodes = {n.name: n for n in g.node}
+    found = []
+    for edge, q in expected.items():
+        node = nodes[edge[0]]
+        if edge not in actual and node.op_type not in LAYERS:
+            what = ("residual Add's skip input is not quantized: TensorRT cannot fuse the Add into the INT8 "
+                    "convolution and runs it in float" if node.op_type == "Add" else
+                    "pooling input from an INT8 layer is not quantized: the layer and the pool run in float")
+            found.append(Finding("warning", node.name or node.op_type, what,
+                                 f"quantize input {edge[1]} ({q.tensor!r}); `cli.py build` writes this placement"))
+    for (name, idx), tensor in actual.items():
+        node = nodes[name]
+        if node.op_type == "Add" and (name, idx) not in expected:
+            found.append(Finding("warning", name, f"residual Add quantizes input {idx} ({tensor!r}), the branch "
+                                                  "TensorRT fuses into its convolution, instead of the skip input",
+                                 "quantize the skip input and leave the single-consumer convolution output float"))
+    return found

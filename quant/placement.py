@@ -32,6 +32,7 @@ import onnx
 
 from .errors import PlanError
 from .onnxutil import constant_values
+from .trt_versions import convtranspose_weight_axis
 
 if TYPE_CHECKING:                      # no runtime import: this module needs only numpy and onnx
     from .graph import OnnxGraph
@@ -71,8 +72,9 @@ class Placement:
         return sorted({q.tensor for q in self.activations()})
 
 
-def weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
-    """Output-channel axis of a weight, as TensorRT expects per-channel weight scales."""
+def weight_axis(node: onnx.NodeProto, w: np.ndarray, trt_version: str | None = None) -> int:
+    """Output-channel axis of a weight, as TensorRT expects per-channel weight scales (ConvTranspose:
+    by TensorRT version, :func:`.trt_versions.convtranspose_weight_axis`)."""
     if node.op_type == "Conv":
         return 0
     if node.op_type == "ConvTranspose":
@@ -80,7 +82,7 @@ def weight_axis(node: onnx.NodeProto, w: np.ndarray) -> int:
         if group != 1:
             raise PlanError("per-channel INT8 for grouped ConvTranspose is not supported",
                             subject=f"node {node.name!r}", hint="keep this node FP16/FP32 in the plan")
-        return 1
+        return convtranspose_weight_axis(trt_version)
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
@@ -105,7 +107,8 @@ def _depths(nodes: list[onnx.NodeProto]) -> dict[str, int]:
     return depth
 
 
-def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str]) -> Placement:
+def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], *,
+                     trt_version: str | None = None) -> Placement:
     """Every quantizer TensorRT needs when the layers in ``int8`` run in INT8 (see the module docstring)."""
     model = graph if isinstance(graph, onnx.ModelProto) else graph.model
     nodes = list(model.graph.node)
@@ -147,7 +150,7 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str]) 
         if n.name in int8:
             quantize(n.input[0], n, 0, "layer input")
             w = values[n.input[1]]
-            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", weight_axis(n, w)))
+            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", weight_axis(n, w, trt_version)))
     fused = []
     for n in nodes:
         if n.op_type == "Add" and len(n.input) == 2 and not any(i in consts for i in n.input):

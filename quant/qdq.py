@@ -143,14 +143,15 @@ def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str]) -> None:
                         hint="calibrate this very ONNX graph (same export) or pass its ranges/cache")
 
 
-def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan) -> tuple[onnx.ModelProto, QdqSummary]:
+def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
+                    trt_version: str | None = None) -> tuple[onnx.ModelProto, QdqSummary]:
     """Rewrite ``graph`` per ``plan``: Q/DQ where :func:`.placement.place_quantizers` puts them, Casts
     around FP16 layers. The quantizers are exactly the ones the planner simulates."""
     plan.check(graph)
     if graph.opset < 13 and plan.nodes("int8"):
         raise PlanError("per-channel Q/DQ needs opset >= 13", subject=str(graph.path or "model"),
                         got=f"opset {graph.opset}", hint="re-export the model with opset 13 or newer")
-    placement = place_quantizers(graph, plan.nodes("int8"))
+    placement = place_quantizers(graph, plan.nodes("int8"), trt_version=trt_version)
     rw = _Rewriter(graph)
     nodes = list(rw.g.node)
     by_name = {n.name: n for n in nodes}

@@ -206,7 +206,8 @@ def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if mode == "explicit" and (has_int8 or has_fp16):
-        model, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), plan)
+        model, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), plan,
+                                   trt_version=trt.__version__)
         onnx_bytes = model.SerializeToString()
     else:
         onnx_bytes = graph.model.SerializeToString()
