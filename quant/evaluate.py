@@ -22,6 +22,7 @@ import torch
 from . import metrics
 from .errors import BackendUnavailable, ConfigError, QuantError
 from .fileio import atomic_write_text, check_output_dir
+from .types import RangeSet
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,42 @@ def _timed(engine, x_np: np.ndarray, iters: int) -> np.ndarray:
     return np.array(out)
 
 
+def _config_dir_name(config: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in config)
+
+
+def _write_artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_version) -> dict:
+    """What TensorRT needs to build this configuration, under ``OUT/<config>/`` (the trtexec lines name
+    these files). Returns the paths and the bytes of the real INT8 artifact (int8 weights), if any."""
+    from .cache import TrtCache, write_trt_cache
+    from .calibrate import CalibrationConfig, _cache_header
+    from .fileio import atomic_write_bytes
+    from .ort_int8 import lower_for_onnxruntime
+    from .qdq import build_qdq_model
+
+    d = out / _config_dir_name(spec_name)
+    d.mkdir(exist_ok=True)
+    files, int8_bytes = {}, None
+    atomic_write_text(d / "plan.json", trt_plan.to_json())
+    files["plan"] = d / "plan.json"
+    if trt_plan.layers or trt_plan.default == "fp16":
+        qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), trt_plan)
+        atomic_write_bytes(d / "model_qdq.onnx", qdq.SerializeToString())
+        files["qdq"] = d / "model_qdq.onnx"
+        if trt_plan.nodes("int8"):
+            # the deployable INT8 model: integer weights (what an INT8 engine stores), not fake-quant floats
+            int8_bytes = lower_for_onnxruntime(qdq, "s8").model.ByteSize()
+    if ranges is not None and plan.nodes("int8"):
+        version, algo = _cache_header(CalibrationConfig(trt_version=trt_version))
+        write_trt_cache(d / "calib.bin", TrtCache.from_ranges(ranges, algorithm=algo, version=version))
+        files["cache"] = d / "calib.bin"
+    return {"files": {k: str(v) for k, v in files.items()}, "int8_bytes": int8_bytes}
+
+
 def _engine_bytes(engine) -> int | None:
     """Bytes of the engine's model: the ONNX given to ORT, the torch constants, TensorRT's plan."""
+    if hasattr(engine, "lowering"):
+        return int(engine.lowering.model.ByteSize())
     if hasattr(engine, "model_bytes"):
         return int(engine.model_bytes)
     if hasattr(engine, "executor"):
@@ -264,6 +299,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             row["timing_s"] = time.perf_counter() - t2
+            art = _write_artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
             row.update({
                 "status": "ok", "engine": asdict(engine.info) if hasattr(engine.info, "__dataclass_fields__") else {},
                 "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default,
@@ -272,9 +308,10 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 "latency_ms": {"p50": float(np.percentile(lat, 50) * 1e3), "p90": float(np.percentile(lat, 90) * 1e3),
                                "p99": float(np.percentile(lat, 99) * 1e3), "batch": 1, "iters": len(lat)},
                 "throughput": {"images_per_s": float(settings.batch_size / np.median(thr)), "batch": settings.batch_size},
-                "engine_bytes": _engine_bytes(engine),
+                "engine_bytes": art["int8_bytes"] if art["int8_bytes"] is not None else _engine_bytes(engine),
+                "artifacts": art["files"],
                 "peak_device_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
-                "trtexec": trtexec_commands(rm.onnx_path, trt_plan, Path("model_qdq.onnx") if trt_plan.layers else None,
+                "trtexec": trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
                                             graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:])),
             })
             if has_labels:
@@ -305,14 +342,22 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
 
 
 def recommend(doc: dict, target_drop: float) -> dict:
+    """The fastest *measured* engine within the target. A simulated engine's latency is not a measurement:
+    it never wins the speed ranking; when one is within the target the recommendation says what could
+    not be measured."""
     ok = [r for r in doc["results"] if r.get("status") == "ok"]
     within = [r for r in ok if r["drop_pp"]["points"] <= target_drop]
-    if not within:
+    measured = [r for r in within if not r["engine"].get("simulated")]
+    simulated = [r["config"] for r in within if r["engine"].get("simulated")]
+    unmeasured = (f"; {', '.join(simulated)} also meet the target but ran simulated (no real INT8 engine here, e.g. "
+                  f"TensorRT absent): their speed is not measured, so they are not ranked" if simulated else "")
+    if not measured:
         return {"config": None, "target_drop_pp": target_drop,
-                "reason": f"no engine loses at most {target_drop} pp of {doc['metric']}"}
-    best = min(within, key=lambda r: r["latency_ms"]["p50"])
+                "reason": f"no measured engine loses at most {target_drop} pp of {doc['metric']}" + unmeasured}
+    best = min(measured, key=lambda r: r["latency_ms"]["p50"])
     noisy = best["drop_pp"]["ci95"][1] > target_drop
     return {"config": best["config"], "target_drop_pp": target_drop,
-            "reason": (f"fastest at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines losing at most "
-                       f"{target_drop} pp ({best['drop_pp']['points']:+.2f} pp)"
-                       + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else ""))}
+            "reason": (f"fastest measured engine at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines "
+                       f"losing at most {target_drop} pp ({best['drop_pp']['points']:+.2f} pp)"
+                       + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else "")
+                       + unmeasured)}

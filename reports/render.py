@@ -39,7 +39,8 @@ def _rows(doc: dict) -> list[dict]:
 
 
 def _front(doc: dict) -> set[str]:
-    ok = _rows(doc)
+    """Pareto front of *measured* engines: a simulated engine's latency is not a measurement."""
+    ok = [r for r in _rows(doc) if not r["engine"].get("simulated")]
     idx = pareto_front([r["latency_ms"]["p50"] for r in ok], [_acc(r, doc) for r in ok])
     return {ok[i]["config"] for i in idx}
 
@@ -68,8 +69,9 @@ def markdown(doc: dict) -> str:
         sim = " (simulated)" if r["engine"].get("simulated") else ""
         lines.append(f"| {r['config']}{sim} | {r['backend']} | {r['engine'].get('device', '')} | {acc}"
                      f"{r['agreement'] * 100:.1f} | {_fmt_drop(r)} | {r['sqnr_db']:.1f} | "
-                     f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f} | {r['throughput']['images_per_s']:.0f} "
-                     f"(b{r['throughput']['batch']}) | {r['build_s']:.2f} | "
+                     f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f}{' simulated' if sim else ''} | "
+                     f"{r['throughput']['images_per_s']:.0f} (b{r['throughput']['batch']}){' simulated' if sim else ''} | "
+                     f"{r['build_s']:.2f} | "
                      f"{(r['engine_bytes'] or 0) / 2**20:.1f} | {'*' if r['config'] in front else ''} |")
     lines += ["", "## Engines", ""]
     for r in _rows(doc):
@@ -132,9 +134,14 @@ def _svg_plot(doc: dict, width: int = 640, height: int = 380) -> str:
         while any(abs(px(x) - qx) < 60 and abs(ly - qy) < 12 for qx, qy in placed):
             ly += 14                                   # stack labels of coinciding points
         placed.append((px(x), ly))
-        parts.append(f'<circle class="engine{" front" if on else ""}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="6" '
-                     f'fill="{"#d62728" if on else "#1f77b4"}"><title>{html.escape(r["config"])}: {y:.2f}% at {x:.2f} ms</title></circle>')
-        parts.append(f'<text x="{px(x) + 8:.1f}" y="{ly:.1f}" font-size="12">{html.escape(r["config"])}</text>')
+        sim = bool(r["engine"].get("simulated"))
+        fill = "none" if sim else ("#d62728" if on else "#1f77b4")
+        label = r["config"] + (" (simulated latency)" if sim else "")
+        dash = ' stroke-dasharray="2 2"' if sim else ""
+        parts.append(f'<circle class="engine{" front" if on else ""}{" simulated" if sim else ""}" cx="{px(x):.1f}" '
+                     f'cy="{py(y):.1f}" r="6" fill="{fill}" stroke="#1f77b4" stroke-width="2"{dash}>'
+                     f'<title>{html.escape(label)}: {y:.2f}% at {x:.2f} ms</title></circle>')
+        parts.append(f'<text x="{px(x) + 8:.1f}" y="{ly:.1f}" font-size="12">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -180,7 +187,8 @@ def _inline(text: str) -> str:
 
 def html_report(doc: dict) -> str:
     body = _md_table_to_html(markdown(doc))
-    plot = f"<h2>Accuracy vs latency (Pareto front in red)</h2>\n{_svg_plot(doc)}"
+    plot = (f"<h2>Accuracy vs latency (Pareto front of measured engines in red; hollow dashed points: simulated "
+            f"engines, whose latency is not a measurement)</h2>\n{_svg_plot(doc)}")
     body = body.replace("<h2>Engines</h2>", plot + "\n<h2>Engines</h2>", 1)
     css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
            "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"

@@ -128,6 +128,23 @@ def test_evaluate_end_to_end_on_the_embedded_default(tmp_path, backend):
         assert r["drop_pp"]["ci95"][0] <= r["drop_pp"]["points"] <= r["drop_pp"]["ci95"][1]
         assert r["latency_ms"]["p50"] > 0 and r["throughput"]["images_per_s"] > 0
     assert doc["recommendation"]["target_drop_pp"] == 0.5
+    # an INT8 configuration's size is its real INT8 artifact (int8 weights), well below FP32's float weights
+    assert rows["int8:entropy"]["engine_bytes"] < rows["fp32"]["engine_bytes"] / 3
+    # every trtexec line names files this run wrote, under OUT/<config>/
+    for r in rows.values():
+        if r["status"] != "ok":
+            continue
+        for line in r["trtexec"]:
+            onnx_arg = next(a for a in line.split() if a.startswith("--onnx="))[len("--onnx="):]
+            assert Path(onnx_arg).is_file(), line
+    assert (tmp_path / "out" / "int8_entropy" / "calib.bin").read_text(errors="replace").startswith("TRT-")
+    if backend == "torch":
+        # simulated engines are labelled in the report, kept off the Pareto front, never win the speed ranking
+        md = (tmp_path / "out" / "report.md").read_text()
+        row = next(line for line in md.splitlines() if line.startswith("| int8:entropy (simulated)"))
+        assert "simulated |" in row and not row.rstrip().endswith("* |")
+        assert doc["recommendation"]["config"] in (None, "fp32", "fp16")
+        assert "int8" not in (doc["recommendation"]["config"] or "")
     assert set(res.files) == {"report.md", "report.html", "results.json"}
     assert doc["environment"]["onnxruntime"] and doc["model"]["fingerprint"] and doc["data"]["fingerprint"]
 

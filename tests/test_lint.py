@@ -6,7 +6,6 @@ import pytest
 from onnx import numpy_helper
 
 from trtquant import cli
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
 from trtquant.quant.lint import lint_model
 from trtquant.quant.plan import resolve_plan
 from trtquant.quant.qdq import build_qdq_model
