@@ -24,4 +24,9 @@ if [ "${1:-}" = "--dev" ]; then
     "${pip[@]}" --no-deps --upgrade --target .trt/8.6 tensorrt-bindings==8.6.1
     "${pip[@]}" --no-deps --upgrade --target .trt/10.13 tensorrt-cu11-bindings==10.13.0.35
     "${pip[@]}" --no-deps --upgrade --target .trt/11.4 tensorrt-cu12-bindings==11.4.0.106
+    # qemu-user emulates an AVX2-only CPU (no VNNI) for tests/test_ort_int8.py; best effort (root + apt only)
+    if ! command -v qemu-x86_64 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get install -y -qq qemu-user >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 &&
+            apt-get install -y -qq qemu-user >/dev/null 2>&1; }) || echo "note: qemu-user not installed; the emulated-AVX2 test will skip"
+    fi
 fi

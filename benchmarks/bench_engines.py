@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--calib-images", type=int, default=256)
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--b1-iters", type=int, default=50)
+    ap.add_argument("--accuracy-images", type=int, default=200,
+                    help="real images of --data on which each CPU INT8 engine is compared with the simulation (0: skip)")
     args = ap.parse_args()
     _bootstrap()
     import logging
@@ -66,8 +68,27 @@ def main():
                                                  trt_version="8.6.1"), cache_path=Path(tmp) / "c.bin",
                                progress=False).ranges
         fp32, int8 = resolve_plan("fp32", g), resolve_plan("int8", g)
+        ort_int8 = build("onnxruntime", g, int8, ranges)
         engines = [("ORT FP32 (CPU)", build("onnxruntime", g, fp32), "np"),
-                   ("ORT INT8 (CPU, real integer kernels)", build("onnxruntime", g, int8, ranges), "np")]
+                   ("ORT INT8 (CPU, real integer kernels)", ort_int8, "np")]
+        if args.accuracy_images:
+            from trtquant.datasets import PRESETS
+            from trtquant.quant.backends import build_ort_engine
+            from trtquant.quant.calibrate import open_capped
+            from trtquant.quant.sweep import QuantSim
+
+            src = open_capped(args.data, preprocess=PRESETS[rm.preset], limit=args.accuracy_images, seed=123)
+            bs = list(src.batches(64, progress=False))
+            x, y = np.concatenate([b.images for b in bs]), np.concatenate([b.labels for b in bs])
+            sim = QuantSim(g, ranges, torch.device("cpu")).logits(x, set(resolve_plan("int8", g).nodes("int8")))
+            fp = build("onnxruntime", g, fp32).run(x)
+            for label, eng in (("ORT INT8 (auto weights: " + ort_int8.lowering.weights + ")", ort_int8),
+                               ("ORT INT8 (u8 weights, forced)",
+                                build_ort_engine(g, int8, ranges, precision="int8", weights="u8"))):
+                out = np.concatenate([eng.run(x[i:i + 64]) for i in range(0, len(x), 64)])
+                rows.append((name, f"accuracy on {len(x)} real images: {label}: top-1 {(out.argmax(1) == y).mean() * 100:.2f}% "
+                                   f"vs simulation {(sim.argmax(1) == y).mean() * 100:.2f}% (FP32 {(fp.argmax(1) == y).mean() * 100:.2f}%), "
+                                   f"agreement with simulation {(out.argmax(1) == sim.argmax(1)).mean() * 100:.1f}%", None))
         if not cuda:
             engines.append(("torch FP32 eager (CPU)", build("torch", g, fp32, device="cpu"), "np"))
         else:

@@ -111,12 +111,14 @@ def test_sweep_without_labels_falls_back_to_agreement(tmp_path, sample_images):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/imagenet-sample (1000 real ImageNet images)")
 def test_efficientnet_lite0_plan_meets_the_target_on_onnxruntime(tmp_path):
     """All-INT8 EfficientNet-Lite0 misses a tight target; the planner finds FP16 layers that meet it,
-    and the plan holds when the very Q/DQ model written for TensorRT runs on ONNX Runtime.
+    and the plan holds when the very Q/DQ model written for TensorRT runs on ONNX Runtime (searched with a
+    margin of 0.9 pp: on 120 images one float32 rounding flip between two runtimes is 0.83 pp).
 
     (With per-channel weights and TensorRT's placement, Lite0's INT8 top-1 drop on these images is
     small, about 0.5 pp on 200 images; the tight agreement target makes the planner work for real.)"""
     doc = sweep(SweepSettings(model="efficientnet_lite0", data=str(SHARED), num_images=120, calib_images=64,
-                              proxy_images=8, target="agree:99%", device="cpu"), tmp_path / "s", progress=False)
+                              proxy_images=8, target="agree:99%", margin_pp=0.9,
+                              device="cpu"), tmp_path / "s", progress=False)
     all_int8 = doc["search"]["path"][0]
     assert all_int8["action"] == "all INT8" and not all_int8["met"]
     assert doc["search"]["met"] and len(doc["search"]["fp16_layers"]) >= 1
