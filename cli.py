@@ -330,11 +330,11 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else Path(args.results).parent
     _check_out_dir(out, _report_outputs(), args.force)
     kinds = _report_outputs()
+    md, page = markdown(doc), html_report(doc)
+    out.mkdir(exist_ok=True)
     with OutputSet(force=args.force) as outputs:
         for name in kinds:
             outputs.add(out / name, flag="--out", is_same_kind=kinds[name])
-        md, page = markdown(doc), html_report(doc)
-        out.mkdir(exist_ok=True)
         outputs.stage(out / "report.md", md)
         outputs.stage(out / "report.html", page)
         for p in outputs.commit():

@@ -143,7 +143,8 @@ FLOAT_INPUT_TYPES = (1, 10, 11, 16)     # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _ONNX_TYPE_NAMES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 4: "uint16", 5: "int16"}
 
 
-def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: str = "--batch-size") -> None:
+def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: str = "--batch-size",
+                      crop: int | None = None) -> None:
     """Before any data is read: one input, a float dtype (we feed normalised float32), a batch size it accepts."""
     if len(graph.inputs) != 1:
         raise ModelError("the model has more than one input", subject=str(graph.path or "model"),
@@ -157,6 +158,14 @@ def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: 
                          expected="float32 (the pipeline feeds normalised float32 images)",
                          hint="export the model without the integer pre-processing (e.g. a uint8 input plus Cast), "
                               "or calibrate the float graph after it")
+    if crop is not None:
+        dims = tuple(gi.shape)
+        want = ("?", 3, crop, crop)
+        ok = len(dims) == 4 and all(not isinstance(d, int) or d in (0, w) for d, w in zip(dims[1:], want[1:]))
+        if not ok:
+            raise DataError("input shape mismatch", subject=f"model input {gi.name!r}", got=f"{dims}",
+                            expected=f"(N, 3, {crop}, {crop}): the images are preprocessed to {crop}x{crop} RGB (NCHW)",
+                            hint="use a model that takes NCHW RGB images of the preprocessing crop")
     fixed = gi.shape[0] if gi.shape else None
     if batch_size is not None and isinstance(fixed, int) and fixed > 0 and fixed != batch_size:
         raise ConfigError("the model has a fixed batch size", subject=f"{flag} {batch_size}",
@@ -164,7 +173,8 @@ def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: 
                           hint="pass that batch size, or export the model with a dynamic batch dimension")
 
 
-def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -> None:
+def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str,
+                       hint: str = "pick the model's preprocessing preset (--preset) or data of the right size") -> None:
     gi = graph.inputs[0]
     want = gi.shape
     got = images.shape
@@ -172,7 +182,7 @@ def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -
     if not ok:
         raise DataError("input shape mismatch", subject=f"model input {gi.name!r} vs data {source_name}",
                         got=f"batches of shape {tuple(got)}", expected=f"{tuple(want)}",
-                        hint="pick the model's preprocessing preset (--preset) or data of the right size")
+                        hint=hint)
 
 
 def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *, progress: bool = True,

@@ -185,8 +185,8 @@ def _load_previous(path: Path, key: dict) -> dict:
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
     from ..datasets import PRESETS
     from .backends import build
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, open_capped, ranges_from_stats, resolve_device,
-                            statistics)
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _check_input_shape, check_model_input, open_capped,
+                            ranges_from_stats, resolve_device, statistics)
     from .models import resolve_model
     from .plan import resolve_plan
     from .build import trtexec_commands
@@ -212,6 +212,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
     pixels = np.concatenate([b.images for b in batches])
+    check_model_input(graph, batch_size=settings.batch_size)
+    _check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
     if has_labels and getattr(source, "label_space", None) == "folder":
