@@ -7,10 +7,15 @@ Exit codes: 0 ok, 2 bad input or a failed step (message on stderr, nothing half-
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import logging
+import math
 import os
 import sys
+import tempfile
+import textwrap
+import traceback
 from pathlib import Path
 
 
@@ -39,8 +44,113 @@ else:
     from .quant.errors import ConfigError, QuantError
 
 
-def _percent(value: str) -> float:
-    return float(value.rstrip("%"))
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default once, and only where it says something (not None/False, not already in the help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return text + " (default: %(default)s)"
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent) or ""
+                         for line in text.splitlines())
+
+
+def _typed(name: str, parse):
+    """An argparse type whose error is a sentence (argparse prefixes it with the flag), not a function name."""
+    def convert(value: str):
+        try:
+            return parse(value)
+        except argparse.ArgumentTypeError:
+            raise
+        except (ValueError, TypeError, QuantError) as err:
+            raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected {name}") from err
+    convert.__name__ = name
+    return convert
+
+
+def _int_at_least(minimum: int):
+    def parse(value: str) -> int:
+        v = int(value)
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"got {v}, expected an integer >= {minimum}")
+        return v
+    return _typed(f"an integer >= {minimum}", parse)
+
+
+def _float_range(lo: float, hi: float, *, lo_open: bool = False, strip: str = ""):
+    def parse(value: str) -> float:
+        v = float(value.strip().rstrip(strip) if strip else value)
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            raise argparse.ArgumentTypeError(
+                f"got {value!r}, expected a number {'>' if lo_open else '>='} {lo:g}"
+                + (f" and <= {hi:g}" if math.isfinite(hi) else ""))
+        return v
+    return _typed(f"a number{' (a trailing % is allowed)' if strip else ''}", parse)
+
+
+COUNT = _int_at_least(1)
+SEED = _int_at_least(0)
+PERCENTILE = _float_range(0.0, 100.0, lo_open=True, strip="%")
+PP = _float_range(0.0, 100.0, strip="%")
+NONNEG = _float_range(0.0, math.inf)
+SECONDS = _float_range(0.0, math.inf, lo_open=True)
+
+
+def _trt_version(value: str) -> str:
+    from trtquant.quant.cache import trt_version_int
+
+    try:
+        trt_version_int(value)
+    except QuantError as err:
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected or 'MAJOR.MINOR.PATCH'}") from err
+    return value
+
+
+def _target(value: str) -> str:
+    from trtquant.quant.targets import parse_target
+
+    try:
+        parse_target(value)
+    except QuantError as err:
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected}") from err
+    return value
+
+
+def _nonempty(what: str):
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"got an empty string, expected {what}")
+        return value
+    return _typed(what, parse)
+
+
+PATH = _nonempty("a path")
+BACKEND_NAMES = ("onnxruntime", "torch", "tensorrt")
+
+
+def _check_out_dir(out, outputs: dict, force: bool):
+    from trtquant.quant.fileio import check_output_dir
+
+    return check_output_dir(Path(out), flag="--out", outputs=outputs, force=force)
+
+
+def _build_outputs() -> dict:
+    from trtquant.quant.cache import looks_like_trt_cache
+    from trtquant.quant.fileio import contains_marker, json_format, looks_like_onnx
+
+    return {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
+            "engine.json": contains_marker('"engine": {', start=False), "calib.bin": looks_like_trt_cache}
+
+
+def _report_outputs() -> dict:
+    from trtquant.quant.fileio import contains_marker
+
+    return {"report.md": contains_marker("# Evaluation: ", start=True),
+            "report.html": contains_marker("<title>trtquant evaluation</title>")}
 
 
 def cmd_calibrate(args) -> int:
@@ -52,7 +162,7 @@ def cmd_calibrate(args) -> int:
         device=args.device, executor=args.executor, method=args.method, percentile=args.percentile,
         num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
         cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
-        calibrator=args.calibrator)
+        calibrator=args.calibrator, layout=args.layout)
     res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
                     from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
                     progress=not args.no_progress)
@@ -75,9 +185,26 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _explicit_flags(args) -> set:
+    """The flags the user typed (``dest`` names), for "this flag has no effect here" checks."""
+    argv = getattr(args, "_argv", None) or []
+    return {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def cmd_build(args) -> int:
     from trtquant.quant.build import build_engine
 
+    explicit = _explicit_flags(args)
+    if args.backend != "torch":
+        for flag in ("torch_precision", "device"):
+            if flag in explicit:
+                raise ConfigError(f"--{flag.replace('_', '-')} has no effect with this backend",
+                                  subject=f"--{flag.replace('_', '-')} with --backend {args.backend}",
+                                  hint="it applies to --backend torch only; drop it or use --backend torch")
+    if args.backend != "tensorrt" and "trt_mode" in explicit:
+        raise ConfigError("--trt-mode has no effect with this backend", subject=f"--trt-mode with --backend {args.backend}",
+                          hint="it applies to --backend tensorrt only")
+    _check_out_dir(args.out, _build_outputs(), args.force)
     res = build_engine(precision=args.precision, backend=args.backend, out=args.out, model=args.model, onnx=args.onnx,
                        weights=args.weights, ranges_path=args.ranges, device=args.device,
                        torch_precision=args.torch_precision, smoke=not args.no_smoke, trt_mode=args.trt_mode)
@@ -97,8 +224,9 @@ def cmd_build(args) -> int:
 def cmd_cache(args) -> int:
     from trtquant.quant import cache_tools
 
+    explicit = _explicit_flags(args)
     if args.action == "show":
-        print(cache_tools.show(args.files[0]))
+        print("\n\n".join(cache_tools.show(f) for f in args.files))
         return 0
     if args.action == "diff":
         if len(args.files) != 2:
@@ -106,19 +234,33 @@ def cmd_cache(args) -> int:
         d = cache_tools.diff(args.files[0], args.files[1], rel_tol=args.rel_tol)
         print(cache_tools.format_diff(d, args.files[0], args.files[1]))
         return 0 if d.identical else 1
+    if len(args.files) != 1:
+        raise ConfigError("cache convert takes one input file", subject="cache convert", got=f"{len(args.files)} files",
+                          hint="convert one file per command")
     if not args.out:
         raise ConfigError("cache convert needs an output", subject="--out", hint="e.g. --out calib.ranges.json")
-    from trtquant.quant.fileio import check_output_path
+    from trtquant.quant.fileio import OutputSet
 
-    out = check_output_path(Path(args.out), flag="--out", force=True)
+    out = Path(args.out)
     to = args.to or ("ranges" if out.suffix == ".json" else "onnx" if out.suffix == ".onnx" else "cache")
+    if to != "cache":
+        for flag in ("trt_version", "algorithm"):
+            if flag in explicit:
+                raise ConfigError(f"--{flag.replace('_', '-')} has no effect when converting to {to}",
+                                  subject=f"--{flag.replace('_', '-')} with --out {out}",
+                                  hint="it rewrites a calibration cache header: use an output that is a cache (or --to cache)")
+    if to != "onnx" and ("model" in explicit or "onnx" in explicit):
+        raise ConfigError(f"--model/--onnx have no effect when converting to {to}", subject="cache convert",
+                          hint="they name the graph for --to onnx only")
+    outputs = OutputSet(force=args.force)
+    outputs.add(out, flag="--out", is_same_kind=cache_tools.same_kind_test(to))
     graph = None
     if to == "onnx":
         from trtquant.quant.models import resolve_model
 
         graph = resolve_model(args.model, onnx=args.onnx).graph
     msg = cache_tools.convert(args.files[0], out, to=to, trt_version=args.trt_version, algorithm=args.algorithm,
-                              graph=graph)
+                              graph=graph, outputs=outputs)
     print(f"wrote {out} ({to}: {msg})")
     return 0
 
@@ -127,24 +269,42 @@ def cmd_lint(args) -> int:
     from trtquant.quant.graph import OnnxGraph
     from trtquant.quant.lint import lint_model
 
-    graph = OnnxGraph.load(args.model_path)
+    graph = OnnxGraph.load(args.model_path, flag="MODEL.onnx")
     findings = lint_model(graph.model)
     for f in findings:
         print(f)
     errors = sum(f.severity == "error" for f in findings)
     q = sum(n.op_type == "QuantizeLinear" for n in graph.model.graph.node)
+    dq = sum(n.op_type == "DequantizeLinear" for n in graph.model.graph.node)
     print(f"{args.model_path}: {q} QuantizeLinear nodes, {errors} error(s), {len(findings) - errors} warning(s)")
+    if q == 0 and dq == 0:
+        print("note: this model has no Q/DQ nodes: nothing was checked (lint a model written by `build` or "
+              "`cache convert --to onnx`)")
     return 1 if errors else 0
 
 
 def cmd_evaluate(args) -> int:
-    from trtquant.quant.evaluate import EvalSettings, evaluate
+    from trtquant.quant.errors import Interrupted
+    from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
+    from trtquant.quant.targets import parse_target
 
+    target = parse_target(args.target_drop)
+    if target.kind != "abs":
+        raise ConfigError("evaluate's recommendation takes a drop in percentage points", subject="--target-drop",
+                          got=repr(args.target_drop), expected="e.g. 0.5% (pp of top-1)",
+                          hint="the 'rel' and 'agree:' forms are for sweep")
+    parse_configs(args.configs)
+    _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
-                            latency_iters=args.latency_iters, device=args.device, target_drop=_percent(args.target_drop))
-    res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
+                            latency_iters=args.latency_iters, device=args.device, target_drop=target.value)
+    try:
+        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        raise Interrupted("evaluation interrupted", subject=str(args.out),
+                          hint=f"earlier results were left untouched; finished configurations are kept in "
+                               f"{Path(args.out) / 'results.partial.json'}: add --resume to continue") from None
     doc = res.doc
     for r in doc["results"]:
         if r.get("status") != "ok":
@@ -162,25 +322,42 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from trtquant.reports.render import load_results, write_reports
+    from trtquant.quant.fileio import OutputSet
+    from trtquant.quant.results import read_results
+    from trtquant.reports.render import html_report, markdown
 
-    doc = load_results(args.results)
+    doc = read_results(args.results)
     out = Path(args.out) if args.out else Path(args.results).parent
-    for p in write_reports(doc, out).values():
-        print(f"wrote {p}")
+    _check_out_dir(out, _report_outputs(), args.force)
+    kinds = _report_outputs()
+    md, page = markdown(doc), html_report(doc)
+    out.mkdir(exist_ok=True)
+    with OutputSet(force=args.force) as outputs:
+        for name in kinds:
+            outputs.add(out / name, flag="--out", is_same_kind=kinds[name])
+        outputs.stage(out / "report.md", md)
+        outputs.stage(out / "report.html", page)
+        for p in outputs.commit():
+            print(f"wrote {p}")
     return 0
 
 
 def cmd_sweep(args) -> int:
+    from trtquant.quant.cache import looks_like_trt_cache
+    from trtquant.quant.fileio import contains_marker, json_format, looks_like_onnx
     from trtquant.quant.sweep import SweepSettings, sweep
 
+    out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
+    _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
+                         "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
+                         "sweep.md": contains_marker("# Mixed-precision sweep", start=True),
+                         "sweep.html": contains_marker("<title>trtquant sweep</title>")}, args.force)
     settings = SweepSettings(target=args.target_drop, model=args.model, onnx=args.onnx, weights=args.weights,
                              data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
-                             margin_pp=_percent(args.margin))
-    out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
+                             margin_pp=args.margin)
     doc = sweep(settings, out, progress=not args.no_progress)
     s, v = doc["search"], doc["validation"]
     print(f"target  {doc['target']['text']}: {doc['target']['meaning']}")
@@ -200,50 +377,73 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+EXIT_CODES = "exit codes: 0 ok; 2 bad input or a failed step (one-line message on stderr); 1 an internal error (a bug)."
+
+
+def _model_flags(g, what: str) -> None:
+    g.add_argument("--model", default="mobilenet_v2",
+                   help=f"{what}: mobilenet_v2 | efficientnet_lite0 | any torchvision architecture with --weights")
+    g.add_argument("--weights", default=None, type=PATH, help="state_dict file for a torchvision --model")
+    g.add_argument("--onnx", default=None, type=PATH, help="use this ONNX model instead of --model")
+
+
+def _data_flags(g, *, num_help: str) -> None:
+    g.add_argument("--data", default="imagenet_sample", type=PATH,
+                   help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
+    g.add_argument("--data-dir", default=None, type=PATH,
+                   help="ImageNet validation directory; only with --data imagenet_val (or set IMAGENET_VAL_DIR)")
+    g.add_argument("--num-images", type=COUNT, default=None, help=num_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.",
+                                epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging (-vv for debug); also prints the traceback of an internal error")
+    p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("calibrate", help="run calibration and write a TensorRT calibration cache + ranges JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Run the statistics pass over calibration images and write a TensorRT calibration "
+                                   "cache, its lossless ranges JSON and optionally the statistics (to recompute any "
+                                   "method later with --from-stats). All outputs are checked before any work starts "
+                                   "and written together at the end.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
     m = c.add_argument_group("model")
-    m.add_argument("--model", default="mobilenet_v2",
-                   help="mobilenet_v2 | efficientnet_lite0 | any torchvision architecture with --weights")
-    m.add_argument("--weights", default=None, help="state_dict file for a torchvision architecture")
-    m.add_argument("--onnx", default=None, help="calibrate this ONNX model instead of --model")
+    _model_flags(m, "the model to calibrate")
     m.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception); default: the model's")
-    m.add_argument("--onnx-out", default=None, help="also save the exact ONNX graph the cache is keyed to")
+    m.add_argument("--onnx-out", default=None, type=PATH, help="also save the exact ONNX graph the cache is keyed to")
     d = c.add_argument_group("data")
-    d.add_argument("--data", default="imagenet_sample",
-                   help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
-    d.add_argument("--data-dir", default=None, help="ImageNet validation directory for --data imagenet_val "
-                                                    "(or set IMAGENET_VAL_DIR)")
-    d.add_argument("--num-images", type=int, default=None,
-                   help="deterministic random subset size (default: all images, at most 1000)")
-    d.add_argument("--seed", type=int, default=0, help="subset seed")
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(16, CPUs))")
+    _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
+    d.add_argument("--seed", type=SEED, default=0, help="subset seed")
+    d.add_argument("--batch-size", type=COUNT, default=32, help="images per batch of the statistics pass")
+    d.add_argument("--workers", type=COUNT, default=None, help="decoding threads (default: min(16, CPUs))")
     d.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="unreadable images: skip and count them, or stop with an error")
+    d.add_argument("--layout", choices=("NHWC", "NCHW", "NHW", "HWC", "CHW"), default=None,
+                   help="layout of a uint8 array whose layout is ambiguous (e.g. 3-D: NHW greyscale images, or "
+                        "one HWC colour image)")
     d.add_argument("--h5-images", default="images", help="HDF5 dataset holding the images")
     d.add_argument("--h5-labels", default="labels", help="HDF5 dataset holding the labels")
     a = c.add_argument_group("algorithm")
     a.add_argument("--method", default="entropy", help="entropy | minmax | percentile | mse")
-    a.add_argument("--percentile", type=_percent, default=99.99, help="for --method percentile")
-    a.add_argument("--num-bins", type=int, default=2048, help="histogram bins")
+    a.add_argument("--percentile", type=PERCENTILE, default=99.99, help="for --method percentile, in (0, 100]")
+    a.add_argument("--num-bins", type=COUNT, default=2048, help="histogram bins (>= 256)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     a.add_argument("--executor", default="auto", help="auto | torch | onnxruntime (auto: torch unless ops are missing)")
     a.add_argument("--calibrator", default="ours", choices=("ours", "tensorrt"),
                    help="ours: our statistics pass + range algorithm (no TensorRT needed); tensorrt: TensorRT <= 10 "
                         "calibrates with its IInt8 calibrator fed by our data pipeline (entropy/minmax)")
-    a.add_argument("--from-stats", default=None, help="recompute ranges from a saved statistics file (no model run)")
+    a.add_argument("--from-stats", default=None, type=PATH,
+                   help="recompute ranges from a saved statistics file (no model or data run: --data, --num-images, "
+                        "--num-bins, --onnx-out and the like are refused with it)")
     o = c.add_argument_group("outputs")
-    o.add_argument("--cache", required=True, help="TensorRT calibration cache to write")
-    o.add_argument("--ranges", default=None, help="ranges JSON to write (default: CACHE.ranges.json)")
-    o.add_argument("--stats", default=None, help="also save the statistics (.npz) for --from-stats")
-    o.add_argument("--trt-version", default=None,
-                   help="TensorRT version for the cache header (default: the installed one, else 8.6.1)")
+    o.add_argument("--cache", required=True, type=PATH, help="TensorRT calibration cache to write (required)")
+    o.add_argument("--ranges", default=None, type=PATH, help="ranges JSON to write (default: CACHE.ranges.json)")
+    o.add_argument("--stats", default=None, type=PATH, help="also save the statistics (.npz) for --from-stats")
+    o.add_argument("--trt-version", default=None, type=_trt_version,
+                   help="TensorRT version for the cache header, e.g. 8.6.1 or 10.3.0 (default: the installed one, "
+                        "else 8.6.1)")
     o.add_argument("--cache-algorithm", default=None,
                    help="override the cache header algorithm (EntropyCalibration2 | MinMaxCalibration | ...)")
     o.add_argument("--force", action="store_true", help="overwrite output files of another kind")
@@ -251,94 +451,150 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     b = sub.add_parser("build", help="build an engine for a precision configuration and write TensorRT artifacts",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Build an engine (ONNX Runtime, torch or TensorRT) for a precision or plan, check "
+                                   "it on the bundled images and write plan.json, model_qdq.onnx, engine.json and the "
+                                   "trtexec commands into --out.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
     b.add_argument("--precision", default="int8", help="fp32 | fp16 | int8 | PLAN.json")
-    b.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
-    b.add_argument("--ranges", default=None, help="ranges JSON, TensorRT cache or Q/DQ ONNX (needed for INT8)")
-    b.add_argument("--out", required=True, help="output directory (created)")
-    b.add_argument("--model", default="mobilenet_v2")
-    b.add_argument("--weights", default=None)
-    b.add_argument("--onnx", default=None)
-    b.add_argument("--device", default="auto", help="torch backend: auto | cpu | cuda")
-    b.add_argument("--torch-precision", default=None, help="torch backend: fp32 | tf32 | fp16 | bf16")
+    b.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES, help="engine backend")
+    b.add_argument("--ranges", default=None, type=PATH, help="ranges JSON, TensorRT cache or Q/DQ ONNX (needed for INT8)")
+    b.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
+    _model_flags(b, "the model to build")
+    b.add_argument("--device", default="auto", help="torch backend only: auto | cpu | cuda")
+    b.add_argument("--torch-precision", default=None, help="torch backend only: fp32 | tf32 | fp16 | bf16")
     b.add_argument("--trt-mode", default="explicit", choices=("explicit", "implicit"),
-                   help="tensorrt backend: explicit Q/DQ (TensorRT 8-11) or implicit cache + layer precisions (<= 10)")
+                   help="tensorrt backend only: explicit Q/DQ (TensorRT 8-11) or implicit cache + layer precisions (<= 10)")
     b.add_argument("--no-smoke", action="store_true", help="skip the check on the bundled images")
+    b.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
     b.set_defaults(func=cmd_build)
 
-    k = sub.add_parser("cache", help="show, diff or convert calibration caches / ranges / Q/DQ models")
-    k.add_argument("action", choices=("show", "diff", "convert"))
-    k.add_argument("files", nargs="+", help="one file (show, convert) or two (diff)")
-    k.add_argument("--out", default=None, help="convert: output file (.json ranges, .onnx Q/DQ, else cache)")
-    k.add_argument("--to", default=None, choices=("cache", "ranges", "onnx"), help="convert: output format")
-    k.add_argument("--trt-version", default=None, help="convert to cache: rewrite the header's TensorRT version")
+    k = sub.add_parser("cache", help="show, diff or convert calibration caches / ranges / Q/DQ models",
+                       description="show FILE...: list every tensor's scale and amax.\n"
+                                   "diff A B: compare two files (caches, ranges JSON or Q/DQ ONNX) tensor by tensor; "
+                                   "headers are compared too.\n"
+                                   "convert FILE --out OUT: write FILE's ranges as a cache, a ranges JSON (.json) or a "
+                                   "Q/DQ ONNX model (.onnx).",
+                       epilog="exit codes: 0 ok (diff: identical); 1 diff found differences; 2 bad input.",
+                       formatter_class=HelpFormatter)
+    k.add_argument("action", choices=("show", "diff", "convert"), help="what to do")
+    k.add_argument("files", nargs="+", metavar="FILE", help="one or more files (show), two (diff), one (convert)")
+    k.add_argument("--out", default=None, type=PATH, help="convert: output file (.json ranges, .onnx Q/DQ, else cache)")
+    k.add_argument("--to", default=None, choices=("cache", "ranges", "onnx"),
+                   help="convert: output format (default: from --out's suffix)")
+    k.add_argument("--trt-version", default=None, type=_trt_version,
+                   help="convert to cache: rewrite the header's TensorRT version")
     k.add_argument("--algorithm", default=None, help="convert to cache: rewrite the header's algorithm")
-    k.add_argument("--rel-tol", type=float, default=1e-6, help="diff: relative amax tolerance")
+    k.add_argument("--rel-tol", type=NONNEG, default=1e-6, help="diff: relative amax tolerance (>= 0)")
     k.add_argument("--model", default="mobilenet_v2", help="convert to onnx: the model the ranges belong to")
-    k.add_argument("--onnx", default=None, help="convert to onnx: the ONNX model the ranges belong to")
+    k.add_argument("--onnx", default=None, type=PATH, help="convert to onnx: the ONNX model the ranges belong to")
+    k.add_argument("--force", action="store_true", help="convert: overwrite an --out file of another kind")
     k.set_defaults(func=cmd_cache)
 
-    li = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's quantization rules (exit 1 on errors)")
-    li.add_argument("model_path", metavar="MODEL.onnx")
+    li = sub.add_parser("lint", help="check a Q/DQ ONNX model against TensorRT's quantization rules (exit 1 on errors)",
+                        description="Check a Q/DQ (explicitly quantized) ONNX model against TensorRT's quantization "
+                                    "rules: zero points, scales, Q/DQ pairing, per-channel axes.",
+                        epilog="exit codes: 0 no errors (warnings allowed); 1 errors found; 2 the model cannot be read.",
+                        formatter_class=HelpFormatter)
+    li.add_argument("model_path", metavar="MODEL.onnx", help="the Q/DQ ONNX model to check")
     li.set_defaults(func=cmd_lint)
 
     e = sub.add_parser("evaluate", help="build and measure every configuration; write results.json + reports",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Build every configuration, measure accuracy (top-1, or agreement with FP32 "
+                                   "without ImageNet labels) and latency, and write results.json, report.md and "
+                                   "report.html into --out. They are moved into place together at the end; progress "
+                                   "is kept in OUT/results.partial.json for --resume.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
                    help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json")
-    e.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
-    e.add_argument("--model", default="mobilenet_v2")
-    e.add_argument("--weights", default=None)
-    e.add_argument("--onnx", default=None)
-    e.add_argument("--data", default="imagenet_sample")
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--num-images", type=int, default=None, help="evaluation images (default: all, at most 1000)")
-    e.add_argument("--calib-images", type=int, default=256, help="calibration subset (seeded) of the same data")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=64, help="evaluation and throughput batch size")
-    e.add_argument("--latency-iters", type=int, default=50)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--target-drop", default="0.5%", help="accuracy drop allowed for the recommendation (pp)")
-    e.add_argument("--out", required=True, help="output directory (created)")
-    e.add_argument("--resume", action="store_true", help="keep configurations already measured in OUT/results.json")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES, help="engine backend")
+    _model_flags(e, "the model to evaluate")
+    _data_flags(e, num_help="evaluation images (default: all, at most 1000)")
+    e.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
+    e.add_argument("--seed", type=SEED, default=0, help="subset seed")
+    e.add_argument("--batch-size", type=COUNT, default=64, help="evaluation and throughput batch size")
+    e.add_argument("--latency-iters", type=COUNT, default=50, help="batch-1 latency iterations")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
+    e.add_argument("--target-drop", default="0.5%", type=_target,
+                   help="accuracy drop allowed for the recommendation, in percentage points of top-1: 0.5%% or 0.5")
+    e.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
+    e.add_argument("--resume", action="store_true",
+                   help="keep configurations already measured with the same settings (OUT/results.partial.json or "
+                        "OUT/results.json)")
+    e.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("report", help="re-render report.md/report.html from a results.json")
-    r.add_argument("results", metavar="RESULTS.json")
-    r.add_argument("--out", default=None, help="directory for the reports (default: next to RESULTS.json)")
+    r = sub.add_parser("report", help="re-render report.md/report.html from a results.json",
+                       description="Re-render report.md and report.html from a results.json written by evaluate.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    r.add_argument("results", metavar="RESULTS.json", help="results.json written by evaluate")
+    r.add_argument("--out", default=None, type=PATH,
+                   help="directory for the reports, created (default: next to RESULTS.json)")
+    r.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
     r.set_defaults(func=cmd_report)
 
     w = sub.add_parser("sweep", help="mixed-precision planner: the fewest FP16 layers that meet an accuracy target",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    w.add_argument("--target-drop", default="0.5%", help="0.5%% (pp of top-1), 0.5%%rel (relative) or agree:99%%")
-    w.add_argument("--model", default="mobilenet_v2")
-    w.add_argument("--weights", default=None)
-    w.add_argument("--onnx", default=None)
-    w.add_argument("--data", default="imagenet_sample")
-    w.add_argument("--data-dir", default=None)
-    w.add_argument("--num-images", type=int, default=None, help="evaluation images (default: all, at most 1000)")
-    w.add_argument("--calib-images", type=int, default=256)
+                       description="Rank layers by sensitivity, search for the fewest FP16 layers that meet the "
+                                   "target, validate the plan on a real backend and write plan.json, model_qdq.onnx, "
+                                   "calib.bin and sweep.json/.md/.html into --out.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    w.add_argument("--target-drop", default="0.5%", type=_target,
+                   help="0.5%% (pp of top-1), 0.5%%rel (relative to FP32's top-1) or agree:99%% (agreement with FP32)")
+    _model_flags(w, "the model to plan")
+    _data_flags(w, num_help="evaluation images (default: all, at most 1000)")
+    w.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
     w.add_argument("--method", default="entropy", help="range method when calibrating here")
-    w.add_argument("--ranges", default=None, help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
-    w.add_argument("--proxy-images", type=int, default=64, help="images for the sensitivity ranking")
-    w.add_argument("--time-budget", type=float, default=None, help="seconds; returns the best plan found so far")
-    w.add_argument("--margin", default="0", help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
-                                                  "room for the real engine's rounding differences")
-    w.add_argument("--device", default="auto")
-    w.add_argument("--validate-backend", default="onnxruntime", help="backend that measures the chosen plan")
-    w.add_argument("--trt-version", default=None, help="TensorRT version for the calib.bin header")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--out", default=None, help="output directory (default: ./sweep-MODEL)")
-    w.add_argument("--no-progress", action="store_true")
+    w.add_argument("--ranges", default=None, type=PATH,
+                   help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
+    w.add_argument("--proxy-images", type=COUNT, default=64, help="images for the sensitivity ranking")
+    w.add_argument("--time-budget", type=SECONDS, default=None, help="seconds (> 0); returns the best plan found so far")
+    w.add_argument("--margin", type=PP, default=0.0, help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
+                                                          "room for the real engine's rounding differences")
+    w.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    w.add_argument("--validate-backend", default="onnxruntime", choices=BACKEND_NAMES,
+                   help="backend that measures the chosen plan")
+    w.add_argument("--trt-version", default=None, type=_trt_version,
+                   help="TensorRT version for the calib.bin header (default: the installed one, else 8.6.1)")
+    w.add_argument("--seed", type=SEED, default=0, help="subset seed")
+    w.add_argument("--out", default=None, type=PATH, help="output directory (default: ./sweep-MODEL)")
+    w.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=cmd_sweep)
     return p
 
 
+def _os_error(err: OSError) -> QuantError:
+    path = err.filename or ""
+    what = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.ENOTDIR: "not a directory", errno.EISDIR: "is a directory", errno.ENOENT: "no such file or directory",
+            errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
+    hint = "earlier outputs were left untouched where the command plans its outputs; free space or choose another path"
+    env = os.environ.get("TRTQUANT_CACHE_DIR")
+    if env and str(path).startswith(env.rstrip("/")):
+        hint = "$TRTQUANT_CACHE_DIR must name a writable directory"
+    return QuantError(f"file system error: {what}", subject=str(path) or None,
+                      got=f"[Errno {err.errno}] {err.strerror}" if err.errno else str(err), hint=hint)
+
+
+def _save_traceback() -> str | None:
+    try:
+        fd, path = tempfile.mkstemp(prefix="trtquant-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write("argv: " + " ".join(sys.argv) + "\n")
+            traceback.print_exc(file=f)
+        return path
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.WARNING
+    args._argv = argv
+    verbose = args.verbose + (2 if args.debug else 0)
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
@@ -346,8 +602,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        print("error: interrupted; earlier outputs were left untouched", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {_os_error(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
+        saved = _save_traceback()
+        print(f"error: internal error (a bug in trtquant, not your input): {type(err).__name__}: {str(err)[:300]}"
+              + (f"; the full traceback was saved to {saved}" if saved else "")
+              + ("" if verbose else "; run with --debug (or -v) to print it"), file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ __all__ = ["ArraySource", "ARRAY_SUFFIXES"]
 log = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = (".h5", ".hdf5", ".npy", ".npz")
+LAYOUTS = ("NHWC", "NCHW", "NHW", "HWC", "CHW")
+"""``--layout`` values: a batch of colour/greyscale images, or one image without a batch dimension."""
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
@@ -35,8 +37,10 @@ class ArraySource(ImageSource):
 
     def __init__(self, path: str | os.PathLike, preprocess: Preprocess, *, images: str = "images",
                  labels: str | None = "labels", num_images: int | None = None, seed: int = 0,
-                 on_bad_image: str = "skip") -> None:
+                 on_bad_image: str = "skip", layout: str | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        if layout is not None and layout not in LAYOUTS:
+            raise DataError("unknown array layout", subject="--layout", got=repr(layout), expected=" | ".join(LAYOUTS))
         suffix = os.path.splitext(self.path)[1].lower()
         if suffix not in ARRAY_SUFFIXES:
             raise DataError("unsupported array file", subject=self.path, got=suffix or "no extension",
@@ -51,7 +55,17 @@ class ArraySource(ImageSource):
             shape, dtype, label_arr, self.dataset = self._inspect_npy()
         else:
             shape, dtype, label_arr, self.dataset = self._inspect_npz(images, labels)
-        self.layout, self.model_ready = self._check_array(shape, dtype)
+        if layout in ("HWC", "CHW"):          # one image saved without its batch dimension
+            if len(shape) != 3:
+                raise DataError("array does not match --layout", subject=f"--layout {layout}",
+                                got=f"{np.dtype(dtype)} {tuple(shape)}", expected="a 3-D array (one image)")
+            if self.kind == "hdf5":
+                raise DataError("single-image HDF5 datasets are not supported", subject=f"--layout {layout}",
+                                hint="save the image with a leading batch dimension (1, H, W, C)")
+            self._array = np.asarray(self._array)[None]
+            shape = self._array.shape
+            label_arr = None if label_arr is None else np.asarray(label_arr).reshape(-1)
+        self.layout, self.model_ready = self._check_array(shape, dtype, layout)
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         if label_arr is not None:
             label_arr = self._check_labels(label_arr, shape[0])
@@ -108,6 +122,14 @@ class ArraySource(ImageSource):
 
     def _inspect_npy(self):
         try:
+            with open(self.path, "rb") as f:
+                magic = f.read(6)
+        except OSError as err:
+            raise DataError("cannot read the .npy file", subject=self.path, got=str(err)) from err
+        if magic != b"\x93NUMPY":
+            raise DataError("not a .npy file", subject=self.path, got="no NumPy header (\\x93NUMPY)",
+                            expected="a numpy .npy array of images (np.save)")
+        try:
             arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError("cannot read the .npy file", subject=self.path, got=str(err),
@@ -134,10 +156,33 @@ class ArraySource(ImageSource):
             log.info("%s: no labels/y array (keys: %s): images are unlabelled", self.path, ", ".join(keys))
         return self._array.shape, self._array.dtype, label_arr, img_key
 
-    def _check_array(self, shape: tuple, dtype: np.dtype) -> tuple[str, bool]:
+    def _check_array(self, shape: tuple, dtype: np.dtype, layout: str | None = None) -> tuple[str, bool]:
         where = f"{self.path}:{self.dataset}"
         dtype = np.dtype(dtype)
+        if dtype == np.uint8 and layout is not None:
+            want = {"NHWC": 4, "NCHW": 4, "NHW": 3, "HWC": 4, "CHW": 4}[layout]
+            chans = {"NHWC": -1, "HWC": -1, "NCHW": 1, "CHW": 1}.get(layout)
+            if len(shape) != want or (chans is not None and shape[chans] not in (1, 3)):
+                raise DataError("array does not match --layout", subject=f"--layout {layout}", got=f"uint8 {tuple(shape)}",
+                                expected=f"{layout} with 3 or 1 channels" if chans is not None else "a 3-D array")
+            if shape[0] == 0 or not all(s > 0 for s in shape[1:]):
+                raise DataError("image array has an empty dimension", subject=where, got=str(shape))
+            return {"NHWC": "HWC", "HWC": "HWC", "NCHW": "CHW", "CHW": "CHW", "NHW": "HW"}[layout], False
         if dtype == np.uint8:
+            n = shape[0] if shape else 0
+            if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] in (1, 3):
+                raise DataError("ambiguous image array layout", subject=where, got=f"uint8 {tuple(shape)}",
+                                expected="NHWC or NCHW, not both possible",
+                                hint=f"it would be read as {n} NHWC images of {shape[1]}x{shape[2]}; pass --layout "
+                                     "NHWC or --layout NCHW")
+            if len(shape) == 3 and (shape[-1] in (1, 3, 4) or shape[0] in (1, 3, 4)):
+                one = (f"one {shape[0]}x{shape[1]} image with {shape[2]} channels (--layout HWC)" if shape[-1] in (1, 3, 4)
+                       else f"one {shape[1]}x{shape[2]} image with {shape[0]} channels (--layout CHW)")
+                raise DataError("ambiguous image array layout", subject=where, got=f"uint8 {tuple(shape)}",
+                                expected=f"NHW greyscale images or {one}",
+                                hint=f"it would be read as {n} greyscale images of {shape[1]}x{shape[2]} pixels (NHW); "
+                                     "pass --layout NHW to confirm that, --layout HWC/CHW for one image, or save a "
+                                     "4-D array (N, H, W, 3)")
             if len(shape) == 4 and shape[-1] in (1, 3):
                 layout = "HWC"
             elif len(shape) == 4 and shape[1] in (1, 3):
@@ -149,6 +194,9 @@ class ArraySource(ImageSource):
                                 expected="uint8 NHWC or NCHW with 3 or 1 channels (or NHW greyscale)")
             ok = all(s > 0 for s in shape[1:])
         elif any(dtype == d for d in _FLOAT_DTYPES):
+            if layout not in (None, "NCHW"):
+                raise DataError("float arrays are model-ready NCHW", subject=f"--layout {layout}", got=f"{dtype} {shape}",
+                                expected="--layout NCHW (or no --layout), or uint8 pixels for other layouts")
             if len(shape) != 4 or shape[1] != 3:
                 raise DataError("model-ready array has the wrong shape", subject=where, got=f"{dtype} {shape}",
                                 expected="float (N, 3, H, W), already preprocessed (or uint8 pixels)")

@@ -373,9 +373,16 @@ def _looks_like_path(spec: str) -> bool:
 
 def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = None, num_images: int | None = None,
                 seed: int = 0, h5_images: str = "images", h5_labels: str = "labels",
-                on_bad_image: str = "skip") -> ImageSource:
-    """Open the image source named by ``spec`` (see the module docstring)."""
+                on_bad_image: str = "skip", layout: str | None = None) -> ImageSource:
+    """Open the image source named by ``spec`` (see the module docstring).
+
+    ``data_dir`` is only for ``imagenet_val`` and ``layout`` only for arrays: given elsewhere they
+    are refused, never silently ignored."""
     _check_preprocess(preprocess)
+    if data_dir is not None and spec != "imagenet_val":
+        raise ConfigError("--data-dir is only used with --data imagenet_val", subject=f"--data-dir {data_dir}",
+                          got=f"--data {spec}", hint="pass --data imagenet_val --data-dir DIR, or give the directory "
+                                                     "itself as --data DIR")
     _check_policy(on_bad_image)
     if num_images is not None:
         _check_int(num_images, "--num-images", minimum=1, what="number of images")
@@ -385,6 +392,10 @@ def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = Non
                           expected=f"one of {', '.join(SOURCE_NAMES)} or a path")
     spec = os.fspath(spec)
     opts: dict[str, Any] = dict(num_images=num_images, seed=seed, on_bad_image=on_bad_image)
+    if layout is not None and not (os.path.isfile(os.path.expanduser(spec))
+                                   and spec.lower().endswith(ARRAY_SUFFIXES)):
+        raise ConfigError("--layout is only used with array data", subject=f"--layout {layout}", got=f"--data {spec}",
+                          expected="a .npy/.npz/.h5 file")
     if spec == "imagenet_sample":
         return SampleSource(preprocess, **opts)
     if spec == "imagenet_val":
@@ -394,7 +405,7 @@ def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = Non
         return _open_directory(path, preprocess, imagenet=False, **opts)
     if path and os.path.isfile(path):
         if path.lower().endswith(ARRAY_SUFFIXES):
-            return ArraySource(path, preprocess, images=h5_images, labels=h5_labels, **opts)
+            return ArraySource(path, preprocess, images=h5_images, labels=h5_labels, layout=layout, **opts)
         raise DataError("unsupported data file", subject=os.path.abspath(path),
                         expected="one of: " + "; ".join(PATH_KINDS),
                         hint="put single images in a directory and pass the directory")

@@ -78,6 +78,9 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     check_output_dir(out)
     rm = resolve_model(model, onnx=onnx, weights=weights)
     graph = rm.graph
+    from ..datasets import PRESETS
+    from .calibrate import check_model_input   # bad-input review M3: before anything is written
+    check_model_input(graph, crop=PRESETS[rm.preset].crop if smoke else None)
     plan = resolve_plan(precision, graph)
     ranges = None
     if ranges_path is not None:

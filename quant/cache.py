@@ -42,6 +42,9 @@ VERIFIED_TRT_ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration")
 # (any scale represents zero exactly; TensorRT and Q/DQ need a positive one)
 ZERO_TENSOR_AMAX = 1.0
 DEFAULT_TRT_VERSION = "8.6.1"
+MIN_TRT_MAJOR, MAX_TRT_MAJOR = 5, 11     # calibration caches exist from TensorRT 5
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+"""Every character ``str.splitlines()`` (the reader) splits on: none may appear in a tensor name."""
 RANGES_FORMAT = "trtquant-ranges/1"
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 _HEX = re.compile(r"^[0-9a-fA-F]{1,8}$")
@@ -54,6 +57,12 @@ def trt_version_int(version: str) -> int:
         raise ConfigError("invalid TensorRT version", subject="--trt-version", got=repr(version),
                           expected="MAJOR.MINOR.PATCH, e.g. 8.6.1 or 10.3.0")
     major, minor, patch = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    # NV_TENSORRT_VERSION packs minor and patch into two digits each (one for minor before 10): a version
+    # outside these ranges is a typo (8.61 for 8.6.1) and would give a header no TensorRT writes
+    if not (MIN_TRT_MAJOR <= major <= MAX_TRT_MAJOR and minor <= (9 if major < 10 else 99) and patch <= 99):
+        raise ConfigError("no such TensorRT version", subject="--trt-version", got=repr(version),
+                          expected=f"MAJOR.MINOR.PATCH with {MIN_TRT_MAJOR} <= MAJOR <= {MAX_TRT_MAJOR}, "
+                                   "MINOR <= 9 before 10 (<= 99 from 10), PATCH <= 99, e.g. 8.6.1 or 10.3.0")
     if major >= 10:
         return major * 10000 + minor * 100 + patch
     return major * 1000 + minor * 100 + patch
@@ -97,9 +106,13 @@ class TrtCache:
     def to_text(self) -> str:
         lines = [self.header()]
         for name, scale in self.scales.items():
-            if "\n" in name or "\r" in name:
-                raise CacheFormatError("tensor name cannot be written to a cache", subject=f"tensor {name!r}",
-                                       got="a line break in the name")
+            bad = sorted({c for c in name if c in LINE_BREAKS})
+            if bad or not name:
+                raise CacheFormatError("tensor name cannot be written to a calibration cache", subject=f"tensor {name!r}",
+                                       got=("line-break character(s) " + ", ".join(repr(c) for c in bad)) if bad
+                                       else "an empty name",
+                                       expected="a name without line breaks (the cache is one tensor per line)",
+                                       hint="rename the tensor in the ONNX model, or use the ranges JSON / Q/DQ ONNX")
             lines.append(f"{name}: {scale_to_hex(scale)}")
         return "\n".join(lines) + "\n"
 
@@ -115,8 +128,10 @@ class TrtCache:
 
     @classmethod
     def parse(cls, text: str, *, source: str = "cache") -> "TrtCache":
+        if text.startswith("\ufeff"):
+            text = text[1:]                  # a UTF-8 byte-order mark from an editor: not part of the header
         lines = text.splitlines()
-        if not lines:
+        if not lines or not text.strip():
             raise CacheFormatError("empty calibration cache", subject=source,
                                    expected="a first line like TRT-8601-EntropyCalibration2")
         m = _HEADER.match(lines[0].strip())
@@ -166,7 +181,7 @@ def write_trt_cache(path: str | Path, cache: TrtCache) -> None:
 def looks_like_trt_cache(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
-            return _HEADER.match(f.readline(200).decode("utf-8", "replace").strip()) is not None
+            return _HEADER.match(f.readline(200).decode("utf-8", "replace").lstrip("\ufeff").strip()) is not None
     except OSError:
         return False
 
@@ -199,13 +214,31 @@ def read_ranges_json(path: str | Path) -> RangeSet:
     doc = read_json_document(path, fmt=RANGES_FORMAT, what="ranges file", error=CacheFormatError)
     ranges = {}
     try:
-        for t in doc["tensors"]:
+        tensors = doc["tensors"]
+        if not isinstance(tensors, list):
+            raise TypeError(f"'tensors' is a {type(tensors).__name__}, expected a list")
+        for t in tensors:
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                raise TypeError(f"entry {str(t)[:60]} has no string 'name'")
+            if isinstance(t.get("amax"), bool) or not isinstance(t.get("amax"), (int, float)):
+                raise TypeError(f"tensor {t['name']!r}: 'amax' is not a number")
+            if t["name"] in ranges:
+                raise ValueError(f"tensor {t['name']!r} listed twice")
             ranges[t["name"]] = TensorRange(t["name"], float(t["amax"]))
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as err:
         raise CacheFormatError("bad tensor entry in ranges file", subject=str(path), got=str(err)[:200]) from err
+    fields = {"method": str, "settings": dict, "model_fingerprint": str, "data_fingerprint": str, "meta": dict}
+    for key, kind in fields.items():
+        if key in doc and not isinstance(doc[key], kind):
+            raise CacheFormatError("bad field in ranges file", subject=f"{path}: {key!r}",
+                                   got=type(doc[key]).__name__, expected=kind.__name__)
+    num_images = doc.get("num_images", 0)
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+        raise CacheFormatError("bad field in ranges file", subject=f"{path}: 'num_images'", got=repr(num_images)[:40],
+                               expected="an integer >= 0")
     return RangeSet(ranges=ranges, method=doc.get("method", ""), settings=doc.get("settings", {}),
                     model_fingerprint=doc.get("model_fingerprint", ""), data_fingerprint=doc.get("data_fingerprint", ""),
-                    num_images=int(doc.get("num_images", 0)), meta=doc.get("meta", {}))
+                    num_images=num_images, meta=doc.get("meta", {}))
 
 
 def looks_like_ranges_json(path: Path) -> bool:

@@ -6,8 +6,9 @@ or a Q/DQ ONNX model (activation scales of its per-tensor QuantizeLinear nodes).
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,39 @@ import onnx
 from onnx import numpy_helper
 
 from .cache import (TrtCache, looks_like_ranges_json, looks_like_trt_cache, read_ranges_json, read_trt_cache,
-                    trt_version_int, write_ranges_json, write_trt_cache)
+                    trt_version_int)
 from .errors import CacheFormatError
-from .fileio import atomic_write_bytes
+from .cache import ranges_to_json
+from .fileio import OutputSet, looks_like_onnx
 from .types import RangeSet, TensorRange
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("cache", "ranges", "onnx")
+
+
+def looks_like_qdq_onnx(path: Path) -> bool:
+    """A Q/DQ ONNX model (what ``convert --to onnx`` writes), not just any ONNX: the user's own model is another kind."""
+    if not looks_like_onnx(path):
+        return False
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001
+        return False
+    return any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def same_kind_test(to: str):
+    """The file an output of format ``to`` may replace without --force."""
+    return {"cache": looks_like_trt_cache, "ranges": looks_like_ranges_json, "onnx": looks_like_qdq_onnx}[to]
 
 
 def detect_format(path: Path) -> str:
     if not path.is_file():
         raise CacheFormatError("file not found", subject=str(path))
+    if path.stat().st_size == 0 or not path.read_bytes()[:4096].strip():
+        raise CacheFormatError("empty calibration cache or ranges file", subject=str(path),
+                               got="an empty file", expected="a first line like TRT-8601-EntropyCalibration2, or JSON")
     if looks_like_trt_cache(path):
         return "cache"
     if looks_like_ranges_json(path):
@@ -70,11 +93,15 @@ def load_ranges(path: str | Path) -> tuple[RangeSet, str, TrtCache | None]:
 
 def show(path: str | Path) -> str:
     rs, fmt, cache = load_ranges(path)
-    head = f"{path}: {fmt}" + (f" ({cache.header()})" if cache else f" (method {rs.method})") + f", {len(rs.ranges)} tensors"
-    width = max([len("tensor")] + [len(n) for n in rs.ranges])
+    zero = [n for n, sc in cache.scales.items() if not sc > 0] if cache else []
+    head = (f"{path}: {fmt}" + (f" ({cache.header()})" if cache else f" (method {rs.method})")
+            + f", {len(rs.ranges) + len(zero)} tensors" + (f" ({len(zero)} with scale 0)" if zero else ""))
+    width = max([len("tensor")] + [len(n) for n in list(rs.ranges) + zero])
     lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"]
     for name, r in rs.ranges.items():
         lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}")
+    for name in zero:
+        lines.append(f"{name:<{width}}  {0:>12}  {0:>12}  (scale 0: no range; build and convert leave it out)")
     return "\n".join(lines)
 
 
@@ -84,15 +111,19 @@ class RangeDiff:
     missing: list[str]                          # in a, not in b
     added: list[str]                            # in b, not in a
     same: int
+    headers: tuple[str, str] | None = None      # (header a, header b) when both are caches and they differ
+    zero: list[str] = field(default_factory=list)  # scale 0 in a or b (no range)
 
     @property
     def identical(self) -> bool:
-        return not (self.changed or self.missing or self.added)
+        return not (self.changed or self.missing or self.added or self.headers or self.zero)
 
 
 def diff(a: str | Path, b: str | Path, *, rel_tol: float = 1e-6) -> RangeDiff:
-    ra, _, _ = load_ranges(a)
-    rb, _, _ = load_ranges(b)
+    ra, _, ca = load_ranges(a)
+    rb, _, cb = load_ranges(b)
+    headers = (ca.header(), cb.header()) if ca and cb and ca.header() != cb.header() else None
+    zero = sorted({n for c in (ca, cb) if c for n, sc in c.scales.items() if not sc > 0})
     changed, same = [], 0
     for name, r in ra.ranges.items():
         if name in rb.ranges:
@@ -101,12 +132,16 @@ def diff(a: str | Path, b: str | Path, *, rel_tol: float = 1e-6) -> RangeDiff:
                 same += 1
             else:
                 changed.append((name, r.amax, other))
-    return RangeDiff(changed=changed, missing=[n for n in ra.ranges if n not in rb.ranges],
-                     added=[n for n in rb.ranges if n not in ra.ranges], same=same)
+    return RangeDiff(changed=changed, missing=[n for n in ra.ranges if n not in rb.ranges and n not in zero],
+                     added=[n for n in rb.ranges if n not in ra.ranges and n not in zero], same=same,
+                     headers=headers, zero=zero)
 
 
 def format_diff(d: RangeDiff, a: str, b: str, limit: int = 50) -> str:
     lines = [f"{a} -> {b}: {d.same} same, {len(d.changed)} changed, {len(d.missing)} missing in b, {len(d.added)} added in b"]
+    if d.headers:
+        lines.append(f"  header   {d.headers[0]} -> {d.headers[1]} (TensorRT ignores a cache whose header is not its own)")
+    lines += [f"  zero     {n}: scale 0 (no range) in a or b" for n in d.zero[:limit]]
     for name, x, y in sorted(d.changed, key=lambda t: -abs(math.log(t[2] / t[1])) if t[1] > 0 and t[2] > 0 else 0)[:limit]:
         lines.append(f"  changed  {name}: amax {x:.6g} -> {y:.6g} ({(y / x - 1) * 100:+.2f}%)" if x else f"  changed  {name}")
     lines += [f"  missing  {n}" for n in d.missing[:limit]]
@@ -115,22 +150,34 @@ def format_diff(d: RangeDiff, a: str, b: str, limit: int = 50) -> str:
 
 
 def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | None = None,
-            algorithm: str | None = None, graph=None) -> str:
+            algorithm: str | None = None, graph=None, outputs: OutputSet | None = None) -> str:
     """Write ``src``'s ranges to ``dst`` as ``to`` (cache | ranges | onnx). A cache keeps its header unless
     ``trt_version``/``algorithm`` rewrite it. ``onnx`` needs the model ``graph`` (all-INT8 Q/DQ model)."""
     if to not in FORMATS:
         raise CacheFormatError("unknown output format", subject="--to", got=repr(to), expected=" | ".join(FORMATS))
     rs, fmt, cache = load_ranges(src)
     dst = Path(dst)
-    if to == "cache":
-        version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int("8.6.1"))
-        algo = algorithm or (cache.algorithm if cache else "EntropyCalibration2")
-        out = TrtCache.from_ranges(rs, algorithm=algo, version=version)
-        write_trt_cache(dst, out)
-        return out.header()
-    if to == "ranges":
-        write_ranges_json(dst, rs)
-        return f"{len(rs.ranges)} tensors"
+    if outputs is None:
+        outputs = OutputSet(force=True)     # the library call: the caller chose the path
+        outputs.add(dst, flag="--out")
+    zero = [n for n, sc in cache.scales.items() if not sc > 0] if cache else []
+    note = f"; {len(zero)} tensor(s) with scale 0 left out: {', '.join(zero[:3])}" if zero else ""
+    with outputs:
+        if to == "cache":
+            version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int("8.6.1"))
+            algo = algorithm or (cache.algorithm if cache else "EntropyCalibration2")
+            out = TrtCache.from_ranges(rs, algorithm=algo, version=version)
+            outputs.stage(dst, out.to_text())
+            outputs.commit()
+            return out.header() + note
+        if to == "ranges":
+            outputs.stage(dst, ranges_to_json(rs))
+            outputs.commit()
+            return f"{len(rs.ranges)} tensors" + note
+        return _convert_to_onnx(rs, dst, graph, outputs) + note
+
+
+def _convert_to_onnx(rs: RangeSet, dst: Path, graph, outputs: OutputSet) -> str:
     if graph is None:
         raise CacheFormatError("converting to a Q/DQ ONNX model needs the model", subject="--to onnx",
                                hint="pass --model NAME or --onnx MODEL.onnx (the graph the ranges belong to)")
@@ -138,5 +185,6 @@ def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | Non
     from .qdq import build_qdq_model
 
     model, summary = build_qdq_model(graph, rs, resolve_plan("int8", graph))
-    atomic_write_bytes(dst, model.SerializeToString())
+    outputs.stage(dst, model.SerializeToString())
+    outputs.commit()
     return f"{summary.int8_nodes} INT8 layers, {summary.activation_quantizers} activation quantizers"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ import torch
 from ..calibrators.algorithms import make_algorithm
 from ..calibrators.collector import HistogramCollector, collect_batch
 from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, installed_trt_version,
-                    looks_like_ranges_json, looks_like_trt_cache, trt_version_int, write_ranges_json, write_trt_cache)
-from .errors import BackendUnavailable, ConfigError, DataError, Interrupted
-from .fileio import check_output_path
+                    looks_like_ranges_json, looks_like_trt_cache, ranges_to_json, trt_version_int, write_ranges_json)
+from .errors import BackendUnavailable, ConfigError, DataError, Interrupted, ModelError
+from .fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
 from .types import CalibrationStats, RangeSet, TensorRange
 
@@ -57,6 +56,7 @@ class CalibrationConfig:
     h5_images: str = "images"
     h5_labels: str = "labels"
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
+    layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -77,7 +77,19 @@ class CalibrationConfig:
         if self.calibrator not in ("ours", "tensorrt"):
             raise ConfigError("unknown calibrator", subject="--calibrator", got=repr(self.calibrator),
                               expected="ours or tensorrt")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError("invalid worker count", subject="--workers", got=str(self.workers), expected=">= 1")
+        if not (0 < self.percentile <= 100):
+            raise ConfigError("invalid percentile", subject="--percentile", got=str(self.percentile),
+                              expected="0 < P <= 100")
         self.algorithm()  # validates --method and its settings
+
+    def data_settings_changed(self) -> list[str]:
+        """The model/data flags set away from their defaults (they have no effect with --from-stats)."""
+        default = CalibrationConfig()
+        names = ("model", "weights", "preset", "data", "data_dir", "num_images", "seed", "batch_size", "device",
+                 "executor", "num_bins", "workers", "on_bad_image", "h5_images", "h5_labels", "layout")
+        return ["--" + n.replace("_", "-") for n in names if getattr(self, n) != getattr(default, n)]
 
     def algorithm(self):
         settings = {"percentile": self.percentile} if self.method == "percentile" else {}
@@ -123,7 +135,42 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -> None:
+FLOAT_INPUT_TYPES = (1, 10, 11, 16)     # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_ONNX_TYPE_NAMES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 4: "uint16", 5: "int16"}
+
+
+def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: str = "--batch-size",
+                      crop: int | None = None) -> None:
+    """Before any data is read: one input, a float dtype (we feed normalised float32), a batch size it accepts."""
+    if len(graph.inputs) != 1:
+        raise ModelError("the model has more than one input", subject=str(graph.path or "model"),
+                         got=", ".join(repr(i.name) for i in graph.inputs),
+                         expected="a single image input (only single-input models are supported; images are fed "
+                                  f"to the first input, {graph.inputs[0].name!r})")
+    gi = graph.inputs[0]
+    if gi.elem_type not in FLOAT_INPUT_TYPES:
+        raise ModelError("the model input is not a float tensor", subject=f"model input {gi.name!r}",
+                         got=_ONNX_TYPE_NAMES.get(gi.elem_type, f"ONNX type {gi.elem_type}"),
+                         expected="float32 (the pipeline feeds normalised float32 images)",
+                         hint="export the model without the integer pre-processing (e.g. a uint8 input plus Cast), "
+                              "or calibrate the float graph after it")
+    if crop is not None:
+        dims = tuple(gi.shape)
+        want = ("?", 3, crop, crop)
+        ok = len(dims) == 4 and all(not isinstance(d, int) or d in (0, w) for d, w in zip(dims[1:], want[1:]))
+        if not ok:
+            raise DataError("input shape mismatch", subject=f"model input {gi.name!r}", got=f"{dims}",
+                            expected=f"(N, 3, {crop}, {crop}): the images are preprocessed to {crop}x{crop} RGB (NCHW)",
+                            hint="use a model that takes NCHW RGB images of the preprocessing crop")
+    fixed = gi.shape[0] if gi.shape else None
+    if batch_size is not None and isinstance(fixed, int) and fixed > 0 and fixed != batch_size:
+        raise ConfigError("the model has a fixed batch size", subject=f"{flag} {batch_size}",
+                          got=f"model input {gi.name!r} of shape {tuple(gi.shape)}", expected=f"{flag} {fixed}",
+                          hint="pass that batch size, or export the model with a dynamic batch dimension")
+
+
+def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str,
+                       hint: str = "pick the model's preprocessing preset (--preset) or data of the right size") -> None:
     gi = graph.inputs[0]
     want = gi.shape
     got = images.shape
@@ -131,7 +178,7 @@ def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str) -
     if not ok:
         raise DataError("input shape mismatch", subject=f"model input {gi.name!r} vs data {source_name}",
                         got=f"batches of shape {tuple(got)}", expected=f"{tuple(want)}",
-                        hint="pick the model's preprocessing preset (--preset) or data of the right size")
+                        hint=hint)
 
 
 def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.device, *, progress: bool = True,
@@ -161,6 +208,10 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
             break
         if not checked:
             _check_input_shape(graph, batch.images, source.name)
+            if batch.images.dtype != np.uint8 and batch.images.size and float(np.abs(batch.images).max()) > 32:
+                log.warning("%s: model-ready float images reach |x| = %.1f: they look like un-normalised 0..255 "
+                            "pixels (preprocessed ImageNet images stay within about 3). Save uint8 pixels instead, "
+                            "or normalise the array", source.name, float(np.abs(batch.images).max()))
             checked = True
         x = torch.from_numpy(batch.images)
         if device.type == "cuda":
@@ -204,7 +255,7 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeS
     return RangeSet(ranges=ranges, method=algo.name, settings=algo.settings(),
                     model_fingerprint=stats.model_fingerprint, data_fingerprint=stats.data_fingerprint,
                     num_images=stats.num_images, meta={"zero_tensors": zero, "num_bins": stats.num_bins,
-                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset")}})
+                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}})
 
 
 def _cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
@@ -219,7 +270,7 @@ def _cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
         version = installed
     else:
         version = DEFAULT_TRT_VERSION
-        log.warning("TensorRT is not installed here: cache header written for TensorRT %s (TRT-%d). TensorRT ignores "
+        log.warning("TensorRT is not installed here: the cache header is for TensorRT %s (TRT-%d). TensorRT ignores "
                     "a cache written for another version: pass --trt-version to match yours", version,
                     trt_version_int(version))
     return trt_version_int(version), cfg.cache_algorithm or algo.trt_algorithm
@@ -234,14 +285,24 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     end, so an error or Ctrl-C leaves earlier outputs untouched.
     """
     t0 = time.perf_counter()
-    cache_path = check_output_path(Path(cache_path), flag="--cache", is_same_kind=looks_like_trt_cache, force=force)
+    outputs = OutputSet(force=force)
+    cache_path = outputs.add(cache_path, flag="--cache", is_same_kind=looks_like_trt_cache)
     ranges_path = Path(ranges_path) if ranges_path else cache_path.with_name(cache_path.name + ".ranges.json")
-    check_output_path(ranges_path, flag="--ranges", is_same_kind=looks_like_ranges_json, force=force)
+    outputs.add(ranges_path, flag="--ranges", is_same_kind=looks_like_ranges_json)
     if stats_path is not None:
-        check_output_path(Path(stats_path), flag="--stats", is_same_kind=lambda p: p.suffix == ".npz", force=force)
+        stats_path = outputs.add(stats_path, flag="--stats", is_same_kind=looks_like_npz_stats)
     if onnx_out is not None:
-        check_output_path(Path(onnx_out), flag="--onnx-out", is_same_kind=lambda p: p.suffix == ".onnx", force=force)
-    version, algorithm = _cache_header(cfg)
+        onnx_out = outputs.add(onnx_out, flag="--onnx-out", is_same_kind=lambda p: p.suffix == ".onnx")
+    if from_stats is not None:
+        ignored = cfg.data_settings_changed() + (["--onnx-out"] if onnx_out is not None else []) \
+            + (["--calibrator tensorrt"] if cfg.calibrator != "ours" else [])
+        ignored = [f for f in ignored if f != "--model" or cfg.onnx is None]
+        if ignored:
+            raise ConfigError("flags that have no effect with --from-stats", subject=", ".join(ignored),
+                              got="--from-stats recomputes ranges without running the model or reading data",
+                              hint="drop them (to check the statistics belong to a model, pass --onnx MODEL.onnx)")
+    if cfg.trt_version:
+        trt_version_int(cfg.trt_version)
     timings = {}
     skipped: tuple = ()
     onnx_path = None
@@ -263,12 +324,14 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
 
             device = resolve_device(cfg.device)
             rm = resolve_model(cfg.model, onnx=cfg.onnx, weights=cfg.weights, preset=cfg.preset)
+            check_model_input(rm.graph, batch_size=cfg.batch_size)
             onnx_path = rm.onnx_path
             if rm.preset not in PRESETS:
                 raise ConfigError("unknown preprocessing preset", subject="--preset", got=repr(rm.preset),
                                   expected="one of " + ", ".join(sorted(PRESETS)))
             preprocess = PRESETS[rm.preset]
-            extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image)
+            extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
+                         layout=cfg.layout)
             if cfg.num_images is None:
                 source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
                                      data_dir=cfg.data_dir, **extra)
@@ -296,18 +359,20 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         t2 = time.perf_counter()
         ranges = ranges_from_stats(stats, cfg)
         timings["ranges_s"] = time.perf_counter() - t2
+        version, algorithm = _cache_header(cfg)
         cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)
+        # all outputs at the end, staged and moved into place together (an error or Ctrl-C leaves the earlier set)
+        with outputs:
+            outputs.stage(cache_path, cache.to_text())
+            outputs.stage(ranges_path, ranges_to_json(ranges))
+            if stats_path is not None:
+                outputs.stage(stats_path, stats.to_bytes())
+            if onnx_out is not None and onnx_path is not None:
+                outputs.stage_copy(onnx_out, onnx_path)
+            outputs.commit()
     except KeyboardInterrupt:
         raise Interrupted("calibration interrupted", subject=str(cache_path),
                           hint="nothing was written; run the command again") from None
-    # all outputs at the end, each atomic
-    write_trt_cache(cache_path, cache)
-    write_ranges_json(ranges_path, ranges)
-    if stats_path is not None:
-        stats.save(stats_path)
-    if onnx_out is not None and onnx_path is not None:
-        shutil.copyfile(onnx_path, str(onnx_out) + ".tmp")
-        Path(str(onnx_out) + ".tmp").replace(onnx_out)
     timings["total_s"] = time.perf_counter() - t0
     return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=onnx_path, images=images,
                              skipped=skipped, timings=timings, device=str(device), executor=executor_kind)

@@ -20,13 +20,22 @@ import numpy as np
 import torch
 
 from . import metrics
-from .errors import BackendUnavailable, ConfigError, QuantError
-from .fileio import atomic_write_text, check_output_dir
+from .errors import BackendUnavailable, ConfigError, DataError, QuantError
+from .fileio import OutputSet, atomic_write_text, check_output_dir, json_format
 from .types import RangeSet
 
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "trtquant-results/1"
+PARTIAL_NAME = "results.partial.json"
+"""Progress of a run (rewritten after every configuration; --resume reads it). results.json and the
+reports are moved into place together only when the run completes, so an interrupted run never
+replaces a complete earlier set."""
+
+
+def results_outputs() -> dict:
+    """The files evaluate writes into ``--out`` and their same-kind tests."""
+    return {"results.json": json_format(RESULTS_FORMAT), PARTIAL_NAME: json_format(RESULTS_FORMAT)}
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 INT8_METHODS = ("entropy", "minmax", "percentile", "mse")
 CONFIG_NAMES = PRECISIONS + tuple(f"int8:{m}" for m in INT8_METHODS)
@@ -189,20 +198,30 @@ def _load_previous(path: Path, key: dict) -> dict:
         return {}
     try:
         doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        log.warning("ignoring unreadable %s", path)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        log.warning("--resume: ignoring unreadable %s", path)
         return {}
-    if doc.get("format") != RESULTS_FORMAT or doc.get("settings_key") != key:
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT or not isinstance(doc.get("results"), list):
+        log.warning("--resume: %s is not a trtquant results file: starting over", path)
+        return {}
+    if doc.get("settings_key") != key:
         log.warning("%s was measured with other settings: starting over", path)
         return {}
-    return {r["config"]: r for r in doc.get("results", []) if r.get("status") == "ok"}
+    from .results import validate_results
+
+    try:
+        validate_results(doc, path)
+    except QuantError as err:
+        log.warning("--resume: ignoring malformed %s (%s): starting over", path, err)
+        return {}
+    return {r["config"]: r for r in doc["results"] if r.get("status") == "ok"}
 
 
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
     from ..datasets import PRESETS
     from .backends import build
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, open_capped, ranges_from_stats, resolve_device,
-                            statistics)
+    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _check_input_shape, check_model_input, open_capped,
+                            ranges_from_stats, resolve_device, statistics)
     from .models import resolve_model
     from .plan import resolve_plan
     from .build import trtexec_commands
@@ -210,9 +229,11 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     specs = parse_configs(settings.configs)
     out = Path(out)
     check_output_dir(out)
-    out.mkdir(exist_ok=True)
     results_path = out / "results.json"
-    previous = _load_previous(results_path, settings.key()) if resume else {}
+    partial_path = out / PARTIAL_NAME
+    previous = {}
+    if resume:
+        previous = _load_previous(partial_path, settings.key()) or _load_previous(results_path, settings.key())
 
     device = resolve_device(settings.device)
     rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
@@ -226,8 +247,22 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
     pixels = np.concatenate([b.images for b in batches])
+    check_model_input(graph, batch_size=settings.batch_size)
+    _check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
+    if has_labels and getattr(source, "label_space", None) == "folder":
+        log.warning("%s: class folders are not ImageNet WordNet ids, so their labels are not the model's classes: "
+                    "measuring agreement with FP32 instead of top-1 (add a labels.csv class map to score top-1)",
+                    source.name)
+        has_labels = False
+    num_classes = graph_num_classes(graph)
+    if has_labels and num_classes and int(labels.max()) >= num_classes:
+        bad = labels[labels >= num_classes]
+        raise DataError("labels outside the model's classes", subject=f"--data {settings.data}",
+                        got=f"{len(bad)} label(s) from {int(bad.min())} to {int(bad.max())}",
+                        expected=f"class indices 0..{num_classes - 1} (the model has {num_classes} outputs)",
+                        hint="labels must be indices into the model's output")
 
     def images(lo: int, hi: int) -> np.ndarray:
         return preprocess.normalize(pixels[lo:hi]) if pixels.dtype == np.uint8 else pixels[lo:hi]
@@ -254,7 +289,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                               "images_also_evaluated": len(set(calib_src.ids) & set(source.ids))}
 
     def save():
-        atomic_write_text(results_path, json.dumps(doc, indent=1) + "\n")
+        out.mkdir(exist_ok=True)
+        atomic_write_text(partial_path, json.dumps(doc, indent=1) + "\n")
 
     reference_logits = None
     ordered = sorted(specs, key=lambda s: s.name != "fp32")   # FP32 first: every other row compares to it
@@ -333,12 +369,33 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         doc["results"].append(row)
         save()
     doc["recommendation"] = recommend(doc, settings.target_drop)
-    save()
     from ..reports import render
 
-    files = render.write_reports(doc, out)
-    files["results.json"] = str(results_path)
+    # the complete set, moved into place together; the progress file goes only after that
+    out.mkdir(exist_ok=True)
+    with OutputSet(force=True) as outputs:
+        names = {"report.md": render.markdown(doc), "report.html": render.html_report(doc),
+                 "results.json": json.dumps(doc, indent=1) + "\n"}
+        for name, text in names.items():
+            outputs.add(out / name, flag="--out")
+            outputs.stage(out / name, text)
+        outputs.commit()
+    try:
+        partial_path.unlink()
+    except FileNotFoundError:
+        pass
+    files = {name: str(out / name) for name in names}
     return EvaluationResult(doc=doc, out=out, files=files)
+
+
+def graph_num_classes(graph) -> int | None:
+    """The model's number of classes (last dim of its first output), when the ONNX declares it."""
+    g = graph.model.graph
+    for o in g.output[:1]:
+        dims = o.type.tensor_type.shape.dim
+        if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value > 0:
+            return int(dims[-1].dim_value)
+    return None
 
 
 def recommend(doc: dict, target_drop: float) -> dict:

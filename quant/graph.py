@@ -64,18 +64,19 @@ class OnnxGraph:
         self.calibration_tensors = self._calibration_tensors(init_names)
 
     @classmethod
-    def load(cls, path: str | Path) -> "OnnxGraph":
+    def load(cls, path: str | Path, *, flag: str = "--onnx") -> "OnnxGraph":
         path = Path(path)
+        subject = f"{flag} {path}" if flag.startswith("-") else str(path)
         if not path.is_file():
-            raise ModelError("ONNX file not found", subject=f"--onnx {path}", hint="check the path")
+            raise ModelError("ONNX file not found", subject=subject, hint="check the path")
         try:
             model = onnx.load(str(path))
             onnx.checker.check_model(model)
         except Exception as err:  # onnx raises DecodeError, ValidationError, ...: all mean "not a valid model"
-            raise ModelError("invalid ONNX model", subject=f"--onnx {path}", got=f"{type(err).__name__}: {err}"[:400],
+            raise ModelError("invalid ONNX model", subject=subject, got=f"{type(err).__name__}: {err}"[:400],
                              expected="a valid ONNX ModelProto", hint="re-export the model; check it with onnx.checker") from err
         if not model.graph.node:
-            raise ModelError("ONNX model has no nodes", subject=f"--onnx {path}")
+            raise ModelError("ONNX model has no nodes", subject=subject)
         return cls(model, path)
 
     def fingerprint(self) -> str:

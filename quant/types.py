@@ -77,6 +77,10 @@ class CalibrationStats:
 
     def save(self, path: str | Path) -> None:
         from .fileio import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), self.to_bytes())
+
+    def to_bytes(self) -> bytes:
         import io
 
         names = list(self.histograms)
@@ -101,7 +105,7 @@ class CalibrationStats:
             bin_width=np.array([h.bin_width for h in hists], dtype=np.float64),
             numel=np.array([h.numel for h in hists], dtype=np.int64),
         )
-        atomic_write_bytes(Path(path), buf.getvalue())
+        return buf.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationStats":
@@ -109,24 +113,57 @@ class CalibrationStats:
         if not path.is_file():
             raise CacheFormatError("statistics file not found", subject=str(path),
                                    hint="write one with `cli.py calibrate --stats FILE`")
+        expected = f"a {STATS_FORMAT} .npz written by `cli.py calibrate --stats`"
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError as err:
+            raise CacheFormatError("cannot read statistics file", subject=str(path), got=str(err)) from err
+        if magic != b"PK\x03\x04":
+            raise CacheFormatError("not a statistics file", subject=str(path),
+                                   got="a file that is not a .npz (zip) archive", expected=expected)
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
                 counts, offsets = z["counts"], z["offsets"]
                 amax, width, numel = z["amax"], z["bin_width"], z["numel"]
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-            raise CacheFormatError("cannot read statistics file", subject=str(path), got=str(err),
-                                   expected=f"a {STATS_FORMAT} .npz written by `cli.py calibrate --stats`") from err
-        if header.get("format") != STATS_FORMAT:
+        except Exception as err:  # noqa: BLE001  (zip, npy and JSON errors of every kind: all "not a stats file")
+            raise CacheFormatError("cannot read statistics file", subject=str(path),
+                                   got=f"{type(err).__name__}: {str(err)[:200]}", expected=expected) from err
+        if not isinstance(header, dict) or header.get("format") != STATS_FORMAT:
             raise CacheFormatError("unsupported statistics file", subject=str(path),
-                                   got=repr(header.get("format")), expected=repr(STATS_FORMAT))
-        hists = {}
-        for i, name in enumerate(header["names"]):
-            hists[name] = TensorHistogram(name=name, amax=float(amax[i]), bin_width=float(width[i]),
-                                          counts=counts[offsets[i]:offsets[i + 1]].copy(), numel=int(numel[i]))
-        return cls(histograms=hists, model_fingerprint=header["model_fingerprint"],
-                   data_fingerprint=header["data_fingerprint"], num_images=int(header["num_images"]),
-                   num_bins=int(header["num_bins"]), meta=header.get("meta", {}))
+                                   got=repr(header.get("format") if isinstance(header, dict) else type(header).__name__),
+                                   expected=repr(STATS_FORMAT))
+        try:
+            names = header["names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError("'names' is not a list of strings")
+            n = len(names)
+            for arr, what in ((amax, "amax"), (width, "bin_width"), (numel, "numel")):
+                if arr.ndim != 1 or len(arr) != n:
+                    raise ValueError(f"{what} has shape {arr.shape}, expected ({n},)")
+            if offsets.ndim != 1 or len(offsets) != n + 1 or counts.ndim != 1:
+                raise ValueError(f"offsets has shape {offsets.shape}, expected ({n + 1},)")
+            offsets = offsets.astype(np.int64)
+            if offsets[0] != 0 or np.any(np.diff(offsets) < 1) or offsets[-1] != len(counts):
+                raise ValueError("offsets do not partition the counts")
+            if not np.all(np.isfinite(counts)) or np.any(counts < 0) or not np.all(np.isfinite(width)) \
+                    or np.any(width < 0):
+                raise ValueError("negative or non-finite histogram values")
+            hists = {}
+            for i, name in enumerate(names):
+                hists[name] = TensorHistogram(name=name, amax=float(amax[i]), bin_width=float(width[i]),
+                                              counts=counts[offsets[i]:offsets[i + 1]].astype(np.float64),
+                                              numel=int(numel[i]))
+            meta = header.get("meta", {})
+            if not isinstance(meta, dict):
+                raise TypeError("'meta' is not an object")
+            return cls(histograms=hists, model_fingerprint=str(header["model_fingerprint"]),
+                       data_fingerprint=str(header["data_fingerprint"]), num_images=int(header["num_images"]),
+                       num_bins=int(header["num_bins"]), meta=meta)
+        except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as err:
+            raise CacheFormatError("corrupt statistics file", subject=str(path), got=f"{type(err).__name__}: {err}"[:200],
+                                   expected=expected) from err
 
 
 @dataclass(frozen=True)

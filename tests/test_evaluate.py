@@ -165,8 +165,9 @@ def test_interrupted_evaluation_keeps_finished_rows_and_resumes(tmp_path, monkey
     monkeypatch.setattr(backends, "build", flaky)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(settings, tmp_path / "o", progress=False)
-    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    doc = json.loads((tmp_path / "o" / "results.partial.json").read_text())
     assert [r["config"] for r in doc["results"]] == ["fp32"]            # what finished is kept
+    assert not (tmp_path / "o" / "results.json").exists()              # no incomplete set in its place
     calls.clear()
     monkeypatch.setattr(backends, "build", real_build)
     res = ev.evaluate(settings, tmp_path / "o", resume=True, progress=False)
