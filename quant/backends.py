@@ -27,6 +27,7 @@ import torch
 
 from .errors import BackendUnavailable, ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
+from .ort_int8 import _ort
 from .plan import PrecisionPlan
 from .qdq import build_qdq_model
 from .types import RangeSet
@@ -98,14 +99,6 @@ def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
         f"dequantized values as the Q/DQ graph defines (residual/classifier); CPU instructions: {isa}"))
     return engine
 
-
-def _ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise BackendUnavailable("ONNX Runtime is not installed", subject="--backend onnxruntime",
-                                 hint="pip install onnxruntime") from err
-    return ort
 
 
 class OrtEngine(Engine):
