@@ -108,6 +108,9 @@ class OrtEngine(Engine):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3          # errors only: the optimized-model dump warns about NCHWc layouts
+        # ONNX Runtime's own Q/DQ fusions are not value-preserving (they drop float Clips, quantize biases
+        # without range checks): the INT8 model is already lowered exactly (ort_int8), so keep them off
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
             opts.intra_op_num_threads = threads
         with tempfile.TemporaryDirectory() as tmp:

@@ -220,8 +220,12 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
                   qy.input[1], qy.input[2]]
         if len(conv.input) > 2 and conv.input[2]:
             bias = values[conv.input[2]].astype(np.float32)
-            bias_q = np.rint(bias / (x_s * w_s).astype(np.float32)).astype(np.int32)
-            inputs.append(const(bias_q, f"{conv.input[2]}_int32"))
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                bias_steps = np.rint(bias.astype(np.float64) / (x_s * w_s).astype(np.float64))
+            if not np.all(np.abs(bias_steps) < 2**31 - 1):
+                float_layers.append(conv.name)      # the bias does not fit int32 at this scale: keep it float
+                continue
+            inputs.append(const(bias_steps.astype(np.int32), f"{conv.input[2]}_int32"))
         attrs = [a for a in conv.attribute]
         out_name = qy.output[0]
         repl = []

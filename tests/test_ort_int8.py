@@ -64,8 +64,10 @@ def conv_model(w, b, x_scale, y_scale, act="clip", group=1, pad=1):
 
 
 def run(model, x, optimise=False):
+    """ONNX Runtime as the shipped graph says (optimisations off), or optimised as the engine runs it."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
     if not optimise:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -168,3 +170,14 @@ def test_mobilenet_int8_engine_agrees_with_the_simulation(mobilenet, mobilenet_r
     assert sqnr_db(torch.from_numpy(s), torch.from_numpy(a)) >= floor - 3
     forced = build_ort_engine(g, plan, mobilenet_ranges, precision="int8", weights="u8").run(x)
     assert (forced.argmax(1) == s.argmax(1)).mean() >= 0.95
+
+
+def test_a_bias_that_does_not_fit_int32_keeps_the_layer_float():
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 0.01, size=(4, 8, 3, 3)).astype(np.float32)
+    b = np.full(4, 5e4, np.float32)                     # 5e4 / (1e-6 * ~3e-4) steps: far beyond int32
+    x = rng.normal(0, 1e-4, size=(1, 8, 6, 6)).astype(np.float32)
+    model = conv_model(w, b, 1e-6, 6.0 / 127, "clip")
+    low = lower_for_onnxruntime(model, "u8")
+    assert low.integer_convs == 0 and len(low.float_layers) == 1
+    np.testing.assert_array_equal(run(low.model, x, optimise=True), run(model, x))
