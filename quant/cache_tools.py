@@ -95,13 +95,15 @@ def show(path: str | Path) -> str:
     rs, fmt, cache = load_ranges(path)
     zero = [n for n, sc in cache.scales.items() if not sc > 0] if cache else []
     head = (f"{path}: {fmt}" + (f" ({cache.header()})" if cache else f" (method {rs.method})")
-            + f", {len(rs.ranges) + len(zero)} tensors" + (f" ({len(zero)} with scale 0)" if zero else ""))
+            + f", {len(set(rs.ranges) | set(zero))} tensors" + (f" ({len(zero)} with scale 0)" if zero else ""))
     width = max([len("tensor")] + [len(n) for n in list(rs.ranges) + zero])
     lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"]
     for name, r in rs.ranges.items():
-        lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}")
+        if name not in zero:
+            lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}")
     for name in zero:
-        lines.append(f"{name:<{width}}  {0:>12}  {0:>12}  (scale 0: no range; build and convert leave it out)")
+        lines.append(f"{name:<{width}}  {0:>12}  {0:>12}  (scale 0: an all-zero tensor; build and convert give it "
+                     f"the smallest range, as calibrate does)")
     return "\n".join(lines)
 
 

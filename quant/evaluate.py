@@ -147,32 +147,30 @@ def _config_dir_name(config: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in config)
 
 
-def _write_artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_version) -> dict:
-    """What TensorRT needs to build this configuration, under ``OUT/<config>/`` (the trtexec lines name
-    these files). Returns the paths and the bytes of the real INT8 artifact (int8 weights), if any."""
-    from .cache import TrtCache, write_trt_cache
+def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_version) -> dict:
+    """What TensorRT needs to build this configuration, for ``OUT/<config>/`` (the trtexec lines name these
+    files; they are written with the rest of the outputs at the end). Also the bytes of the real INT8
+    artifact (integer weights), if the configuration has INT8 layers."""
+    from .cache import TrtCache
     from .calibrate import CalibrationConfig, _cache_header
-    from .fileio import atomic_write_bytes
     from .ort_int8 import lower_for_onnxruntime
     from .qdq import build_qdq_model
 
     d = out / _config_dir_name(spec_name)
-    d.mkdir(exist_ok=True)
-    files, int8_bytes = {}, None
-    atomic_write_text(d / "plan.json", trt_plan.to_json())
-    files["plan"] = d / "plan.json"
+    blobs: dict[Path, bytes | str] = {d / "plan.json": trt_plan.to_json()}
+    files, int8_bytes = {"plan": d / "plan.json"}, None
     if trt_plan.layers or trt_plan.default == "fp16":
         qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), trt_plan)
-        atomic_write_bytes(d / "model_qdq.onnx", qdq.SerializeToString())
+        blobs[d / "model_qdq.onnx"] = qdq.SerializeToString()
         files["qdq"] = d / "model_qdq.onnx"
         if trt_plan.nodes("int8"):
             # the deployable INT8 model: integer weights (what an INT8 engine stores), not fake-quant floats
             int8_bytes = lower_for_onnxruntime(qdq, "s8").model.ByteSize()
     if ranges is not None and plan.nodes("int8"):
         version, algo = _cache_header(CalibrationConfig(trt_version=trt_version))
-        write_trt_cache(d / "calib.bin", TrtCache.from_ranges(ranges, algorithm=algo, version=version))
+        blobs[d / "calib.bin"] = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
         files["cache"] = d / "calib.bin"
-    return {"files": {k: str(v) for k, v in files.items()}, "int8_bytes": int8_bytes}
+    return {"files": {k: str(v) for k, v in files.items()}, "int8_bytes": int8_bytes, "blobs": blobs}
 
 
 def _engine_bytes(engine) -> int | None:
@@ -293,11 +291,13 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         atomic_write_text(partial_path, json.dumps(doc, indent=1) + "\n")
 
     reference_logits = None
+    artifact_blobs: dict[Path, bytes | str] = {}
     ordered = sorted(specs, key=lambda s: s.name != "fp32")   # FP32 first: every other row compares to it
     if not any(s.name == "fp32" for s in specs):
         ordered.insert(0, ConfigSpec("fp32", "fp32"))
     for spec in ordered:
-        if spec.name in previous and spec.name != "fp32":
+        if spec.name in previous and spec.name != "fp32" and all(
+                Path(p).is_file() for p in previous[spec.name].get("artifacts", {}).values()):
             doc["results"].append(previous[spec.name])
             save()
             continue
@@ -335,7 +335,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             row["timing_s"] = time.perf_counter() - t2
-            art = _write_artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
+            art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
+            artifact_blobs.update(art.pop("blobs"))
             row.update({
                 "status": "ok", "engine": asdict(engine.info) if hasattr(engine.info, "__dataclass_fields__") else {},
                 "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default,
@@ -379,6 +380,10 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         for name, text in names.items():
             outputs.add(out / name, flag="--out")
             outputs.stage(out / name, text)
+        for path, data in artifact_blobs.items():
+            path.parent.mkdir(exist_ok=True)
+            outputs.add(path, flag="--out")
+            outputs.stage(path, data)
         outputs.commit()
     try:
         partial_path.unlink()

@@ -100,7 +100,7 @@ def test_report_cli_rerenders(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("{}")
     assert cli.main(["report", str(bad)]) == 2
-    assert "not an evaluation results file" in capsys.readouterr().err
+    assert "evaluation results file" in capsys.readouterr().err
 
 
 # --- end to end ----------------------------------------------------------------------------------
