@@ -100,24 +100,27 @@ NONNEG = _float_range(0.0, math.inf)
 SECONDS = _float_range(0.0, math.inf, lo_open=True)
 
 
+def _checked_by(check, expected: str | None):
+    """An argparse type that runs one of our validators, so its error names the flag, not a function."""
+    def parse(value: str) -> str:
+        try:
+            check(value)
+        except QuantError as err:
+            raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected or expected}") from err
+        return value
+    return parse
+
+
 def _trt_version(value: str) -> str:
     from trtquant.quant.cache import trt_version_int
 
-    try:
-        trt_version_int(value)
-    except QuantError as err:
-        raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected or 'MAJOR.MINOR.PATCH'}") from err
-    return value
+    return _checked_by(trt_version_int, "MAJOR.MINOR.PATCH")(value)
 
 
 def _target(value: str) -> str:
     from trtquant.quant.targets import parse_target
 
-    try:
-        parse_target(value)
-    except QuantError as err:
-        raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected}") from err
-    return value
+    return _checked_by(parse_target, None)(value)
 
 
 def _nonempty(what: str):

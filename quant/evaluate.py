@@ -175,8 +175,6 @@ def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_ver
 
 def _engine_bytes(engine) -> int | None:
     """Bytes of the engine's model: the ONNX given to ORT, the torch constants, TensorRT's plan."""
-    if hasattr(engine, "lowering"):
-        return int(engine.lowering.model.ByteSize())
     if hasattr(engine, "model_bytes"):
         return int(engine.model_bytes)
     if hasattr(engine, "executor"):

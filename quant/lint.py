@@ -82,7 +82,7 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
                 else:
                     for c in consumers.get(n.output[0], []):
                         if c.op_type in LAYERS and c.input[1] == n.output[0]:
-                            want = weight_axis(c, data)
+                            want = weight_axis(c, data.ndim)
                             # ConvTranspose: axis 0 for TensorRT <= 9, 1 from 10 (review finding 2): both valid
                             ok = {0, 1} if c.op_type == "ConvTranspose" else {want}
                             if axis % data.ndim not in ok:
@@ -150,9 +150,8 @@ def _placement_findings(g, producer, values) -> list[Finding]:
                 if src not in values:
                     actual[(n.name, i)] = src
         stripped.node.append(c)
-    weights = {name for name in values}
-    stripped.initializer.extend(onnx.numpy_helper.from_array(np.asarray(values[w]), w) for w in weights
-                                if w in {i for n in stripped.node for i in n.input})
+    read = {i for n in stripped.node for i in n.input}
+    stripped.initializer.extend(i for i in g.initializer if i.name in read)
     model = onnx.helper.make_model(stripped)
     int8 = [n.name for n in g.node if n.op_type in LAYERS and len(n.input) > 1
             and (n.name, 0) in actual and source(n.input[1]) in values]

@@ -17,6 +17,17 @@ def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
+def constant_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every initializer and Constant-node output, by name, without converting any data."""
+    g = model.graph
+    ranks = {i.name: len(i.dims) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            t = next((a.t for a in n.attribute if a.name == "value"), None)
+            ranks[n.output[0]] = len(t.dims) if t is not None else 0
+    return ranks
+
+
 def toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Topological order (producers first), keeping the given order wherever it is already valid."""
     produced_by = {o: idx for idx, n in enumerate(nodes) for o in n.output}

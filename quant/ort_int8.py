@@ -104,7 +104,6 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
     out.CopyFrom(model)
     g = out.graph
     values = constant_values(out)
-    inits = {i.name: i for i in g.initializer}
     new_inits: list[onnx.TensorProto] = []
     taken = {i.name for i in g.initializer} | {o for n in g.node for o in n.output} | {n.name for n in g.node}
 
@@ -132,9 +131,14 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
                                   got=f"zero point {None if zp is None else zp.dtype}",
                                   expected="int8 zero-point 0 (symmetric)", hint="lint the model (cli.py lint)")
 
+    # the DequantizeLinear nodes reading each Q's output (their zero point changes with the Q's)
+    dq_readers: dict[str, list[onnx.NodeProto]] = {}
+    for c in g.node:
+        if c.op_type == "DequantizeLinear":
+            dq_readers.setdefault(c.input[0], []).append(c)
+
     # 1. weights: Q(constant) -> DQ  =>  integer initializer -> DQ
     drop: set[int] = set()
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
     for i, n in enumerate(g.node):
         if n.op_type == "QuantizeLinear" and n.input[0] in values:
             scale, zp = values[n.input[1]], values[n.input[2]]
@@ -144,9 +148,8 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
                 zname = const(np.full(zp.shape, ACT_ZERO_POINT, np.uint8), f"{n.input[2]}_u8")
             else:
                 qname, zname = const(q, f"{n.input[0]}_s8"), n.input[2]
-            for c in g.node:
-                if c.op_type == "DequantizeLinear" and c.input[0] == n.output[0]:
-                    c.input[0], c.input[2] = qname, zname
+            for c in dq_readers.get(n.output[0], []):
+                c.input[0], c.input[2] = qname, zname
             drop.add(i)
     # 2. activations: int8 zero-point 0 => uint8 zero-point 128 (same values)
     u8_zp: dict[str, str] = {}
@@ -156,9 +159,8 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
             if zp not in u8_zp:
                 u8_zp[zp] = const(np.full(values[zp].shape, ACT_ZERO_POINT, np.uint8), f"{zp}_u8")
             n.input[2] = u8_zp[zp]
-            for c in g.node:
-                if c.op_type == "DequantizeLinear" and c.input[0] == n.output[0]:
-                    c.input[2] = u8_zp[zp]
+            for c in dq_readers.get(n.output[0], []):
+                c.input[2] = u8_zp[zp]
 
     # 3. DQ -> Conv [-> Clip|Relu] -> Q  =>  QLinearConv [-> Clip on uint8]
     nodes = [n for i, n in enumerate(g.node) if i not in drop]
@@ -270,6 +272,5 @@ def lower_for_onnxruntime(model: onnx.ModelProto, weights: str | None = None) ->
     del g.initializer[:]
     g.initializer.extend(kept)
     del g.value_info[:]
-    _ = inits
     onnx.checker.check_model(out)
     return Lowering(out, weights, fused, tuple(float_layers))

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from .errors import PlanError
-from .onnxutil import constant_values
+from .onnxutil import constant_ranks
 from .trt_versions import convtranspose_weight_axis
 
 if TYPE_CHECKING:                      # no runtime import: this module needs only numpy and onnx
@@ -72,7 +72,7 @@ class Placement:
         return sorted({q.tensor for q in self.activations()})
 
 
-def weight_axis(node: onnx.NodeProto, w: np.ndarray, trt_version: str | None = None) -> int:
+def weight_axis(node: onnx.NodeProto, ndim: int, trt_version: str | None = None) -> int:
     """Output-channel axis of a weight, as TensorRT expects per-channel weight scales (ConvTranspose:
     by TensorRT version, :func:`.trt_versions.convtranspose_weight_axis`)."""
     if node.op_type == "Conv":
@@ -86,7 +86,7 @@ def weight_axis(node: onnx.NodeProto, w: np.ndarray, trt_version: str | None = N
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
-    return w.ndim - 1   # MatMul: (..., K, N)
+    return ndim - 1   # MatMul: (..., K, N)
 
 
 def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
@@ -114,7 +114,8 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
     nodes = list(model.graph.node)
     by_name = {n.name: n for n in nodes}
     int8 = frozenset(int8)
-    consts = set(constant_values(model))
+    ranks = constant_ranks(model)          # names and ranks only: no weight data is read
+    consts = set(ranks)
     for name in int8:
         n = by_name.get(name)
         if n is None or n.op_type not in LAYER_OPS or len(n.input) < 2 or n.input[1] not in consts:
@@ -126,7 +127,6 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in model.graph.output}
-    values = constant_values(model)
     depth = _depths(nodes)
 
     acts: dict[str, list[tuple[str, int]]] = {}
@@ -149,8 +149,8 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
     for n in nodes:
         if n.name in int8:
             quantize(n.input[0], n, 0, "layer input")
-            w = values[n.input[1]]
-            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", weight_axis(n, w, trt_version)))
+            axis = weight_axis(n, ranks[n.input[1]], trt_version)
+            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", axis))
     fused = []
     for n in nodes:
         if n.op_type == "Add" and len(n.input) == 2 and not any(i in consts for i in n.input):

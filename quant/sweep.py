@@ -116,7 +116,7 @@ class QuantSim:
             self._weights[key] = fake_quant(w, s.reshape(shape))
         return self._weights[key]
 
-    def edges(self, int8) -> tuple[dict, dict]:
+    def edges(self, int8) -> dict:
         """Per-consumer replacements for one forward (``memo`` shares a tensor's fake-quant between its consumers)."""
         memo: dict[str, torch.Tensor] = {}
         edges: dict[str, dict[int, object]] = {}
@@ -131,10 +131,10 @@ class QuantSim:
                     return memo[t]
             for node, idx in q.consumers:
                 edges.setdefault(node, {})[idx] = fn
-        return edges, memo
+        return edges
 
     def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
-        edges, _ = self.edges(int8)
+        edges = self.edges(int8)
         out = self.ex.run({self.graph.inputs[0].name: x}, edges=edges)
         return next(iter(out.values()))
 
