@@ -88,11 +88,16 @@ def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
     engine.lowering = low
     kernels = ", ".join(f"{v} {op}" for op, v in engine.integer_kernels.items()) or "none"
     exact = u8s8_is_exact()
-    why = ("u8 x s8 weights (this CPU accumulates u8 x s8 exactly: VNNI/AMX)" if low.weights == "s8" else
-           "u8 x u8 weights with zero-point 128 (same values): this CPU's u8 x s8 GEMM saturates "
-           "(no VNNI: vpmaddubsw), so exact kernels widen to 16 bits"
-           + ("" if exact else " -- on this CPU INT8 is not expected to beat FP32: without VNNI/AMX an "
-                               "exact int8 product costs as much as a float one"))
+    if low.weights == "s8":
+        why = ("u8 x s8 weights (this CPU accumulates u8 x s8 exactly: VNNI/AMX)" if exact else
+               "u8 x s8 weights as requested -- this CPU's u8 x s8 GEMM saturates (no VNNI: vpmaddubsw), so "
+               "results are NOT exact: use the default weights")
+    else:
+        why = ("u8 x u8 weights with zero-point 128 (same values)"
+               + (", as requested" if exact else
+                  ": this CPU's u8 x s8 GEMM saturates (no VNNI: vpmaddubsw), so exact kernels widen to 16 bits "
+                  "-- on this CPU INT8 is not expected to beat FP32: without VNNI/AMX an exact int8 product "
+                  "costs as much as a float one"))
     engine.info = replace(engine.info, description=(
         f"ONNX Runtime {ort.__version__} CPU, INT8: the shipped TensorRT Q/DQ model, lowered value-preservingly; "
         f"{why}; integer kernels: {kernels}; {len(low.float_layers)} INT8 layer(s) computed in float on "
