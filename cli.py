@@ -40,8 +40,10 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.quant.errors import ConfigError, QuantError  # noqa: E402
+    from trtquant.quant.targets import BACKENDS  # noqa: E402
 else:
     from .quant.errors import ConfigError, QuantError
+    from .quant.targets import BACKENDS
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -132,7 +134,6 @@ def _nonempty(what: str):
 
 
 PATH = _nonempty("a path")
-BACKEND_NAMES = ("onnxruntime", "torch", "tensorrt")
 
 
 def _check_out_dir(out, outputs: dict, force: bool):
@@ -459,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trtexec commands into --out.",
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     b.add_argument("--precision", default="int8", help="fp32 | fp16 | int8 | PLAN.json")
-    b.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES, help="engine backend")
+    b.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     b.add_argument("--ranges", default=None, type=PATH, help="ranges JSON, TensorRT cache or Q/DQ ONNX (needed for INT8)")
     b.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
     _model_flags(b, "the model to build")
@@ -509,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
                    help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json")
-    e.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES, help="engine backend")
+    e.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     _model_flags(e, "the model to evaluate")
     _data_flags(e, num_help="evaluation images (default: all, at most 1000)")
     e.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
@@ -554,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--margin", type=PP, default=0.0, help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
                                                           "room for the real engine's rounding differences")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    w.add_argument("--validate-backend", default="onnxruntime", choices=BACKEND_NAMES,
+    w.add_argument("--validate-backend", default="onnxruntime", choices=BACKENDS,
                    help="backend that measures the chosen plan")
     w.add_argument("--trt-version", default=None, type=_trt_version,
                    help="TensorRT version for the calib.bin header (default: the installed one, else 8.6.1)")

@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
+extra="[openvino]"
+[ "${1:-}" = "--dev" ] && extra="[dev,openvino]"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # shellcheck disable=SC2086

@@ -5,6 +5,9 @@
   (:mod:`.ort_int8`: uint8 activations with zero-point 128, u8 or s8 weights by what the CPU computes
   exactly, ``QLinearConv`` where a quantizer follows the convolution). The engine reports which
   integer kernels ORT actually selected.
+- ``openvino`` (CPU, optional): FP32 runs the ONNX graph; INT8 runs the shipped Q/DQ model with
+  OpenVINO's fused integer convolutions (:mod:`.ov_backend`), on CPUs where they are exact (VNNI/AMX):
+  the fast INT8 CPU engine.
 - ``torch`` (GPU when present, else CPU): FP32 / TF32 / FP16 / BF16 executed for real by the ONNX
   interpreter; INT8 is *simulated* (fake quantization with exactly our scales, on the same Q/DQ graph)
   and labelled so.
@@ -30,11 +33,11 @@ from .graph import OnnxGraph, TorchGraphExecutor
 from .ort_int8 import _ort
 from .plan import PrecisionPlan
 from .qdq import build_qdq_model
+from .targets import BACKENDS
 from .types import RangeSet
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ORT_INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "QLinearAdd",
                    "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
@@ -239,6 +242,14 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
                                      subject="--backend onnxruntime --precision " + plan.name,
                                      hint="use --backend torch (GPU) or tensorrt for FP16")
         return build_ort_engine(graph, plan, ranges, precision=precision)
+    if backend == "openvino":
+        if plan.nodes("fp16") or plan.default == "fp16":
+            raise BackendUnavailable("the OpenVINO engine runs FP32 and INT8 layers only",
+                                     subject="--backend openvino --precision " + plan.name,
+                                     hint="use --backend torch (GPU) or tensorrt for FP16")
+        from .ov_backend import build_openvino_engine
+
+        return build_openvino_engine(graph, plan, ranges, precision=precision)
     if backend == "torch":
         from .calibrate import resolve_device
 

@@ -42,6 +42,33 @@ class GraphInput:
     elem_type: int
 
 
+def _materialize_identity_constants(g: onnx.GraphProto) -> int:
+    """``Identity(initializer)`` nodes become initializers of the same (output) name, in place.
+
+    The TorchScript exporter stores parameters with equal values (e.g. the zero biases of a freshly
+    initialised network) once and reads the copies through Identity nodes; every pass here treats
+    weights as initializers, so a weight behind an Identity would be taken for an activation. Tensor
+    names do not change, so caches and Q/DQ models still match the file."""
+    inits = {i.name: i for i in g.initializer}
+    outputs = {o.name for o in g.output}
+    keep, count = [], 0
+    for n in g.node:
+        if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            g.initializer.append(t)
+            inits[t.name] = t
+            count += 1
+        else:
+            keep.append(n)
+    if count:
+        del g.node[:]
+        g.node.extend(keep)
+        log.debug("%d Identity copies of initializers made initializers", count)
+    return count
+
+
 class OnnxGraph:
     """A loaded, checked ONNX model and the names of its calibratable tensors."""
 
@@ -49,6 +76,7 @@ class OnnxGraph:
         self.model = model
         self.path = path
         g = model.graph
+        _materialize_identity_constants(g)
         init_names = {i.name for i in g.initializer}
         self.inputs = []
         for vi in g.input:

@@ -1,4 +1,4 @@
-"""The accuracy-target grammar shared by ``evaluate --target-drop`` and ``sweep --target-drop``.
+"""What a run targets: the engine backends, and the accuracy-target grammar shared by ``evaluate --target-drop`` and ``sweep --target-drop``.
 
 Accepted forms (case and spaces ignored)::
 
@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
+
+BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 
 TARGET_FORMS = "0.5% (pp of top-1), 0.5%rel (relative to FP32's top-1) or agree:99% (agreement with FP32)"
 

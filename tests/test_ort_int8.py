@@ -181,3 +181,35 @@ def test_a_bias_that_does_not_fit_int32_keeps_the_layer_float():
     low = lower_for_onnxruntime(model, "u8")
     assert low.integer_convs == 0 and len(low.float_layers) == 1
     np.testing.assert_array_equal(run(low.model, x, optimise=True), run(model, x))
+
+
+def test_weights_read_through_identity_nodes_are_weights():
+    """The TorchScript exporter shares equal parameters (e.g. zero biases) through Identity nodes: they are
+    made initializers of the same name, so quantization, the lowering and the executor treat them as weights."""
+    from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
+    from trtquant.quant.types import RangeSet, TensorRange
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    nodes = [helper.make_node("Identity", ["w"], ["w_copy"]), helper.make_node("Identity", ["b"], ["b_copy"]),
+             helper.make_node("Conv", ["x", "w_copy", "b_copy"], ["c"], name="conv1"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+             helper.make_node("Conv", ["r", "w2", "b_copy"], ["y"], name="conv2")]
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2")
+    g = helper.make_graph(nodes, "ident", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, b, w2])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph = OnnxGraph(model)
+    inits = {i.name for i in graph.model.graph.initializer}
+    assert {"w_copy", "b_copy"} <= inits and not any(n.op_type == "Identity" for n in graph.model.graph.node)
+    assert "w_copy" not in graph.calibration_tensors and "b_copy" not in graph.calibration_tensors
+    out = TorchGraphExecutor(graph, torch.device("cpu")).run({"x": torch.from_numpy(x)})["y"].numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    ranges = RangeSet({t: TensorRange(t, amax=4.0) for t in ("x", "r", "c", "y")}, method="minmax")
+    qdq, _ = build_qdq_model(graph, ranges, resolve_plan("int8", graph))
+    weights_quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert "w_copy" in weights_quantized
+    assert lower_for_onnxruntime(qdq).integer_convs == 1

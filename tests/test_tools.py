@@ -89,9 +89,9 @@ def test_build_errors(calib, tmp_path, capsys):
     rc, _, err = run(["build", "--precision", "int8", "--backend", "onnxruntime", "--out", tmp_path / "e"], capsys)
     assert rc == 2 and "INT8 needs ranges" in err
     with pytest.raises(SystemExit) as exc:             # argparse choices: the flag is named, exit 2
-        run(["build", "--precision", "int8", "--backend", "openvino", "--ranges", calib / "calib.bin",
+        run(["build", "--precision", "int8", "--backend", "coreml", "--ranges", calib / "calib.bin",
              "--out", tmp_path / "e"], capsys)
-    assert exc.value.code == 2 and "--backend: invalid choice: 'openvino'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--backend: invalid choice: 'coreml'" in capsys.readouterr().err
     rc, _, err = run(["build", "--precision", "int4", "--backend", "onnxruntime", "--out", tmp_path / "e"], capsys)
     assert rc == 2 and "plan file not found" in err
     rc, _, err = run(["build", "--precision", "fp16", "--backend", "onnxruntime", "--out", tmp_path / "e"], capsys)
