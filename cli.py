@@ -39,11 +39,11 @@ def _import_package():
 
 if __name__ == "__main__":
     _import_package()
-    from trtquant.quant.errors import ConfigError, QuantError  # noqa: E402
-    from trtquant.quant.targets import BACKENDS  # noqa: E402
+    from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
+    from trtquant.core.targets import BACKENDS  # noqa: E402
 else:
-    from .quant.errors import ConfigError, QuantError
-    from .quant.targets import BACKENDS
+    from .core.errors import ConfigError, QuantError
+    from .core.targets import BACKENDS
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -114,13 +114,13 @@ def _checked_by(check, expected: str | None):
 
 
 def _trt_version(value: str) -> str:
-    from trtquant.quant.cache import trt_version_int
+    from trtquant.core.cache import trt_version_int
 
     return _checked_by(trt_version_int, "MAJOR.MINOR.PATCH")(value)
 
 
 def _target(value: str) -> str:
-    from trtquant.quant.targets import parse_target
+    from trtquant.core.targets import parse_target
 
     return _checked_by(parse_target, None)(value)
 
@@ -137,21 +137,21 @@ PATH = _nonempty("a path")
 
 
 def _check_out_dir(out, outputs: dict, force: bool):
-    from trtquant.quant.fileio import check_output_dir
+    from trtquant.core.fileio import check_output_dir
 
     return check_output_dir(Path(out), flag="--out", outputs=outputs, force=force)
 
 
 def _build_outputs() -> dict:
-    from trtquant.quant.cache import looks_like_trt_cache
-    from trtquant.quant.fileio import contains_marker, json_format, looks_like_onnx
+    from trtquant.core.cache import looks_like_trt_cache
+    from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
 
     return {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
             "engine.json": contains_marker('"engine": {', start=False), "calib.bin": looks_like_trt_cache}
 
 
 def _report_outputs() -> dict:
-    from trtquant.quant.fileio import contains_marker
+    from trtquant.core.fileio import contains_marker
 
     return {"report.md": contains_marker("# Evaluation: ", start=True),
             "report.html": contains_marker("<title>trtquant evaluation</title>")}
@@ -243,7 +243,7 @@ def cmd_cache(args) -> int:
                           hint="convert one file per command")
     if not args.out:
         raise ConfigError("cache convert needs an output", subject="--out", hint="e.g. --out calib.ranges.json")
-    from trtquant.quant.fileio import OutputSet
+    from trtquant.core.fileio import OutputSet
 
     out = Path(args.out)
     to = args.to or ("ranges" if out.suffix == ".json" else "onnx" if out.suffix == ".onnx" else "cache")
@@ -288,9 +288,9 @@ def cmd_lint(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from trtquant.quant.errors import Interrupted
+    from trtquant.core.errors import Interrupted
     from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
-    from trtquant.quant.targets import parse_target
+    from trtquant.core.targets import parse_target
 
     target = parse_target(args.target_drop)
     if target.kind != "abs":
@@ -326,7 +326,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from trtquant.quant.fileio import OutputSet
+    from trtquant.core.fileio import OutputSet
     from trtquant.quant.results import read_results
     from trtquant.reports.render import html_report, markdown
 
@@ -347,8 +347,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from trtquant.quant.cache import looks_like_trt_cache
-    from trtquant.quant.fileio import contains_marker, json_format, looks_like_onnx
+    from trtquant.core.cache import looks_like_trt_cache
+    from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
     from trtquant.quant.sweep import SweepSettings, sweep
 
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"

@@ -115,7 +115,7 @@ def forward_vs_stats(data: str, n: int, batch_size: int, device_spec: str) -> di
 
     from trtquant.calibrators.collector import HistogramCollector, collect_batch
     from trtquant.datasets import PRESETS, open_source
-    from trtquant.quant.calibrate import resolve_device
+    from trtquant.core.runtime import resolve_device
     from trtquant.quant.graph import TorchGraphExecutor
     from trtquant.quant.models import resolve_model
 

@@ -84,8 +84,9 @@ def main():
     import torch
 
     logging.basicConfig(level=logging.ERROR)
-    from trtquant.quant.backends import build, cpu_int8_instructions
-    from trtquant.quant.errors import BackendUnavailable
+    from trtquant.core.runtime import cpu_int8_instructions
+    from trtquant.quant.backends import build
+    from trtquant.core.errors import BackendUnavailable
     from trtquant.quant.calibrate import CalibrationConfig, calibrate
     from trtquant.quant.models import resolve_model
     from trtquant.quant.plan import resolve_plan

@@ -30,7 +30,7 @@ def main():
     logging.basicConfig(level=logging.ERROR)
     from trtquant.datasets import PRESETS, open_source
     from trtquant.quant.cache_tools import load_ranges
-    from trtquant.quant.calibrate import resolve_device
+    from trtquant.core.runtime import resolve_device
     from trtquant.quant.models import resolve_model
     from trtquant.quant.sweep import QuantSim, SweepSettings, sweep
 

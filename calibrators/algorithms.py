@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..quant.errors import ConfigError
-from ..quant.types import TensorHistogram
+from ..core.errors import ConfigError
+from ..core.types import TensorHistogram
 
 
 def _finish(hist: TensorHistogram, amax: float) -> float:

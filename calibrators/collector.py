@@ -24,9 +24,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..quant.errors import CalibrationError
+from ..core.errors import CalibrationError
 from . import gpu_hist
-from ..quant.types import TensorHistogram
+from ..core.types import TensorHistogram
 
 # torch.histc accumulates in the input's float32: a bin count above 2**24 would stop increasing.
 # Histogramming at most 2**24 elements per call keeps every per-call count exact.

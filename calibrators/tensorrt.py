@@ -19,9 +19,10 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from ..quant.cache import TrtCache, write_trt_cache
-from ..quant.errors import BackendUnavailable, CalibrationError, ConfigError
-from ..quant.trt_versions import needs_explicit_batch, trt_version_int
+from ..core.cache import TrtCache, write_trt_cache
+from ..core.runtime import import_tensorrt as _import_tensorrt
+from ..core.errors import BackendUnavailable, CalibrationError, ConfigError
+from ..core.trt_versions import needs_explicit_batch, trt_version_int
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,8 @@ def method_for_cache(cache: TrtCache) -> str:
 
 def import_tensorrt():
     """Import TensorRT for implicit INT8 calibration, or explain why it cannot be used."""
-    try:
-        import tensorrt as trt
-    except ImportError as err:
-        raise BackendUnavailable("TensorRT is not installed", subject="import tensorrt",
-                                 hint="install TensorRT <= 10 for implicit INT8 calibration; the calibration cache "
-                                      "written by `cli.py calibrate` needs no TensorRT") from err
+    trt = _import_tensorrt("--calibrator tensorrt", hint="install TensorRT <= 10 for implicit INT8 calibration; the "
+                                                        "calibration cache written by `cli.py calibrate` needs no TensorRT")
     major = int(str(trt.__version__).split(".")[0])
     if major >= 11 or not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise BackendUnavailable("implicit INT8 calibration was removed in TensorRT 11",

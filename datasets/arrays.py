@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..quant.errors import DataError
+from ..core.errors import DataError
 from .base import _DECODE_ERRORS, ImageSource, _BadItem
 from .preprocess import Preprocess
 

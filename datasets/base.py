@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..quant.errors import ConfigError, DataError, QuantError
+from ..core.errors import ConfigError, DataError, QuantError
 from .preprocess import Preprocess
 
 __all__ = ["Batch", "ImageSource", "BAD_IMAGE_POLICIES", "PREFETCH_BATCHES", "default_workers"]

@@ -6,7 +6,7 @@ import functools
 import re
 from importlib import resources
 
-from ..quant.errors import DataError
+from ..core.errors import DataError
 
 __all__ = ["imagenet_classes", "wnid_to_index", "is_wnid", "NUM_CLASSES"]
 

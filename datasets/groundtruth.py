@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant.errors import DataError
+from ..core.errors import DataError
 from .classes import NUM_CLASSES, wnid_to_index
 
 __all__ = ["GROUND_TRUTH_FILES", "DEVKIT_DIR", "find_ground_truth", "read_ground_truth"]

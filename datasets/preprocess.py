@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..quant.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 
 __all__ = ["Preprocess", "PRESETS", "to_rgb"]
 

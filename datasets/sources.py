@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..quant.errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 from .arrays import ARRAY_SUFFIXES, ArraySource
 from .base import (
     _DECODE_ERRORS,

@@ -16,25 +16,30 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import onnx
 import torch
 
 
-from .errors import BackendUnavailable, ConfigError
+from ..core.errors import BackendUnavailable, ConfigError
+from ..core.runtime import cpu_int8_instructions, resolve_device, tf32
+from .engine import Engine, EngineInfo
 from .graph import OnnxGraph, TorchGraphExecutor
 from .ort_int8 import _ort
 from .plan import PrecisionPlan
 from .qdq import build_qdq_model
-from .targets import BACKENDS
-from .types import RangeSet
+from ..core.targets import BACKENDS
+from ..core.types import RangeSet
+from .ort_int8 import lower_for_onnxruntime, u8s8_is_exact
+from .trt_backend import build_trt_engine
+from .ov_backend import build_openvino_engine
 
 log = logging.getLogger(__name__)
 
@@ -44,50 +49,22 @@ ORT_INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatM
                    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax")
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    backend: str
-    precision: str
-    device: str
-    simulated: bool
-    description: str
-    integer_kernels: Mapping[str, int] = field(default_factory=dict)
-
-
-class Engine:
-    info: EngineInfo
-
-    def run(self, images: np.ndarray) -> np.ndarray:   # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def cpu_int8_instructions() -> list[str]:
-    """The CPU's integer dot-product instruction sets (what makes INT8 faster than FP32 on a CPU)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return []
-    wanted = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "avx2")
-    return [f for f in wanted if f in flags]
-
-
 def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None, *, precision: str,
-                     weights: str | None = None, threads: int | None = None) -> "OrtEngine":
+                     weights: str | None = None) -> "OrtEngine":
     """FP32: the ONNX graph. INT8: the exact Q/DQ model we ship for TensorRT, lowered value-preservingly
     for ONNX Runtime's integer kernels (:mod:`.ort_int8`)."""
-    from .ort_int8 import lower_for_onnxruntime, u8s8_is_exact
 
     ort = _ort()
     isa = ", ".join(cpu_int8_instructions()) or "none detected"
     fields = dict(backend="onnxruntime", precision=precision, device="cpu", simulated=False, description="")
     if not plan.nodes("int8"):
-        engine = OrtEngine(graph.model, fields, threads=threads)
+        engine = OrtEngine(graph.model, fields)
         engine.info = replace(engine.info, description=f"ONNX Runtime {ort.__version__} CPU, FP32; "
                                                        f"CPU instructions: {isa}")
         return engine
     shipped, _ = build_qdq_model(graph, ranges, plan)
     low = lower_for_onnxruntime(shipped, weights)
-    engine = OrtEngine(low.model, fields, threads=threads)
+    engine = OrtEngine(low.model, fields)
     engine.lowering = low
     kernels = ", ".join(f"{v} {op}" for op, v in engine.integer_kernels.items()) or "none"
     exact = u8s8_is_exact()
@@ -110,7 +87,7 @@ def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
 
 
 class OrtEngine(Engine):
-    def __init__(self, model: onnx.ModelProto, info_fields: dict, threads: int | None = None):
+    def __init__(self, model: onnx.ModelProto, info_fields: dict):
         ort = _ort()
         self.model_bytes = model.ByteSize()
         opts = ort.SessionOptions()
@@ -119,8 +96,6 @@ class OrtEngine(Engine):
         # ONNX Runtime's own Q/DQ fusions are not value-preserving (they drop float Clips, quantize biases
         # without range checks): the INT8 model is already lowered exactly (ort_int8), so keep them off
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        if threads:
-            opts.intra_op_num_threads = threads
         with tempfile.TemporaryDirectory() as tmp:
             opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
             try:
@@ -169,28 +144,12 @@ class TorchEngine(Engine):
         out = self.executor.run({self.input_name: x})
         return next(iter(out.values()))
 
-    def _tf32_context(self):
-        import contextlib
-
-        if not self.tf32:
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def on():
-            saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            try:
-                yield
-            finally:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        return on()
-
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Device tensor in, device tensor out (no host copies): what benchmarks time."""
         x = x.to(self.device, self.dtype)
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._tf32_context():
+        with (tf32(True) if self.tf32 else contextlib.nullcontext()):
             if not self.fast:
                 return self._forward(x)
             key = tuple(x.shape)
@@ -247,12 +206,9 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
             raise BackendUnavailable("the OpenVINO engine runs FP32 and INT8 layers only",
                                      subject="--backend openvino --precision " + plan.name,
                                      hint="use --backend torch (GPU) or tensorrt for FP16")
-        from .ov_backend import build_openvino_engine
 
         return build_openvino_engine(graph, plan, ranges, precision=precision)
     if backend == "torch":
-        from .calibrate import resolve_device
-
         dev = resolve_device(device)
         tp = torch_precision or ("fp16" if plan.default == "fp16" and not plan.layers else "fp32")
         if tp not in TORCH_DTYPES:
@@ -275,6 +231,5 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         if fast and dev.type == "cuda":
             info = EngineInfo(**{**info.__dict__, "description": info.description + ", channels-last, CUDA graphs"})
         return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast)
-    from .trt_backend import build_trt_engine
 
     return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode)

@@ -7,7 +7,6 @@ numbers on the bundled images, and the equivalent ``trtexec`` command lines).
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,13 +16,15 @@ import numpy as np
 
 from .backends import Engine, build
 from .cache_tools import load_ranges
-from .errors import PlanError
-from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir
+from ..core.errors import PlanError
+from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, json_text
 from .graph import OnnxGraph
 from .models import resolve_model
 from .plan import PrecisionPlan, resolve_plan
 from .qdq import build_qdq_model
-from .types import RangeSet
+from ..core.types import RangeSet
+from ..datasets import PRESETS, open_source
+from .calibrate import check_model_input
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,8 +79,6 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     check_output_dir(out)
     rm = resolve_model(model, onnx=onnx, weights=weights)
     graph = rm.graph
-    from ..datasets import PRESETS
-    from .calibrate import check_model_input   # bad-input review M3: before anything is written
     check_model_input(graph, crop=PRESETS[rm.preset].crop if smoke else None)
     plan = resolve_plan(precision, graph)
     ranges = None
@@ -110,11 +109,10 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
         qdq_path = out / "model_qdq.onnx"
         atomic_write_bytes(qdq_path, model_qdq.SerializeToString())
         files["model_qdq.onnx"] = str(qdq_path)
-    atomic_write_text(out / "plan.json", plan.to_json())
+    plan.save(out / "plan.json")
     files["plan.json"] = str(out / "plan.json")
     smoke_numbers = {}
     if smoke:
-        from ..datasets import PRESETS, open_source
 
         src = open_source("imagenet_sample", preprocess=PRESETS[rm.preset])
         batches = list(src.batches(32, progress=False))
@@ -130,6 +128,6 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     doc = {"engine": asdict(engine.info), "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default},
            "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
            "ranges": ranges_path, "build_s": build_s, "smoke": smoke_numbers, "trtexec": cmds}
-    atomic_write_text(out / "engine.json", json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "engine.json", json_text(doc))
     files["engine.json"] = str(out / "engine.json")
     return BuildResult(engine=engine, plan=plan, out=out, files=files, trtexec=cmds, smoke=smoke_numbers)

@@ -15,12 +15,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .cache import (TrtCache, looks_like_ranges_json, looks_like_trt_cache, read_ranges_json, read_trt_cache,
+from ..core.cache import (TrtCache, looks_like_ranges_json, looks_like_trt_cache, read_ranges_json, read_trt_cache,
                     trt_version_int)
-from .errors import CacheFormatError
-from .cache import ranges_to_json
-from .fileio import OutputSet, looks_like_onnx
-from .types import RangeSet, TensorRange
+from ..core.errors import CacheFormatError
+from ..core.cache import DEFAULT_TRT_VERSION, ranges_to_json
+from ..core.fileio import OutputSet, looks_like_onnx
+from ..core.types import RangeSet, TensorRange
+from .plan import resolve_plan
+from .qdq import build_qdq_model
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | Non
     note = f"; {len(zero)} tensor(s) with scale 0 left out: {', '.join(zero[:3])}" if zero else ""
     with outputs:
         if to == "cache":
-            version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int("8.6.1"))
+            version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int(DEFAULT_TRT_VERSION))
             algo = algorithm or (cache.algorithm if cache else "EntropyCalibration2")
             out = TrtCache.from_ranges(rs, algorithm=algo, version=version)
             outputs.stage(dst, out.to_text())
@@ -183,8 +185,6 @@ def _convert_to_onnx(rs: RangeSet, dst: Path, graph, outputs: OutputSet) -> str:
     if graph is None:
         raise CacheFormatError("converting to a Q/DQ ONNX model needs the model", subject="--to onnx",
                                hint="pass --model NAME or --onnx MODEL.onnx (the graph the ranges belong to)")
-    from .plan import resolve_plan
-    from .qdq import build_qdq_model
 
     model, summary = build_qdq_model(graph, rs, resolve_plan("int8", graph))
     outputs.stage(dst, model.SerializeToString())

@@ -17,12 +17,16 @@ import torch
 
 from ..calibrators.algorithms import make_algorithm
 from ..calibrators.collector import HistogramCollector, collect_batch
-from .cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, installed_trt_version,
+from ..core.runtime import installed_trt_version, resolve_device
+from ..core.cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, 
                     looks_like_ranges_json, looks_like_trt_cache, ranges_to_json, trt_version_int, write_ranges_json)
-from .errors import BackendUnavailable, ConfigError, DataError, Interrupted, ModelError
-from .fileio import OutputSet, looks_like_npz_stats
+from ..core.errors import ConfigError, DataError, Interrupted, ModelError
+from ..core.fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
-from .types import CalibrationStats, RangeSet, TensorRange
+from ..core.types import CalibrationStats, RangeSet, TensorRange
+from ..datasets import PRESETS, open_source
+from .models import resolve_model
+from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -111,28 +115,12 @@ class CalibrationResult:
 
 def open_capped(spec: str, *, preprocess, limit: int | None, seed: int, data_dir: str | None = None, **kw):
     """All images of ``spec``, or a seeded subset of ``limit`` when there are more (no warning for small sets)."""
-    from ..datasets import open_source
 
     src = open_source(spec, preprocess=preprocess, data_dir=data_dir, seed=seed, **kw)
     if limit is not None and len(src) > limit:
         log.info("%s holds %d images: using a seeded subset of %d", src.name, len(src), limit)
         src = open_source(spec, preprocess=preprocess, data_dir=data_dir, num_images=limit, seed=seed, **kw)
     return src
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError as err:
-        raise ConfigError("invalid device", subject="--device", got=repr(spec), expected="auto, cpu, cuda or cuda:N") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("CUDA is not available", subject=f"--device {spec}",
-                                 hint="use --device cpu (or auto)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError("unsupported device", subject="--device", got=repr(spec), expected="auto, cpu, cuda or cuda:N")
-    return dev
 
 
 FLOAT_INPUT_TYPES = (1, 10, 11, 16)     # ONNX FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -319,8 +307,6 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                       hint="re-run calibrate on this model")
             images = stats.num_images
         else:
-            from ..datasets import PRESETS, open_source
-            from .models import resolve_model
 
             device = resolve_device(cfg.device)
             rm = resolve_model(cfg.model, onnx=cfg.onnx, weights=cfg.weights, preset=cfg.preset)
@@ -380,7 +366,6 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
 
 def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings) -> CalibrationResult:
     """TensorRT's own IInt8 calibrator on our data pipeline; its cache is parsed and re-written atomically."""
-    from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
     shape = tuple(int(d) for d in rm.graph.input_shape()[1:])
     batches = (b.images for b in source.batches(cfg.batch_size, workers=cfg.workers))

@@ -19,10 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
-from .errors import BackendUnavailable, ConfigError, DataError, QuantError
-from .fileio import OutputSet, atomic_write_text, check_output_dir, json_format
-from .types import RangeSet
+from ..core import metrics
+from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
+from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
+from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
+from ..core.types import RangeSet
+from ..core.cache import TrtCache
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, open_capped, ranges_from_stats, statistics
+from .ort_int8 import lower_for_onnxruntime
+from .qdq import build_qdq_model
+from .results import validate_results
+from ..datasets import PRESETS
+from . import backends
+from .models import resolve_model
+from .plan import resolve_plan
+from .build import trtexec_commands
+from ..reports import render
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +119,7 @@ def environment(device: str) -> dict:
            "device": device, "cpu": platform.processor() or platform.machine(), "argv": sys.argv}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
-    try:
-        import tensorrt
-
-        env["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        env["tensorrt"] = None
-    from .backends import cpu_int8_instructions
+    env["tensorrt"] = installed_trt_version()
 
     env["cpu_int8_instructions"] = cpu_int8_instructions()
     return env
@@ -151,10 +157,6 @@ def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_ver
     """What TensorRT needs to build this configuration, for ``OUT/<config>/`` (the trtexec lines name these
     files; they are written with the rest of the outputs at the end). Also the bytes of the real INT8
     artifact (integer weights), if the configuration has INT8 layers."""
-    from .cache import TrtCache
-    from .calibrate import CalibrationConfig, _cache_header
-    from .ort_int8 import lower_for_onnxruntime
-    from .qdq import build_qdq_model
 
     d = out / _config_dir_name(spec_name)
     blobs: dict[Path, bytes | str] = {d / "plan.json": trt_plan.to_json()}
@@ -203,7 +205,6 @@ def _load_previous(path: Path, key: dict) -> dict:
     if doc.get("settings_key") != key:
         log.warning("%s was measured with other settings: starting over", path)
         return {}
-    from .results import validate_results
 
     try:
         validate_results(doc, path)
@@ -214,13 +215,6 @@ def _load_previous(path: Path, key: dict) -> dict:
 
 
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
-    from ..datasets import PRESETS
-    from .backends import build
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _check_input_shape, check_model_input, open_capped,
-                            ranges_from_stats, resolve_device, statistics)
-    from .models import resolve_model
-    from .plan import resolve_plan
-    from .build import trtexec_commands
 
     specs = parse_configs(settings.configs)
     out = Path(out)
@@ -286,7 +280,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
 
     def save():
         out.mkdir(exist_ok=True)
-        atomic_write_text(partial_path, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(partial_path, json_text(doc))
 
     reference_logits = None
     artifact_blobs: dict[Path, bytes | str] = {}
@@ -320,7 +314,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in PRECISIONS and settings.backend == "torch" else None
-            engine = build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
+            engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             row["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             logits = np.concatenate([engine.run(images(i, i + settings.batch_size))
@@ -368,13 +362,12 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         doc["results"].append(row)
         save()
     doc["recommendation"] = recommend(doc, settings.target_drop)
-    from ..reports import render
 
     # the complete set, moved into place together; the progress file goes only after that
     out.mkdir(exist_ok=True)
     with OutputSet(force=True) as outputs:
         names = {"report.md": render.markdown(doc), "report.html": render.html_report(doc),
-                 "results.json": json.dumps(doc, indent=1) + "\n"}
+                 "results.json": json_text(doc)}
         for name, text in names.items():
             outputs.add(out / name, flag="--out")
             outputs.stage(out / name, text)

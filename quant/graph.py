@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from .errors import ModelError
+from ..core.runtime import strict_fp32
+from ..core.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -454,19 +455,6 @@ _NEEDS_OPSET = {"Softmax"}
 _SUPPORTED = set(OPS) | _NEEDS_OPSET | {"Constant"}
 
 
-@contextlib.contextmanager
-def strict_fp32():
-    """FP32 means FP32: no TF32 in cuDNN convolutions or cuBLAS matmuls (PyTorch allows TF32 for
-    convolutions by default, which moves activations by ~1e-3 relative on Ampere and later GPUs)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def unsupported_ops(graph: OnnxGraph) -> list[str]:
     """Operator types in ``graph`` that the PyTorch interpreter cannot run."""
     return sorted({n.op_type for n in graph.model.graph.node
@@ -604,7 +592,7 @@ class OrtGraphExecutor:
 
     kind = "onnxruntime"
 
-    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu", threads: int | None = None):
+    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu"):
         import onnxruntime as ort
 
         self.graph = graph
@@ -618,8 +606,6 @@ class OrtGraphExecutor:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-        if threads:
-            opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -654,7 +640,6 @@ EXECUTORS = ("auto", "torch", "onnxruntime")
 
 def make_executor(graph: OnnxGraph, kind: str, device: torch.device):
     if kind not in EXECUTORS:
-        from .errors import ConfigError
         raise ConfigError("unknown executor", subject="--executor", got=repr(kind), expected=" or ".join(EXECUTORS))
     if kind == "auto":
         missing = unsupported_ops(graph)

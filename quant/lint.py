@@ -6,7 +6,8 @@ the wrong length, QuantizeLinear not followed by a DequantizeLinear with the sam
 a quantized layer input whose weights are not quantized. Warnings (the model builds, but slower):
 a residual Add quantized on the wrong input or not at all, an unquantized pooling input after an INT8
 layer (both checked against the one placement rule of :mod:`.placement`), Q/DQ between a layer and
-its activation.
+its activation, and FP16 regions TensorRT builds slower: Casts of constants, back-to-back FP16 ->
+FP32 -> FP16 Casts, an FP16 activation after an INT8 layer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import QuantError
+from ..core.errors import QuantError
 from .placement import place_quantizers, weight_axis
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -122,7 +123,43 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
                 add("warning", n, "Q/DQ between a layer and its activation blocks their fusion",
                     "quantize after the activation (the next layer's input) instead")
     out.extend(_placement_findings(g, producer, values))
+    out.extend(_cast_findings(g, producer, consumers, values, dq_out))
     return out
+
+
+def _cast_to(n: onnx.NodeProto) -> int | None:
+    return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+
+def _cast_findings(g, producer, consumers, values, dq_out) -> list[Finding]:
+    """FP16 regions written so that TensorRT builds them slower (review finding 10)."""
+    found = []
+    half, full = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for n in g.node:
+        to = _cast_to(n)
+        if to is None:
+            continue
+        if n.input[0] in values:
+            found.append(Finding("warning", n.name or n.op_type, "Cast of a constant: onnx-tensorrt makes it a "
+                                 "Cast layer, so e.g. a Clip bound becomes a tensor and Clip an element-wise layer",
+                                 "store the constant in the target type (an FP16 initializer); `cli.py build` does"))
+        p = producer.get(n.input[0])
+        if to == half and p is not None and _cast_to(p) == full and producer.get(p.input[0]) is not None:
+            src = producer[p.input[0]]
+            if _cast_to(src) is None and all(_cast_to(c) == half for c in consumers.get(p.output[0], [])) \
+                    and p.output[0] not in {o.name for o in g.output}:
+                found.append(Finding("warning", p.name or p.op_type, "back-to-back Casts FP16 -> FP32 -> FP16 "
+                                     "between two FP16 layers", "keep the tensor FP16 between FP16 layers: Cast "
+                                                                "only where it leaves the FP16 region"))
+        # Conv(INT8) -> Cast(fp16) -> activation -> Cast(fp32) -> Q: the FP16 activation splits Conv+act+Q
+        if to == half and p is not None and p.op_type in LAYERS and len(p.input) > 1 and p.input[0] in dq_out:
+            acts = [c for c in consumers.get(n.output[0], []) if c.op_type in ACTIVATIONS]
+            if acts:
+                found.append(Finding("warning", acts[0].name or acts[0].op_type, "FP16 activation after an INT8 "
+                                     "layer: TensorRT cannot fuse Conv + activation + Q, the layer's output goes "
+                                     "through FP16", "give the activation its INT8 layer's precision; "
+                                                     "`cli.py build` does"))
+    return found
 
 
 def _placement_findings(g, producer, values) -> list[Finding]:

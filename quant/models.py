@@ -21,8 +21,8 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError, ModelError
-from .fileio import atomic_write_bytes
+from ..core.errors import ConfigError, ModelError
+from ..core.fileio import atomic_write_bytes
 from .graph import OnnxGraph
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import BackendUnavailable
-from .onnxutil import constant_values, toposort
+from .engine import Engine, EngineInfo
+from ..core.errors import BackendUnavailable
+from ..core.runtime import cpu_int8_instructions
+from ..core.onnxutil import constant_values, toposort
+from .qdq import build_qdq_model
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +171,11 @@ def quantize_before_zero_pads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
 
 # --------------------------------------------------------------------------- engine
 
-class OpenVinoEngine:
+class OpenVinoEngine(Engine):
     """One ONNX model compiled twice on demand: THROUGHPUT (several CPU streams, a batch split over an
     asynchronous request queue) for batches, LATENCY (one request over all cores) for small ones."""
 
     def __init__(self, model: onnx.ModelProto, info_fields: dict):
-        from .backends import EngineInfo
-
         ov = _ov()
         self.model = model
         self.model_bytes = model.ByteSize()
@@ -209,8 +210,6 @@ class OpenVinoEngine:
 def build_openvino_engine(graph, plan, ranges, *, precision: str) -> OpenVinoEngine:
     """FP32: the ONNX graph. INT8: the exact Q/DQ model we ship for TensorRT (one value-preserving
     rewrite, :func:`quantize_before_zero_pads`), on CPUs where OpenVINO's INT8 is exact."""
-    from .backends import cpu_int8_instructions
-    from .qdq import build_qdq_model
 
     ov = _ov()
     isa = ", ".join(cpu_int8_instructions()) or "none detected"

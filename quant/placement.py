@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import onnx
 
-from .errors import PlanError
-from .onnxutil import constant_ranks
-from .trt_versions import convtranspose_weight_axis
+from ..core.errors import PlanError
+from ..core.onnxutil import constant_ranks
+from ..core.trt_versions import convtranspose_weight_axis
 
 if TYPE_CHECKING:                      # no runtime import: this module needs only numpy and onnx
     from .graph import OnnxGraph
@@ -170,3 +170,30 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
             quantize(n.input[0], n, 0, "pooling input")
     activation_q = [Quantizer(t, "activation", tuple(edges), reasons[t]) for t, edges in acts.items()]
     return Placement(int8, tuple(activation_q + weights), tuple(fused))
+
+
+FP16_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid",
+                      "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "GlobalAveragePool", "AveragePool", "MaxPool",
+                      "Softmax", "Concat", "BatchNormalization", "Flatten", "Reshape", "Transpose", "Pad", "ReduceMean",
+                      "Pow", "Sqrt", "Erf", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"})
+
+
+def fp16_nodes(model: onnx.ModelProto, plan) -> frozenset[str]:
+    """The nodes that compute in FP16 under ``plan``: those it marks fp16 (of the ops we cast), except an
+    element-wise activation applied to an INT8 layer's output. TensorRT fuses that activation into the
+    INT8 layer (Conv + bias + Clip + Q), so it takes the layer's precision; an FP16 Cast around it would
+    split the fusion (review finding 10)."""
+    int8 = plan.nodes("int8")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for n in model.graph.node:
+        if plan.precision(n.name) != "fp16" or n.op_type not in FP16_OPS:
+            continue
+        if n.op_type in ACTIVATION_OPS:
+            p = producer.get(n.input[0])
+            while p is not None and p.op_type in ACTIVATION_OPS:
+                p = producer.get(p.input[0])
+            if p is not None and p.name in int8:
+                continue
+        out.add(n.name)
+    return frozenset(out)

@@ -9,13 +9,12 @@ plan is a versioned JSON file (``PLAN_FORMAT``).
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .errors import PlanError
-from .fileio import atomic_write_text, read_json_document
+from ..core.errors import PlanError
+from ..core.fileio import atomic_write_text, json_text, read_json_document
 from .graph import OnnxGraph
 
 PLAN_FORMAT = "trtquant-plan/1"
@@ -67,7 +66,7 @@ class PrecisionPlan:
                "layers": [{"node": lp.node, "precision": lp.precision, "reason": lp.reason,
                            **({"sensitivity": lp.sensitivity} if lp.sensitivity is not None else {})}
                           for lp in self.layers.values()]}
-        return json.dumps(doc, indent=1) + "\n"
+        return json_text(doc)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.to_json())

@@ -6,8 +6,11 @@ shared with the planner's simulator and lint); this module only writes them:
 - each quantizer becomes QuantizeLinear -> DequantizeLinear (activations per-tensor with scale =
   amax / 127 from the ranges, weights per-channel with scale = max|W_c| / 127), zero-point 0 int8,
   read by exactly the consumers the placement names;
-- FP16 nodes get ``Cast`` to FLOAT16 on their float inputs (FP16 copies for weights) and a ``Cast``
-  back to FLOAT on each output, which keeps every original tensor name holding FP32 values;
+- FP16 nodes (:func:`.placement.fp16_nodes`) compute on FP16 tensors: weights and constants become
+  FP16 initializers (no Cast on a constant: onnx-tensorrt would turn a Clip bound behind a Cast into
+  an element-wise layer), a ``Cast`` to FLOAT16 only where a tensor enters the FP16 region, and a
+  ``Cast`` back to FLOAT only where an FP16 tensor leaves it (an FP32/INT8 consumer or a graph
+  output), under the original name. Between two FP16 nodes the tensor stays FP16 (``<name>_fp16``);
   FP32 nodes are untouched.
 
 Only the marking (which tensor gets which quantizer) depends on the plan; the rewrite is one pass.
@@ -22,17 +25,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import PlanError
+from ..core.errors import PlanError
 from .graph import OnnxGraph
-from .onnxutil import toposort
-from .placement import place_quantizers, weight_scales
+from ..core.onnxutil import constant_values, toposort
+from .placement import fp16_nodes, place_quantizers, weight_scales
 from .plan import PrecisionPlan
-from .types import RangeSet
+from ..core.types import RangeSet
 
-FP16_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid",
-            "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "GlobalAveragePool", "AveragePool", "MaxPool",
-            "Softmax", "Concat", "BatchNormalization", "Flatten", "Reshape", "Transpose", "Pad", "ReduceMean",
-            "Pow", "Sqrt", "Erf", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"}
 
 
 @dataclass(frozen=True)
@@ -100,14 +99,13 @@ class _Rewriter:
         node = next(n for n in self.g.node if n.op_type == "Constant" and n.output[0] == tensor)
         return numpy_helper.to_array(node.attribute[0].t)
 
-    def fp16_input(self, tensor: str) -> str:
+    def fp16_input(self, tensor: str, constant: np.ndarray | None = None) -> str:
         key = f"h:{tensor}"
         if key in self.done:
             return self.done[key]
-        if tensor in self.inits:
-            arr = numpy_helper.to_array(self.inits[tensor])
+        if constant is not None:
             name = self._uniq(f"{tensor}_fp16")
-            self.new_inits.append(numpy_helper.from_array(arr.astype(np.float16), name))
+            self.new_inits.append(numpy_helper.from_array(constant.astype(np.float16), name))
         else:
             name = f"{tensor}_to_fp16"
             self.new_nodes.append(helper.make_node("Cast", [tensor], [name], to=TensorProto.FLOAT16,
@@ -164,22 +162,40 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
     int8 = placement.int8_nodes
     residual = placement.fused_adds
 
-    fp16_nodes = 0
-    if any(plan.precision(n.name) == "fp16" for n in nodes):
+    half_nodes = fp16_nodes(graph.model, plan)
+    if half_nodes:
         floats = _float_tensors(graph.model)
+        constants = constant_values(graph.model)
+        graph_outputs = {o.name for o in rw.g.output}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in nodes + rw.new_nodes:                # the quantizers read original tensors too
+            for name in n.input:
+                readers.setdefault(name, []).append(n)
+        half_of: dict[str, str] = {}                 # FP16 node output -> its FP16 tensor
         for n in nodes:
-            if plan.precision(n.name) != "fp16" or n.op_type not in FP16_OPS:
+            if n.name not in half_nodes:
                 continue
-            fp16_nodes += 1
-            for i, name in enumerate(n.input):
-                if name and name in floats:
-                    n.input[i] = rw.fp16_input(name)
             for i, name in enumerate(n.output):
                 if name and name in floats:
-                    half = f"{name}_fp16"
-                    n.output[i] = half
-                    rw.new_nodes.append(helper.make_node("Cast", [half], [name], to=TensorProto.FLOAT,
-                                                         name=rw._uniq(f"{name}_CastToFp32")))
+                    half_of[name] = rw._uniq(f"{name}_fp16")
+        for n in nodes:
+            if n.name not in half_nodes:
+                continue
+            for i, name in enumerate(n.input):
+                if not name or name not in floats:
+                    continue
+                n.input[i] = half_of.get(name) or rw.fp16_input(name, constants.get(name))
+            for i, name in enumerate(n.output):
+                if name in half_of:
+                    n.output[i] = half_of[name]
+                    leaves = name in graph_outputs or any(r.name not in half_nodes for r in readers.get(name, []))
+                    if leaves:          # an FP32/INT8 reader or the graph output: back to FP32 under the old name
+                        rw.new_nodes.append(helper.make_node("Cast", [half_of[name]], [name], to=TensorProto.FLOAT,
+                                                             name=rw._uniq(f"{name}_CastToFp32")))
+        # Constant nodes read only by FP16 nodes now feed nobody (their FP16 copies are initializers)
+        used = {i for n in nodes for i in n.input} | graph_outputs
+        for n in [n for n in nodes if n.op_type == "Constant" and n.output[0] not in used]:
+            rw.g.node.remove(n)
     # rebuild in topological order: new nodes go right before their first consumer
     rw.g.initializer.extend(rw.new_inits)
     ordered = toposort(list(rw.g.node) + rw.new_nodes)
@@ -189,5 +205,5 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
     onnx.checker.check_model(model)
     summary = QdqSummary(activation_quantizers=len(placement.activations()),
                          weight_quantizers=len(placement.weights()),
-                         residual_quantizers=len(residual), int8_nodes=len(int8), fp16_nodes=fp16_nodes)
+                         residual_quantizers=len(residual), int8_nodes=len(int8), fp16_nodes=len(half_nodes))
     return model, summary

@@ -28,14 +28,25 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import metrics
-from .errors import ConfigError
+from ..core import metrics
+from ..core.errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
-from .numerics import fake_quant
+from ..core.numerics import fake_quant
 from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
 from .placement import Placement, Quantizer, place_quantizers, weight_scales
 from .qdq import check_ranges
-from .types import RangeSet
+from ..core.types import RangeSet
+from ..datasets import PRESETS
+from . import backends
+from .build import trtexec_commands
+from ..core.runtime import resolve_device
+from ..core.cache import TrtCache, write_trt_cache
+from .cache_tools import load_ranges
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, open_capped, ranges_from_stats, statistics
+from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, json_text
+from .models import resolve_model
+from .qdq import build_qdq_model
+from ..reports.sweep_render import write_sweep_reports
 
 
 @dataclass(frozen=True)
@@ -260,19 +271,8 @@ class SweepSettings:
 
 def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     """Sensitivity pass + search + outputs + validation; returns the sweep document (also ``sweep.json``)."""
-    import json
     from pathlib import Path
 
-    from ..datasets import PRESETS
-    from .backends import build
-    from .build import trtexec_commands
-    from .cache import TrtCache, write_trt_cache
-    from .cache_tools import load_ranges
-    from .calibrate import (DEFAULT_MAX_IMAGES, CalibrationConfig, _cache_header, open_capped, ranges_from_stats,
-                            resolve_device, statistics)
-    from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir
-    from .models import resolve_model
-    from .qdq import build_qdq_model
 
     t_start = time.perf_counter()
     target = parse_target(settings.target)
@@ -348,7 +348,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
 
     # outputs, written only after everything above succeeded
     out.mkdir(exist_ok=True)
-    atomic_write_text(out / "plan.json", plan.to_json())
+    plan.save(out / "plan.json")
     qdq, _ = build_qdq_model(graph, ranges, plan)
     atomic_write_bytes(out / "model_qdq.onnx", qdq.SerializeToString())
     version, algo = _cache_header(CalibrationConfig(trt_version=settings.trt_version))
@@ -369,7 +369,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
             validation["note"] = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
-        engine = build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
+        engine = backends.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
         measured = metric(np.concatenate([engine.run(x[i:i + 64]) for i in range(0, len(x), 64)]))
         validation.update({"status": "ok", "metric": measured, "engine": engine.info.description,
                            "simulated": engine.info.simulated,
@@ -399,8 +399,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
         "timings": {"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
         "files": {k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")},
     }
-    atomic_write_text(out / "sweep.json", json.dumps(doc, indent=1) + "\n")
-    from ..reports.sweep_render import write_sweep_reports
+    atomic_write_text(out / "sweep.json", json_text(doc))
 
     write_sweep_reports(doc, out)
     return doc

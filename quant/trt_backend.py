@@ -26,13 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import TrtCache
-from .errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
+from ..core.cache import TrtCache
+from ..core.runtime import import_tensorrt
+from .engine import Engine, EngineInfo
+from ..core.fileio import atomic_write_bytes
+from ..core.errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
 from .graph import OnnxGraph
 from .plan import PrecisionPlan
 from .qdq import build_qdq_model
-from .trt_versions import needs_explicit_batch, strongly_typed as _strongly_typed, trt_major
-from .types import RangeSet
+from ..core.trt_versions import needs_explicit_batch, strongly_typed as _strongly_typed, trt_major
+from ..core.types import RangeSet
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,8 @@ MODES = ("explicit", "implicit")
 
 
 def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError as err:
-        raise BackendUnavailable("TensorRT is not installed", subject="--backend tensorrt",
-                                 hint="install TensorRT, or use --backend onnxruntime/torch; the Q/DQ ONNX that "
-                                      "`cli.py build` writes builds with trtexec") from err
+    trt = import_tensorrt("--backend tensorrt", hint="install TensorRT, or use --backend onnxruntime/torch; the Q/DQ "
+                                                     "ONNX that `cli.py build` writes builds with trtexec")
     if not torch.cuda.is_available():
         raise BackendUnavailable("TensorRT needs a CUDA GPU", subject="--backend tensorrt", hint="use --backend onnxruntime")
     return trt
@@ -72,7 +71,7 @@ def _use_stream(stream):
     return torch.cuda.stream(stream)
 
 
-class TrtEngine:
+class TrtEngine(Engine):
     def __init__(self, serialized: bytes, info):
         trt = _trt()
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -172,8 +171,6 @@ def _int8_ready(trt, layer, ranged: set[str], constants: set[str]) -> bool:
 def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None, *, out_dir: Path | None,
                      mode: str = "explicit", max_batch: int = 256, workspace_gib: float = 4.0,
                      cache: TrtCache | None = None):
-    from .backends import EngineInfo
-
     if mode not in MODES:
         raise ConfigError("unknown TensorRT mode", subject="--trt-mode", got=repr(mode), expected=" | ".join(MODES))
     trt = _trt()
@@ -238,8 +235,6 @@ def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
         raise BackendUnavailable("TensorRT engine build failed", subject="--backend tensorrt", hint="see TensorRT's log above")
     data = bytes(serialized)
     if out_dir is not None:
-        from .fileio import atomic_write_bytes
-
         atomic_write_bytes(Path(out_dir) / "model.engine", data)
         atomic_write_bytes(timing_path, bytes(timing.serialize()))
     desc = (f"TensorRT {trt.__version__} on {torch.cuda.get_device_name()}, {mode} "

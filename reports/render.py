@@ -10,9 +10,9 @@ import html
 import json
 from pathlib import Path
 
-from ..quant.errors import CacheFormatError
-from ..quant.fileio import atomic_write_text
-from ..quant.metrics import pareto_front
+from ..core.errors import CacheFormatError
+from ..core.fileio import atomic_write_text
+from ..core.metrics import pareto_front
 
 RESULTS_FORMAT = "trtquant-results/1"
 

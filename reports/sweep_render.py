@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ..quant.fileio import atomic_write_text
+from ..core.fileio import atomic_write_text
 from .render import _md_table_to_html
 
 

@@ -8,8 +8,8 @@ from scipy.stats import entropy as kl_scipy
 
 from reference_entropy import reference_entropy_bin
 from trtquant.calibrators.algorithms import ALGORITHMS, MSE, Entropy, MinMax, Percentile, make_algorithm
-from trtquant.quant.errors import ConfigError
-from trtquant.quant.types import TensorHistogram
+from trtquant.core.errors import ConfigError
+from trtquant.core.types import TensorHistogram
 
 
 def hist(counts, width=1.0, amax=None):

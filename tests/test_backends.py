@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from trtquant.quant.backends import build
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
-from trtquant.quant.numerics import sqnr_db
+from trtquant.core.metrics import sqnr_db
 from trtquant.quant.plan import resolve_plan
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from trtquant import cli
-from trtquant.quant import fileio
-from trtquant.quant.cache import LINE_BREAKS, TrtCache, read_ranges_json, read_trt_cache
+from trtquant.core import fileio
+from trtquant.core.cache import LINE_BREAKS, TrtCache, read_ranges_json, read_trt_cache
 
 from badinput_models import tiny_model
 

@@ -5,10 +5,10 @@ import struct
 import numpy as np
 import pytest
 
-from trtquant.quant.cache import (TrtCache, hex_to_scale, read_ranges_json, read_trt_cache, scale_to_hex,
+from trtquant.core.cache import (TrtCache, hex_to_scale, read_ranges_json, read_trt_cache, scale_to_hex,
                                   trt_version_int, write_ranges_json, write_trt_cache)
-from trtquant.quant.errors import CacheFormatError, ConfigError
-from trtquant.quant.types import RangeSet, TensorRange
+from trtquant.core.errors import CacheFormatError, ConfigError
+from trtquant.core.types import RangeSet, TensorRange
 
 
 def test_real_cache_line_reads_as_published_scale():

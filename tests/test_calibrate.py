@@ -12,12 +12,13 @@ import torch
 from trtquant import cli
 from trtquant.calibrators.algorithms import Percentile
 from trtquant.calibrators.collector import HistogramCollector
-from trtquant.quant.cache import read_ranges_json, read_trt_cache
+from trtquant.core.cache import read_ranges_json, read_trt_cache
 from trtquant.quant.calibrate import CalibrationConfig, calibrate
-from trtquant.quant.errors import Interrupted
+from trtquant.core.errors import Interrupted
 from trtquant.quant.graph import TorchGraphExecutor
-from trtquant.quant.numerics import fake_quant, sqnr_db
-from trtquant.quant.types import CalibrationStats
+from trtquant.core.metrics import sqnr_db
+from trtquant.core.numerics import fake_quant
+from trtquant.core.types import CalibrationStats
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import torch
 
 from trtquant.calibrators import collector as collector_mod
 from trtquant.calibrators.collector import HistogramCollector, collect_batch
-from trtquant.quant.errors import CalibrationError
+from trtquant.core.errors import CalibrationError
 
 
 def feed(col, batches, name="t"):

@@ -26,7 +26,7 @@ from trtquant.datasets import (
     imagenet_classes,
     open_source,
 )
-from trtquant.quant.errors import ConfigError, DataError
+from trtquant.core.errors import ConfigError, DataError
 
 IMAGENET = PRESETS["imagenet"]
 

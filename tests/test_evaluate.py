@@ -10,8 +10,8 @@ import pytest
 
 from trtquant import cli
 from trtquant.quant import evaluate as ev
-from trtquant.quant import metrics
-from trtquant.quant.errors import ConfigError
+from trtquant.core import metrics
+from trtquant.core.errors import ConfigError
 from trtquant.reports.render import html_report, load_results, markdown
 
 RECORDED = Path(__file__).parent / "data" / "results_mobilenet_ort.json"

@@ -85,7 +85,7 @@ def test_fused_and_torch_paths_give_the_same_statistics(mobilenet, sample_images
 @pytest.mark.parametrize("precision,min_sqnr", [("tf32", 30), ("fp16", 30), ("bf16", 18)])
 def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, min_sqnr):
     from trtquant.quant.backends import build
-    from trtquant.quant.numerics import sqnr_db
+    from trtquant.core.metrics import sqnr_db
     from trtquant.quant.plan import resolve_plan
 
     x, _ = sample_images
@@ -102,7 +102,7 @@ def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, m
 
 def test_simulated_int8_on_cuda_equals_cpu(mobilenet, sample_images, tmp_path):
     from trtquant.quant.backends import build
-    from trtquant.quant.numerics import sqnr_db
+    from trtquant.core.metrics import sqnr_db
     from trtquant.quant.plan import resolve_plan
 
     ranges = calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path / "c.bin", progress=False).ranges

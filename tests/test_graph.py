@@ -6,7 +6,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from trtquant.quant.errors import ModelError
+from trtquant.core.errors import ModelError
 from trtquant.quant.graph import OnnxGraph, OrtGraphExecutor, TorchGraphExecutor, make_executor, unsupported_ops
 from trtquant.quant.models import resolve_model
 

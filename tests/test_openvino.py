@@ -9,14 +9,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from trtquant.quant.backends import build
-from trtquant.quant.errors import BackendUnavailable
-from trtquant.quant.numerics import sqnr_db
+from trtquant.core.errors import BackendUnavailable
+from trtquant.core.metrics import sqnr_db
 from trtquant.quant.plan import resolve_plan
 from trtquant.quant.qdq import build_qdq_model
 from trtquant.quant.sweep import QuantSim
@@ -153,7 +152,7 @@ def test_cli_build_int8_on_openvino_refuses_a_saturating_cpu_and_builds_on_an_ex
                                                                                       capsys, monkeypatch):
     from trtquant import cli
     from trtquant.quant import ov_backend
-    from trtquant.quant.cache import write_ranges_json
+    from trtquant.core.cache import write_ranges_json
 
     ranges = tmp_path / "r.json"
     write_ranges_json(ranges, mobilenet_ranges)

@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from trtquant.quant.backends import build, build_ort_engine
-from trtquant.quant.numerics import sqnr_db
+from trtquant.core.metrics import sqnr_db
 from trtquant.quant.ort_int8 import lower_for_onnxruntime, u8s8_is_exact
 from trtquant.quant.plan import resolve_plan
 from trtquant.quant.qdq import build_qdq_model
@@ -187,7 +187,7 @@ def test_weights_read_through_identity_nodes_are_weights():
     """The TorchScript exporter shares equal parameters (e.g. zero biases) through Identity nodes: they are
     made initializers of the same name, so quantization, the lowering and the executor treat them as weights."""
     from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
-    from trtquant.quant.types import RangeSet, TensorRange
+    from trtquant.core.types import RangeSet, TensorRange
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w")

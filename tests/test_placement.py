@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
 from trtquant.quant.lint import lint_model
-from trtquant.quant.numerics import sqnr_db
+from trtquant.core.metrics import sqnr_db
 from trtquant.quant.placement import place_quantizers, weight_axis
 from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes
 from trtquant.quant.qdq import build_qdq_model

@@ -10,14 +10,13 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from trtquant.quant.backends import build
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
-from trtquant.quant.errors import BackendUnavailable, PlanError
+from trtquant.core.errors import BackendUnavailable, PlanError
 from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
-from trtquant.quant.numerics import sqnr_db
+from trtquant.core.metrics import sqnr_db
 from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes, resolve_plan
 from trtquant.quant.placement import weight_scales
 from trtquant.quant.qdq import build_qdq_model
-from trtquant.quant.types import RangeSet
+from trtquant.core.types import RangeSet
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +124,62 @@ def test_torch_fp32_engine_equals_ort_fp32(mobilenet, sample_images):
 def test_ort_has_no_fp16_engine(mobilenet):
     with pytest.raises(BackendUnavailable, match="no FP16 convolution kernels"):
         build("onnxruntime", mobilenet.graph, resolve_plan("fp16", mobilenet.graph))
+
+
+def test_fp16_regions_cast_only_at_their_boundaries_with_fp16_constants(mobilenet):
+    """Review finding 10: an all-FP16 plan keeps tensors FP16 between FP16 layers (no FP16 -> FP32 -> FP16
+    pairs), stores Clip bounds and weights as FP16 initializers (no Cast of a constant), and lint agrees."""
+    from trtquant.quant.lint import lint_model
+
+    g = mobilenet.graph
+    plan = resolve_plan("fp16", g)
+    model, s = build_qdq_model(g, RangeSet({}, "none"), plan)
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consts = {i.name for i in model.graph.initializer}
+    # the only Casts: the image into FP16, the logits back to FP32
+    assert [(c.input[0], c.output[0]) for c in casts if c.input[0] in ("input",)] == [("input", "input_to_fp16")]
+    assert len(casts) == 2 and producers[casts[1].input[0]].op_type == "Gemm" and casts[1].output[0] == "logits"
+    assert not any(c.input[0] in consts for c in casts)
+    clips = [n for n in model.graph.node if n.op_type == "Clip"]
+    assert clips and all(i in consts for c in clips for i in c.input[1:] if i)
+    inits = {i.name: i for i in model.graph.initializer}
+    assert all(inits[i].data_type == TensorProto.FLOAT16 for c in clips for i in c.input[1:] if i)
+    assert not [f for f in lint_model(model) if "Cast" in f.message]
+    # same numbers as before the change: FP16 everywhere, within FP16 rounding of FP32
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    ref = TorchGraphExecutor(g).run({"input": torch.from_numpy(x)})["logits"]
+    half = TorchGraphExecutor(OnnxGraph(model)).run({"input": torch.from_numpy(x)})["logits"]
+    assert sqnr_db(ref, half) > 30
+
+
+def test_an_fp16_activation_after_an_int8_layer_takes_the_layers_precision(mobilenet, mobilenet_ranges):
+    """Review finding 10: in a mixed plan (INT8 convolutions, the rest FP16) the ReLU6 after an INT8
+    convolution is not cast to FP16, so TensorRT keeps Conv + bias + Clip + Q fused; lint flags the old form."""
+    from onnx import helper
+
+    from trtquant.quant.lint import lint_model
+
+    g = mobilenet.graph
+    layers = {n: LayerPrecision(n, "int8", "test") for n in quantizable_nodes(g)[:10]}
+    plan = PrecisionPlan("mixed", layers, default="fp16")
+    model, _ = build_qdq_model(g, mobilenet_ranges, plan)
+    readers = collections.defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    orig_readers = collections.defaultdict(list)
+    for n in g.model.graph.node:
+        for i in n.input:
+            orig_readers[i].append(n.op_type)
+    int8_convs = [n for n in model.graph.node if n.name in layers and orig_readers[n.output[0]] == ["Clip"]]
+    assert len(int8_convs) >= 5
+    after = [r for c in int8_convs for r in readers[c.output[0]]]
+    assert [r.op_type for r in after] == ["Clip"] * len(int8_convs)      # Conv -> Clip directly (no Cast), FP32
+    clips = after
+    assert not [f for f in lint_model(model) if "FP16 activation" in f.message]
+    # the old writing (Cast to FP16 around the activation) is what lint warns about
+    c = clips[0]
+    model.graph.node.extend([helper.make_node("Cast", [c.input[0]], ["tofp16"], to=TensorProto.FLOAT16, name="c16"),
+                             helper.make_node("Clip", ["tofp16"], ["clip16"], name="clip16")])
+    assert [f.node for f in lint_model(model) if "FP16 activation" in f.message] == ["clip16"]

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from trtquant import cli
-from trtquant.quant.cache import TrtCache, read_ranges_json, read_trt_cache
-from trtquant.quant.cache_tools import load_ranges
-from trtquant.quant.errors import QuantError
+from trtquant.core.cache import TrtCache, read_ranges_json, read_trt_cache
+from trtquant.core.errors import QuantError
 from trtquant.quant.plan import PrecisionPlan
 from trtquant.quant.results import read_results
-from trtquant.quant.types import CalibrationStats, TensorHistogram
+from trtquant.core.types import CalibrationStats, TensorHistogram
 
 SEED = 20261202
 N = 200         # mutations per seed file and reader: a few hundred files per reader and run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trtquant import cli
-from trtquant.quant.errors import ConfigError
+from trtquant.core.errors import ConfigError
 from trtquant.quant.sweep import SweepSettings, greedy_search, parse_target, sweep
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from trtquant.calibrators import tensorrt as trt_adapter
-from trtquant.quant.cache import TrtCache, read_trt_cache
-from trtquant.quant.errors import BackendUnavailable, CalibrationError, ConfigError
+from trtquant.core.cache import TrtCache, read_trt_cache
+from trtquant.core.errors import BackendUnavailable, CalibrationError, ConfigError
 
 try:
     import tensorrt  # noqa: F401

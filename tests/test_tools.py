@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trtquant import cli
-from trtquant.quant.cache import TrtCache, read_trt_cache, write_trt_cache
+from trtquant.core.cache import TrtCache, read_trt_cache, write_trt_cache
 from trtquant.quant.cache_tools import diff, load_ranges
 from trtquant.quant.calibrate import CalibrationConfig, calibrate
 

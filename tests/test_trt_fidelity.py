@@ -4,10 +4,10 @@ import logging
 
 import pytest
 
-from trtquant.quant.cache import ZERO_TENSOR_AMAX, TrtCache, scale_to_hex
+from trtquant.core.cache import ZERO_TENSOR_AMAX, TrtCache, scale_to_hex
 from trtquant.quant.cache_tools import load_ranges
-from trtquant.quant.errors import ConfigError
-from trtquant.quant.trt_versions import convtranspose_weight_axis, needs_explicit_batch, strongly_typed, trt_major
+from trtquant.core.errors import ConfigError
+from trtquant.core.trt_versions import convtranspose_weight_axis, needs_explicit_batch, strongly_typed, trt_major
 
 
 def test_zero_scale_is_written_as_tensorrt_writes_it():
@@ -28,9 +28,9 @@ def test_zero_tensors_of_a_tensorrt_cache_get_the_one_placeholder(tmp_path):
 
 
 def test_unverified_cache_headers_are_flagged(caplog):
-    from trtquant.quant.types import TensorRange
+    from trtquant.core.types import TensorRange
 
-    with caplog.at_level(logging.WARNING, logger="trtquant.quant.cache"):
+    with caplog.at_level(logging.WARNING, logger="trtquant.core.cache"):
         TrtCache.from_ranges({"x": TensorRange("x", 1.0)}, algorithm="MinMaxCalibration", version=8601)
         assert not caplog.records
         TrtCache.from_ranges({"x": TensorRange("x", 1.0)}, algorithm="LegacyCalibration", version=8601)

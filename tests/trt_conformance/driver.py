@@ -42,10 +42,10 @@ torch.cuda.get_device_name = lambda *a: "TensorRT double"
 
 from trtquant.calibrators import tensorrt as adapter  # noqa: E402
 from trtquant.quant import trt_backend  # noqa: E402
-from trtquant.quant.cache import TrtCache, trt_version_int  # noqa: E402
+from trtquant.core.cache import TrtCache, trt_version_int  # noqa: E402
 from trtquant.quant.graph import OnnxGraph  # noqa: E402
 from trtquant.quant.plan import LayerPrecision, PrecisionPlan  # noqa: E402
-from trtquant.quant.types import RangeSet, TensorRange  # noqa: E402
+from trtquant.core.types import RangeSet, TensorRange  # noqa: E402
 
 
 class Stream:

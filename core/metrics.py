@@ -18,8 +18,13 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return logits.argmax(1) == reference.argmax(1)
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
+def _f64(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def sqnr_db(reference, approx) -> float:
+    """Signal-to-quantization-noise ratio, 10 log10(sum ref^2 / sum (ref - approx)^2), in dB (NumPy or torch)."""
+    ref, approx = _f64(reference), _f64(approx)
     noise = float(((ref - approx) ** 2).sum())
     return float("inf") if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise))
 

@@ -18,7 +18,6 @@ The ranges JSON is the lossless twin: float64 amax per tensor, method, settings 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import struct
@@ -29,7 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import CacheFormatError, ConfigError
-from .fileio import atomic_write_text, read_json_document
+from .fileio import atomic_write_text, json_text, read_json_document
 from .types import RangeSet, TensorRange
 
 log = logging.getLogger(__name__)
@@ -66,14 +65,6 @@ def trt_version_int(version: str) -> int:
     if major >= 10:
         return major * 10000 + minor * 100 + patch
     return major * 1000 + minor * 100 + patch
-
-
-def installed_trt_version() -> str | None:
-    try:
-        import tensorrt  # noqa: F401  (lazy, optional)
-    except ImportError:
-        return None
-    return tensorrt.__version__
 
 
 def scale_to_hex(scale: float) -> str:
@@ -202,7 +193,7 @@ def ranges_to_json(rs: RangeSet) -> str:
         "tensors": [{"name": r.name, "amax": r.amax, "scale": r.scale, "scale_hex": scale_to_hex(r.scale)}
                     for r in rs.ranges.values()],
     }
-    return json.dumps(doc, indent=1) + "\n"
+    return json_text(doc)
 
 
 def write_ranges_json(path: str | Path, rs: RangeSet) -> None:

@@ -91,6 +91,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def json_text(doc) -> str:
+    """How every JSON document we write is laid out (one space indent, trailing newline)."""
+    return json.dumps(doc, indent=1) + "\n"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

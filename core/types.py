@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import CacheFormatError, ConfigError
+from .fileio import atomic_write_bytes
 
 STATS_FORMAT = "trtquant-stats/1"
 
@@ -48,14 +49,6 @@ class TensorHistogram:
     def num_bins(self) -> int:
         return len(self.counts)
 
-    @property
-    def range_max(self) -> float:
-        """Right edge of the last bin."""
-        return self.num_bins * self.bin_width
-
-    def edges(self) -> np.ndarray:
-        return np.arange(self.num_bins + 1, dtype=np.float64) * self.bin_width
-
 
 @dataclass(frozen=True, eq=False)
 class CalibrationStats:
@@ -71,13 +64,7 @@ class CalibrationStats:
     num_bins: int
     meta: Mapping[str, object] = field(default_factory=dict)
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.histograms)
-
     def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_bytes
-
         atomic_write_bytes(Path(path), self.to_bytes())
 
     def to_bytes(self) -> bytes:

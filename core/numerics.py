@@ -1,0 +1,17 @@
+"""Numerics reference: INT8 fake quantization (the test oracle for every backend).
+
+Symmetric, zero-point 0, ONNX ``QuantizeLinear`` semantics (what TensorRT's explicit quantization
+executes): ``q = saturate(round_half_to_even(x / scale))`` into ``[-128, 127]``, ``x' = q * scale``,
+with ``scale = amax / 127``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QMIN, QMAX = -128, 127
+
+
+def fake_quant(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in float arithmetic (no int8 round trip)."""
+    return torch.clamp(torch.round(x / scale), QMIN, QMAX) * scale

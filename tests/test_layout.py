@@ -1,0 +1,97 @@
+"""The dependency rules of the README's layout section, checked on the source (no imports run)."""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "quant", "calibrators", "datasets", "reports")
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in PACKAGES:
+        for p in (REPO / pkg).glob("*.py"):
+            mods[pkg if p.stem == "__init__" else f"{pkg}.{p.stem}"] = p
+    mods["cli"] = REPO / "cli.py"
+    return mods
+
+
+def _imports(mods):
+    """(edges: module -> our modules it imports, local: module -> our modules imported inside functions)."""
+    edges, local = defaultdict(set), defaultdict(set)
+    for m, path in mods.items():
+        tree = ast.parse(path.read_text())
+        package = m if path.stem == "__init__" else (m.rsplit(".", 1)[0] if "." in m else "")
+        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if package else []
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("trtquant."):
+                target = node.module[len("trtquant."):]
+            else:
+                continue
+            for cand in [target] + [f"{target}.{a.name}" for a in node.names]:
+                if cand in mods and cand != m:
+                    edges[m].add(cand)
+                    if id(node) in in_function:
+                        local[m].add(cand)
+    return edges, local
+
+
+def test_the_import_graph_follows_the_layout_rules():
+    mods = _modules()
+    edges, local = _imports(mods)
+    assert len(mods) > 30 and edges["quant.sweep"]            # the parser sees the code
+    top = lambda m: m.split(".")[0]                               # noqa: E731
+    for m, targets in edges.items():
+        for t in targets:
+            if top(m) == "core":
+                assert top(t) == "core", f"{m} imports {t}: core imports nothing of ours"
+            if top(m) in ("datasets", "calibrators", "reports") and top(t) != top(m):
+                assert top(t) == "core", f"{m} imports {t}: {top(m)} may import only core"
+            assert t != "cli", f"{m} imports cli"
+    # no cycles (Tarjan)
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in list(mods):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+    # our own modules are imported at module level (cli.py imports lazily on purpose: `--help` stays fast)
+    assert {m: sorted(t) for m, t in local.items() if m != "cli"} == {}
+
+
+def test_only_the_runtime_imports_tensorrt():
+    hits = []
+    for p in REPO.glob("*/*.py"):
+        if p.parts[-2] in PACKAGES:
+            for node in ast.walk(ast.parse(p.read_text())):
+                if isinstance(node, ast.Import) and any(a.name == "tensorrt" for a in node.names):
+                    hits.append(p.relative_to(REPO).as_posix())
+    assert sorted(set(hits)) == ["core/runtime.py"]
