@@ -195,19 +195,13 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
     if needs_ranges and ranges is None:
         raise ConfigError("INT8 needs ranges", subject="--ranges", hint="pass the ranges JSON or cache from `calibrate`")
     precision = _plan_precision(plan)
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         if plan.nodes("fp16") or plan.default == "fp16":
-            raise BackendUnavailable("ONNX Runtime's CPU provider has no FP16 convolution kernels",
-                                     subject="--backend onnxruntime --precision " + plan.name,
+            raise BackendUnavailable("the CPU engines run FP32 and INT8 layers: no FP16 convolution kernels",
+                                     subject=f"--backend {backend} --precision {plan.name}",
                                      hint="use --backend torch (GPU) or tensorrt for FP16")
-        return build_ort_engine(graph, plan, ranges, precision=precision)
-    if backend == "openvino":
-        if plan.nodes("fp16") or plan.default == "fp16":
-            raise BackendUnavailable("the OpenVINO engine runs FP32 and INT8 layers only",
-                                     subject="--backend openvino --precision " + plan.name,
-                                     hint="use --backend torch (GPU) or tensorrt for FP16")
-
-        return build_openvino_engine(graph, plan, ranges, precision=precision)
+        cpu_engine = build_ort_engine if backend == "onnxruntime" else build_openvino_engine
+        return cpu_engine(graph, plan, ranges, precision=precision)
     if backend == "torch":
         dev = resolve_device(device)
         tp = torch_precision or ("fp16" if plan.default == "fp16" and not plan.layers else "fp32")
