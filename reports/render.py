@@ -13,6 +13,7 @@ from pathlib import Path
 from ..core.errors import CacheFormatError
 from ..core.fileio import atomic_write_text
 from ..core.metrics import pareto_front
+from .page import Bullets, Figure, Heading, Page, Para, Table, to_html, to_markdown
 
 RESULTS_FORMAT = "trtquant-results/1"
 
@@ -50,47 +51,58 @@ def _fmt_drop(r: dict) -> str:
     return f"{d['points']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" + (" (within noise)" if d["within_noise"] else "")
 
 
-def markdown(doc: dict) -> str:
+def evaluation_page(doc: dict) -> Page:
+    """The evaluation report's content, from the results document (rendered by :mod:`.page`)."""
     front = _front(doc)
-    metric = doc["metric"]
-    lines = [f"# Evaluation: {doc['model']['name']} on {doc['data']['name']} ({doc['data']['images']} images)", "",
-             f"Metric: {metric}. Drop = FP32 minus engine, in percentage points, with a 95% paired bootstrap interval; "
-             "an interval containing 0 means the difference is within noise for this many images.", "",
-             "| config | backend | device | " + ("top-1 | top-5 | " if doc["data"]["labelled"] else "")
-             + "agreement | drop pp [95% CI] | SQNR dB | b1 p50/p90/p99 ms | img/s | build s | MB | Pareto |",
-             "|---|---|---|" + ("---|---|" if doc["data"]["labelled"] else "") + "---|---|---|---|---|---|---|---|"]
+    labelled = doc["data"]["labelled"]
+    header = ("config", "backend", "device") + (("top-1", "top-5") if labelled else ()) + (
+        "agreement", "drop pp [95% CI]", "SQNR dB", "b1 p50/p90/p99 ms", "img/s", "build s", "MB", "Pareto")
+    rows = []
     for r in doc["results"]:
         if r.get("status") != "ok":
             reason = r.get("reason", "").replace("|", "/")      # keep the table intact
-            lines.append(f"| {r['config']} | {r['backend']} | failed: {reason[:200]} |")
+            rows.append((r["config"], r["backend"], f"failed: {reason[:200]}"))
             continue
         lat = r["latency_ms"]
-        acc = f"{r['top1'] * 100:.2f} | {r['top5'] * 100:.2f} | " if doc["data"]["labelled"] else ""
         sim = " (simulated)" if r["engine"].get("simulated") else ""
-        lines.append(f"| {r['config']}{sim} | {r['backend']} | {r['engine'].get('device', '')} | {acc}"
-                     f"{r['agreement'] * 100:.1f} | {_fmt_drop(r)} | {r['sqnr_db']:.1f} | "
-                     f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f}{' simulated' if sim else ''} | "
-                     f"{r['throughput']['images_per_s']:.0f} (b{r['throughput']['batch']}){' simulated' if sim else ''} | "
-                     f"{r['build_s']:.2f} | "
-                     f"{(r['engine_bytes'] or 0) / 2**20:.1f} | {'*' if r['config'] in front else ''} |")
-    lines += ["", "## Engines", ""]
-    for r in _rows(doc):
-        lines.append(f"- **{r['config']}**: {r['engine'].get('description', '')}")
-        for c in r.get("trtexec", []):
-            lines.append(f"  - `{c}`")
+        rows.append((f"{r['config']}{sim}", r["backend"], r["engine"].get("device", ""))
+                    + ((f"{r['top1'] * 100:.2f}", f"{r['top5'] * 100:.2f}") if labelled else ())
+                    + (f"{r['agreement'] * 100:.1f}", _fmt_drop(r), f"{r['sqnr_db']:.1f}",
+                       f"{lat['p50']:.2f}/{lat['p90']:.2f}/{lat['p99']:.2f}{' simulated' if sim else ''}",
+                       f"{r['throughput']['images_per_s']:.0f} (b{r['throughput']['batch']}){' simulated' if sim else ''}",
+                       f"{r['build_s']:.2f}", f"{(r['engine_bytes'] or 0) / 2**20:.1f}",
+                       "*" if r["config"] in front else ""))
+    page = Page("trtquant evaluation",
+                f"Evaluation: {doc['model']['name']} on {doc['data']['name']} ({doc['data']['images']} images)")
+    page.add(Para((f"Metric: {doc['metric']}. Drop = FP32 minus engine, in percentage points, with a 95% paired "
+                   "bootstrap interval; an interval containing 0 means the difference is within noise for this "
+                   "many images.",)),
+             Table(header, tuple(rows)),
+             Figure("Accuracy vs latency (Pareto front of measured engines in red; hollow dashed points: simulated "
+                    "engines, whose latency is not a measurement)", _svg_plot(doc)),
+             Heading("Engines"),
+             Bullets(tuple((f"**{r['config']}**: {r['engine'].get('description', '')}",
+                            tuple(f"`{c}`" for c in r.get("trtexec", []))) for r in _rows(doc))))
     for r in _rows(doc):
         if r["plan"].get("layers"):
-            lines += ["", f"## Per-layer precision: {r['config']}", "", "| layer | precision | reason |", "|---|---|---|"]
-            lines += [f"| {lp['node']} | {lp['precision']} | {lp['reason']} |" for lp in r["plan"]["layers"]]
+            page.add(Heading(f"Per-layer precision: {r['config']}"),
+                     Table(("layer", "precision", "reason"),
+                           tuple((lp["node"], lp["precision"], lp["reason"]) for lp in r["plan"]["layers"])))
     env = doc["environment"]
-    lines += ["", "## Environment", "",
-              ", ".join(f"{k} {v}" for k, v in env.items() if k != "argv"),
-              f"command: `{' '.join(env.get('argv', []))}`",
-              f"model fingerprint {doc['model']['fingerprint'][:16]}, data fingerprint {doc['data']['fingerprint'][:16]}"]
     rec = doc.get("recommendation") or {}
-    lines += ["", "## Recommendation", "",
-              (f"Ship **{rec['config']}**: {rec['reason']}." if rec.get("config") else f"None: {rec.get('reason', '')}.")]
-    return "\n".join(lines) + "\n"
+    page.add(Heading("Environment"),
+             Para((", ".join(f"{k} {v}" for k, v in env.items() if k != "argv"),
+                   f"command: `{' '.join(env.get('argv', []))}`",
+                   f"model fingerprint {doc['model']['fingerprint'][:16]}, data fingerprint "
+                   f"{doc['data']['fingerprint'][:16]}")),
+             Heading("Recommendation"),
+             Para((f"Ship **{rec['config']}**: {rec['reason']}." if rec.get("config")
+                   else f"None: {rec.get('reason', '')}.",)))
+    return page
+
+
+def markdown(doc: dict) -> str:
+    return to_markdown(evaluation_page(doc))
 
 
 def _svg_plot(doc: dict, width: int = 640, height: int = 380) -> str:
@@ -146,55 +158,8 @@ def _svg_plot(doc: dict, width: int = 640, height: int = 380) -> str:
     return "\n".join(parts)
 
 
-def _md_table_to_html(md: str) -> str:
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-"} for c in cells):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("  - "):
-            out.append(f"<div class='cmd'>{_inline(line[4:])}</div>")
-        elif line.startswith("- "):
-            out.append(f"<p>{_inline(line[2:])}</p>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    import re
-
-    t = html.escape(text)
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-
-
 def html_report(doc: dict) -> str:
-    body = _md_table_to_html(markdown(doc))
-    plot = (f"<h2>Accuracy vs latency (Pareto front of measured engines in red; hollow dashed points: simulated "
-            f"engines, whose latency is not a measurement)</h2>\n{_svg_plot(doc)}")
-    body = body.replace("<h2>Engines</h2>", plot + "\n<h2>Engines</h2>", 1)
-    css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-           "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
-           "code{background:#f6f6f6;padding:1px 4px}.cmd{margin-left:2em;font-size:12px}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>trtquant evaluation</title>"
-            f"<style>{css}</style></head><body>\n{body}\n</body></html>\n")
+    return to_html(evaluation_page(doc))
 
 
 def write_reports(doc: dict, out: str | Path) -> dict:

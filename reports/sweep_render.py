@@ -6,36 +6,51 @@ import html
 from pathlib import Path
 
 from ..core.fileio import atomic_write_text
-from .render import _md_table_to_html
+from .page import Bullets, Figure, Heading, Page, Para, Table, to_html, to_markdown
+
+
+def sweep_page(doc: dict) -> Page:
+    """The sweep report's content, from the sweep document (rendered by :mod:`.page`)."""
+    s, v = doc["search"], doc["validation"]
+    page = Page("trtquant sweep", f"Mixed-precision sweep: {doc['model']['name']} on {doc['data']['name']} "
+                                  f"({doc['data']['images']} images)")
+    verdict = ("met" if s["met"] else "NOT met") + (" (partial: time budget)" if s["partial"] else "")
+    if v.get("status") == "ok":
+        validation = (f"Validation on {v['backend']} ({'simulated' if v['simulated'] else 'real engine'}): "
+                      f"{v['metric'] * 100:.2f}% -> target {'met' if v['meets_target'] else 'NOT met'}. {v.get('note', '')}")
+    else:
+        validation = f"Validation on {v['backend']} failed: {v.get('reason', '')}"
+    fp16 = set(s["fp16_layers"])
+    ranking = []
+    for i, row in enumerate(doc["sensitivity"]):
+        r, a = row["regain_sqnr_db"], row["alone_int8_sqnr_db"]
+        ranking.append((str(i + 1), row["layer"], "" if r is None else f"{r:+.2f}", "" if a is None else f"{a:.1f}",
+                        "FP16" if row["layer"] in fp16 else "INT8"))
+    t = doc["timings"]
+    page.add(Para((f"Target `{doc['target']['text']}`: {doc['target']['meaning']}. Metric: {doc['metric']} "
+                   f"(FP32 {doc['fp32_metric'] * 100:.2f}%). {doc['calibration']}.",)),
+             Bullets(tuple((n, ()) for n in doc["notes"])),
+             Para((f"Result: target {verdict} with **{len(s['fp16_layers'])} of {doc['layers']}** quantizable layers "
+                   f"in FP16, {s['evaluations']} full-model evaluations. Simulated {doc['metric']}: "
+                   f"{s['simulated_metric'] * 100:.2f}%.",)),
+             Para((validation,)),
+             Heading("Search path (the accuracy/cost front)"),
+             Table(("step", "action", "FP16 layers", "metric %", "target"),
+                   tuple((str(i), p["action"], str(len(p["fp16"])), f"{p['metric'] * 100:.2f}", "met" if p["met"] else "")
+                         for i, p in enumerate(s["path"]))),
+             Figure("Sensitivity: SQNR regained when the layer alone stays FP16 (red: FP16 in the plan)",
+                    sensitivity_svg(doc)),
+             Heading("Sensitivity ranking"),
+             Table(("rank", "layer", "regain when FP16 (SQNR dB)", "alone INT8 (SQNR dB)", "plan"), tuple(ranking)),
+             Heading("Build it"),
+             Bullets(tuple((f"`{c}`", ()) for c in doc["trtexec"])),
+             Para((f"Time: sensitivity {t['sensitivity_s']:.1f} s, search {t['search_s']:.1f} s, "
+                   f"total {t['total_s']:.1f} s.",)))
+    return page
 
 
 def sweep_markdown(doc: dict) -> str:
-    s, v = doc["search"], doc["validation"]
-    lines = [f"# Mixed-precision sweep: {doc['model']['name']} on {doc['data']['name']} ({doc['data']['images']} images)", "",
-             f"Target `{doc['target']['text']}`: {doc['target']['meaning']}. Metric: {doc['metric']} "
-             f"(FP32 {doc['fp32_metric'] * 100:.2f}%). {doc['calibration']}.", ""]
-    lines += [f"- {n}" for n in doc["notes"]]
-    verdict = ("met" if s["met"] else "NOT met") + (" (partial: time budget)" if s["partial"] else "")
-    lines += ["", f"Result: target {verdict} with **{len(s['fp16_layers'])} of {doc['layers']}** quantizable layers in FP16, "
-                  f"{s['evaluations']} full-model evaluations. Simulated {doc['metric']}: {s['simulated_metric'] * 100:.2f}%.", ""]
-    if v.get("status") == "ok":
-        lines.append(f"Validation on {v['backend']} ({'simulated' if v['simulated'] else 'real engine'}): "
-                     f"{v['metric'] * 100:.2f}% -> target {'met' if v['meets_target'] else 'NOT met'}. {v.get('note', '')}")
-    else:
-        lines.append(f"Validation on {v['backend']} failed: {v.get('reason', '')}")
-    lines += ["", "## Search path (the accuracy/cost front)", "", "| step | action | FP16 layers | metric % | target |", "|---|---|---|---|---|"]
-    for i, p in enumerate(s["path"]):
-        lines.append(f"| {i} | {p['action']} | {len(p['fp16'])} | {p['metric'] * 100:.2f} | {'met' if p['met'] else ''} |")
-    lines += ["", "## Sensitivity ranking", "", "| rank | layer | regain when FP16 (SQNR dB) | alone INT8 (SQNR dB) | plan |", "|---|---|---|---|---|"]
-    fp16 = set(s["fp16_layers"])
-    for i, row in enumerate(doc["sensitivity"]):
-        r, a = row["regain_sqnr_db"], row["alone_int8_sqnr_db"]
-        lines.append(f"| {i + 1} | {row['layer']} | {'' if r is None else f'{r:+.2f}'} | {'' if a is None else f'{a:.1f}'} | "
-                     f"{'FP16' if row['layer'] in fp16 else 'INT8'} |")
-    lines += ["", "## Build it", ""] + [f"- `{c}`" for c in doc["trtexec"]]
-    t = doc["timings"]
-    lines += ["", f"Time: sensitivity {t['sensitivity_s']:.1f} s, search {t['search_s']:.1f} s, total {t['total_s']:.1f} s."]
-    return "\n".join(lines) + "\n"
+    return to_markdown(sweep_page(doc))
 
 
 def sensitivity_svg(doc: dict, width: int = 720, bar: int = 9) -> str:
@@ -59,13 +74,6 @@ def sensitivity_svg(doc: dict, width: int = 720, bar: int = 9) -> str:
 
 def write_sweep_reports(doc: dict, out: str | Path) -> None:
     out = Path(out)
-    md = sweep_markdown(doc)
-    atomic_write_text(out / "sweep.md", md)
-    body = _md_table_to_html(md)
-    plot = ("<h2>Sensitivity: SQNR regained when the layer alone stays FP16 (red: FP16 in the plan)</h2>\n"
-            + sensitivity_svg(doc))
-    body = body.replace("<h2>Sensitivity ranking</h2>", plot + "\n<h2>Sensitivity ranking</h2>", 1)
-    css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:3px 7px;font-size:12px}th{background:#f3f3f3}code{background:#f6f6f6}")
-    atomic_write_text(out / "sweep.html", f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                                          f"<title>trtquant sweep</title><style>{css}</style></head><body>\n{body}\n</body></html>\n")
+    page = sweep_page(doc)
+    atomic_write_text(out / "sweep.md", to_markdown(page))
+    atomic_write_text(out / "sweep.html", to_html(page))
