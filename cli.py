@@ -327,7 +327,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_report(args) -> int:
     from trtquant.core.fileio import OutputSet
-    from trtquant.quant.results import read_results
+    from trtquant.core.results import read_results
     from trtquant.reports.render import html_report, markdown
 
     doc = read_results(args.results)

@@ -28,7 +28,7 @@ from ..core.cache import TrtCache
 from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, open_capped, ranges_from_stats, statistics
 from .ort_int8 import lower_for_onnxruntime
 from .qdq import build_qdq_model
-from .results import validate_results
+from ..core.results import RESULTS_FORMAT, validate_results
 from ..datasets import PRESETS
 from . import backends
 from .models import resolve_model
@@ -38,7 +38,6 @@ from ..reports import render
 
 log = logging.getLogger(__name__)
 
-RESULTS_FORMAT = "trtquant-results/1"
 PARTIAL_NAME = "results.partial.json"
 """Progress of a run (rewritten after every configuration; --resume reads it). results.json and the
 reports are moved into place together only when the run completes, so an interrupted run never

@@ -7,28 +7,16 @@ Pareto front marked. ``cli.py report RESULT.json`` re-renders without re-running
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
-from ..core.errors import CacheFormatError
 from ..core.fileio import atomic_write_text
 from ..core.metrics import pareto_front
+from ..core.results import read_results
 from .page import Bullets, Figure, Heading, Page, Para, Table, to_html, to_markdown
 
-RESULTS_FORMAT = "trtquant-results/1"
-
-
 def load_results(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CacheFormatError("results file not found", subject=str(path))
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CacheFormatError("results file is not valid JSON", subject=str(path), got=str(err)[:200]) from err
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
-        raise CacheFormatError("not an evaluation results file", subject=str(path), expected=repr(RESULTS_FORMAT))
-    return doc
+    """A results.json, format and every field the report reads checked (:func:`..core.results.read_results`)."""
+    return read_results(path)
 
 
 def _acc(r: dict, doc: dict) -> float:

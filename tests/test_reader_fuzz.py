@@ -15,7 +15,7 @@ from trtquant import cli
 from trtquant.core.cache import TrtCache, read_ranges_json, read_trt_cache
 from trtquant.core.errors import QuantError
 from trtquant.quant.plan import PrecisionPlan
-from trtquant.quant.results import read_results
+from trtquant.core.results import read_results
 from trtquant.core.types import CalibrationStats, TensorHistogram
 
 SEED = 20261202

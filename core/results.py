@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import CacheFormatError
-from ..core.fileio import read_json_document
+from .errors import CacheFormatError
+from .fileio import read_json_document
 
 RESULTS_FORMAT = "trtquant-results/1"
 
