@@ -93,9 +93,7 @@ class HistogramCollector:
             if st.numel == 0:
                 raise CalibrationError("no statistics collected", subject=f"tensor {n!r}",
                                        hint="the tensor was never computed; is the dataset empty?")
-            if st.width == 0:
-                counts = np.array([float(st.numel)])
-            elif not self.with_histograms:
+            if st.width == 0 or not self.with_histograms:
                 counts = np.array([float(st.numel)])
             else:
                 counts = fold_signed(st.counts.cpu().numpy().astype(np.float64))

@@ -223,7 +223,7 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         info = EngineInfo(backend="torch", precision=precision if needs_ranges else tp, device=str(dev),
                           simulated=simulated, description=desc)
         if fast and dev.type == "cuda":
-            info = EngineInfo(**{**info.__dict__, "description": info.description + ", channels-last, CUDA graphs"})
+            info = replace(info, description=info.description + ", channels-last, CUDA graphs")
         return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast)
 
     return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode)

@@ -31,6 +31,7 @@ from .qdq import build_qdq_model
 from ..core.results import RESULTS_FORMAT, validate_results
 from ..datasets import PRESETS
 from . import backends
+from ..calibrators.algorithms import ALGORITHMS
 from .models import resolve_model
 from .plan import resolve_plan
 from .build import trtexec_commands
@@ -47,9 +48,10 @@ replaces a complete earlier set."""
 def results_outputs() -> dict:
     """The files evaluate writes into ``--out`` and their same-kind tests."""
     return {"results.json": json_format(RESULTS_FORMAT), PARTIAL_NAME: json_format(RESULTS_FORMAT)}
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-INT8_METHODS = ("entropy", "minmax", "percentile", "mse")
-CONFIG_NAMES = PRECISIONS + tuple(f"int8:{m}" for m in INT8_METHODS)
+
+
+FLOAT_CONFIGS = tuple(backends.TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
+CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in ALGORITHMS)     # int8:<every range algorithm>
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ class ConfigSpec:
 def parse_configs(text: str) -> list[ConfigSpec]:
     specs = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
-        if item in PRECISIONS:
+        if item in FLOAT_CONFIGS:
             specs.append(ConfigSpec(item, item))
-        elif item.startswith("int8:") and item[5:] in INT8_METHODS:
+        elif item.startswith("int8:") and item[5:] in ALGORITHMS:
             specs.append(ConfigSpec(item, "fp32", method=item[5:]))
         elif item == "int8":
             specs.append(ConfigSpec("int8:entropy", "fp32", method="entropy"))
@@ -312,7 +314,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"))
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
-            tp = spec.precision if spec.precision in PRECISIONS and settings.backend == "torch" else None
+            tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
             engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             row["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
