@@ -40,10 +40,10 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
-    from trtquant.core.targets import BACKENDS  # noqa: E402
+    from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
-    from .core.targets import BACKENDS
+    from .core.targets import BACKENDS, TARGET_FORMS
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -292,17 +292,13 @@ def cmd_evaluate(args) -> int:
     from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
     from trtquant.core.targets import parse_target
 
-    target = parse_target(args.target_drop)
-    if target.kind != "abs":
-        raise ConfigError("evaluate's recommendation takes a drop in percentage points", subject="--target-drop",
-                          got=repr(args.target_drop), expected="e.g. 0.5% (pp of top-1)",
-                          hint="the 'rel' and 'agree:' forms are for sweep")
+    parse_target(args.target_drop)          # before any work: the error names the flag
     parse_configs(args.configs)
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
-                            latency_iters=args.latency_iters, device=args.device, target_drop=target.value)
+                            latency_iters=args.latency_iters, device=args.device, target=args.target_drop)
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -519,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--latency-iters", type=COUNT, default=50, help="batch-1 latency iterations")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
     e.add_argument("--target-drop", default="0.5%", type=_target,
-                   help="accuracy drop allowed for the recommendation, in percentage points of top-1: 0.5%% or 0.5")
+                   help="the recommendation's accuracy target: " + TARGET_FORMS.replace("%", "%%"))
     e.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
     e.add_argument("--resume", action="store_true",
                    help="keep configurations already measured with the same settings (OUT/results.partial.json or "
@@ -543,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "calib.bin and sweep.json/.md/.html into --out.",
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     w.add_argument("--target-drop", default="0.5%", type=_target,
-                   help="0.5%% (pp of top-1), 0.5%%rel (relative to FP32's top-1) or agree:99%% (agreement with FP32)")
+                   help="the plan's accuracy target: " + TARGET_FORMS.replace("%", "%%"))
     _model_flags(w, "the model to plan")
     _data_flags(w, num_help="evaluation images (default: all, at most 1000)")
     w.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")

@@ -21,6 +21,7 @@ import torch
 
 from ..core import metrics
 from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
+from ..core.targets import Target, parse_target
 from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
 from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
 from ..core.types import RangeSet
@@ -100,14 +101,14 @@ class EvalSettings:
     batch_size: int = 64                 # evaluation batches; also the throughput batch
     latency_iters: int = 50
     device: str = "auto"
-    target_drop: float = 0.5             # percentage points of top-1 (agreement when unlabelled)
+    target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
     bootstrap: int = 2000
 
     def key(self) -> dict:
         """The settings that make two measurements of one configuration comparable (for --resume)."""
         d = asdict(self)
         d.pop("configs")
-        d.pop("target_drop")
+        d.pop("target")
         return d
 
 
@@ -362,7 +363,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             log.warning("%s failed: %s", spec.name, err)
         doc["results"].append(row)
         save()
-    doc["recommendation"] = recommend(doc, settings.target_drop)
+    doc["recommendation"] = recommend(doc, parse_target(settings.target))
 
     # the complete set, moved into place together; the progress file goes only after that
     out.mkdir(exist_ok=True)
@@ -395,23 +396,40 @@ def graph_num_classes(graph) -> int | None:
     return None
 
 
-def recommend(doc: dict, target_drop: float) -> dict:
+def recommend(doc: dict, target: Target) -> dict:
     """The fastest *measured* engine within the target. A simulated engine's latency is not a measurement:
     it never wins the speed ranking; when one is within the target the recommendation says what could
     not be measured."""
     ok = [r for r in doc["results"] if r.get("status") == "ok"]
-    within = [r for r in ok if r["drop_pp"]["points"] <= target_drop]
+    fp32 = next((r for r in ok if r["config"] == "fp32"), None)
+    fp32_acc = (fp32["top1"] if doc["data"]["labelled"] else fp32["agreement"]) if fp32 else 1.0
+    drop_kind = target.kind in ("abs", "rel")
+    allowed = target.allowed_drop(fp32_acc) if drop_kind else None
+
+    def meets(r) -> bool:
+        if target.kind == "sqnr":
+            return r["sqnr_db"] >= target.value
+        if target.kind == "cosine":
+            return r.get("cosine", 0.0) >= target.value
+        if target.kind == "agree":
+            return r["agreement"] * 100 >= target.value - 1e-9
+        return r["drop_pp"]["points"] <= allowed + 1e-9
+
+    within = [r for r in ok if meets(r)]
     measured = [r for r in within if not r["engine"].get("simulated")]
     simulated = [r["config"] for r in within if r["engine"].get("simulated")]
     unmeasured = (f"; {', '.join(simulated)} also meet the target but ran simulated (no real INT8 engine here, e.g. "
                   f"TensorRT absent): their speed is not measured, so they are not ranked" if simulated else "")
+    wanted = (f"loses at most {allowed:g} pp of {doc['metric']}" if drop_kind else f"meets the target: {target.describe()}")
+    rec = {"target": target.text, **({"target_drop_pp": allowed} if drop_kind else {})}
     if not measured:
-        return {"config": None, "target_drop_pp": target_drop,
-                "reason": f"no measured engine loses at most {target_drop} pp of {doc['metric']}" + unmeasured}
+        return {"config": None, **rec, "reason": f"no measured engine {wanted}" + unmeasured}
     best = min(measured, key=lambda r: r["latency_ms"]["p50"])
-    noisy = best["drop_pp"]["ci95"][1] > target_drop
-    return {"config": best["config"], "target_drop_pp": target_drop,
-            "reason": (f"fastest measured engine at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines "
-                       f"losing at most {target_drop} pp ({best['drop_pp']['points']:+.2f} pp)"
+    noisy = drop_kind and best["drop_pp"]["ci95"][1] > allowed
+    how = (f"losing at most {allowed:g} pp ({best['drop_pp']['points']:+.2f} pp)" if drop_kind else
+           f"meeting {target.describe()} (SQNR {best['sqnr_db']:.1f} dB, cosine {best.get('cosine', float('nan')):.5f}, "
+           f"agreement {best['agreement'] * 100:.1f}%)")
+    return {"config": best["config"], **rec,
+            "reason": (f"fastest measured engine at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines {how}"
                        + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else "")
                        + unmeasured)}

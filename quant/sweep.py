@@ -20,7 +20,6 @@ INT8's); the chosen plan is then rebuilt as a real engine and measured (``valida
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..core import metrics
+from ..core.targets import FIDELITY_KINDS, Target, parse_target
 from ..core.errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
 from ..core.numerics import fake_quant
@@ -47,50 +47,6 @@ from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_di
 from .models import resolve_model
 from .qdq import build_qdq_model
 from ..reports.sweep_render import write_sweep_reports
-
-
-@dataclass(frozen=True)
-class Target:
-    kind: str          # abs | rel | agree
-    value: float       # pp (abs), percent of FP32 accuracy (rel), minimum agreement in percent (agree)
-    text: str
-
-    def describe(self) -> str:
-        if self.kind == "abs":
-            return f"lose at most {self.value:g} percentage points of top-1 vs FP32"
-        if self.kind == "rel":
-            return f"lose at most {self.value:g}% of FP32's top-1 (relative)"
-        return f"agree with FP32's top-1 on at least {self.value:g}% of images"
-
-    def allowed_drop(self, fp32_acc: float) -> float:
-        """Allowed drop in pp of the metric (accuracy or agreement)."""
-        if self.kind == "abs":
-            return self.value
-        if self.kind == "rel":
-            return fp32_acc * 100 * self.value / 100
-        return 100 - self.value
-
-    def met(self, fp32_acc: float, acc: float, margin_pp: float = 0.0) -> bool:
-        """Within the target, with ``margin_pp`` percentage points to spare (search tighter than you validate)."""
-        return (fp32_acc - acc) * 100 + margin_pp <= self.allowed_drop(fp32_acc) + 1e-9
-
-
-def parse_target(text: str) -> Target:
-    t = text.strip().lower().replace(" ", "")
-    m = re.fullmatch(r"(?:agree:)?(\d+(?:\.\d+)?)%agree|agree:(\d+(?:\.\d+)?)%", t)
-    if m:
-        v = float(m.group(1) or m.group(2))
-        if not 0 < v <= 100:
-            raise ConfigError("invalid agreement target", subject="--target-drop", got=text, expected="agree:P% with 0 < P <= 100")
-        return Target("agree", v, text)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)%?(rel)?", t)
-    if not m:
-        raise ConfigError("invalid target", subject="--target-drop", got=repr(text),
-                          expected="0.5% (pp of top-1), 0.5%rel (relative) or agree:99% (agreement with FP32)")
-    v = float(m.group(1))
-    if v < 0 or (m.group(2) and v > 100):
-        raise ConfigError("invalid target", subject="--target-drop", got=repr(text), expected="a drop >= 0")
-    return Target("rel" if m.group(2) else "abs", v, text)
 
 
 class QuantSim:
@@ -176,7 +132,8 @@ class SearchResult:
 
 def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], meets: Callable[[float], bool], *,
                   cost: Callable[[Sequence[str]], float] | None = None, time_budget_s: float | None = None,
-                  clock: Callable[[], float] = time.perf_counter) -> SearchResult:
+                  clock: Callable[[], float] = time.perf_counter,
+                  fmt: Callable[[float], str] = lambda v: f"{v * 100:.2f}%") -> SearchResult:
     """Greedy FP16 selection in ``order`` with whole-model verification, then pruning.
 
     ``evaluate(fp16_set) -> metric`` measures the mixed model; ``meets(metric)`` is the target.
@@ -212,7 +169,7 @@ def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], 
         best = max(res.path, key=lambda s: s.accuracy)
         res.note = ("time budget spent before the target was met" if res.partial else
                     f"target not met even with all {len(fp16)} ranked layers in FP16 (best metric "
-                    f"{best.accuracy * 100:.2f}%)")
+                    f"{fmt(best.accuracy)})")
         return res
     # prune: return to INT8 every FP16 layer that turns out unnecessary (least sensitive first)
     for layer in reversed(list(fp16)):
@@ -292,7 +249,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []
-    if not labelled and target.kind != "agree":
+    if not labelled and target.kind in ("abs", "rel"):
         target = Target("agree", 100 - target.allowed_drop(1.0), target.text)
         notes.append(f"no labels: the target is read as agreement with FP32 ({target.describe()})")
     if settings.ranges:
@@ -308,11 +265,23 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     sim = QuantSim(graph, ranges, device)
     all_int8 = set(sim.layers)
     ref = sim.logits(x, set())
-    by_top1 = labelled and target.kind != "agree"        # agreement targets measure agreement, labels or not
-    fp32_metric = float(metrics.topk_correct(ref, labels, 1).mean()) if by_top1 else 1.0
+    by_top1 = labelled and target.kind in ("abs", "rel")    # agreement and fidelity targets need no labels
+    if target.kind == "sqnr":
+        fp32_metric = None                                      # FP32 against itself: no noise
 
-    def metric(logits):
-        return float(metrics.topk_correct(logits, labels, 1).mean()) if by_top1 else float(metrics.agreement(logits, ref).mean())
+        def metric(logits):
+            return min(float(metrics.sqnr_db(ref, logits)), 300.0)     # identical outputs: "inf" capped for JSON
+    elif target.kind == "cosine":
+        fp32_metric = 1.0
+
+        def metric(logits):
+            return float(metrics.mean_cosine(ref, logits))
+    else:
+        fp32_metric = float(metrics.topk_correct(ref, labels, 1).mean()) if by_top1 else 1.0
+
+        def metric(logits):
+            return (float(metrics.topk_correct(logits, labels, 1).mean()) if by_top1
+                    else float(metrics.agreement(logits, ref).mean()))
 
     # sensitivity on the proxy subset: one FP32 pass (ref) reused, two views per layer
     t_sens = time.perf_counter()
@@ -337,7 +306,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     if settings.margin_pp:
         notes.append(f"searched with a margin of {settings.margin_pp:g} pp below the target")
     result = greedy_search(order, lambda fp16: metric(sim.logits(x, all_int8 - set(fp16))),
-                           lambda acc: target.met(fp32_metric, acc, settings.margin_pp), time_budget_s=remaining)
+                           lambda acc: target.met(fp32_metric, acc, settings.margin_pp), time_budget_s=remaining,
+                           fmt=target.format)
     search_s = time.perf_counter() - t_search
     plan = plan_from_search(graph, result.fp16, regain, target, name=f"sweep-{rm.name}")
     final_sim = result.path[-1].accuracy if result.path else float("nan")
@@ -375,9 +345,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
                            "simulated": engine.info.simulated,
                            "meets_target": target.met(fp32_metric, measured)})
         if not validation["meets_target"]:
-            notes.append(f"the real engine measures {measured * 100:.2f}% against {final_sim * 100:.2f}% simulated and "
-                         f"misses the target: on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images "
-                         f"or search with --margin")
+            notes.append(f"the real engine measures {target.format(measured)} against {target.format(final_sim)} "
+                         f"simulated and misses the target" + ("" if target.kind in FIDELITY_KINDS else
+                         f": on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images or search with --margin"))
     except Exception as err:  # validation must not lose the plan: report why it failed
         validation.update({"status": "failed", "reason": f"{type(err).__name__}: {err}"[:400]})
 
@@ -385,7 +355,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
         "format": "trtquant-sweep/1", "model": {"name": rm.name, "fingerprint": graph.fingerprint()},
         "data": {"name": source.name, "images": int(len(x)), "labelled": labelled, "fingerprint": source.fingerprint()},
         "target": {"text": target.text, "kind": target.kind, "value": target.value, "meaning": target.describe()},
-        "metric": "top-1" if by_top1 else "agreement with FP32 top-1", "fp32_metric": fp32_metric,
+        "metric": target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1"), "fp32_metric": fp32_metric,
         "calibration": calib_note, "layers": len(sim.layers), "notes": notes + ([result.note] if result.note else []),
         "sensitivity": [{"layer": n, "regain_sqnr_db": regain.get(n), "alone_int8_sqnr_db": alone.get(n)}
                         for n in order] + [{"layer": n, "regain_sqnr_db": None, "alone_int8_sqnr_db": None}

@@ -6,18 +6,21 @@ import html
 from pathlib import Path
 
 from ..core.fileio import atomic_write_text
+from ..core.targets import FIDELITY_KINDS, Target
 from .page import Bullets, Figure, Heading, Page, Para, Table, to_html, to_markdown
 
 
 def sweep_page(doc: dict) -> Page:
     """The sweep report's content, from the sweep document (rendered by :mod:`.page`)."""
     s, v = doc["search"], doc["validation"]
+    target = Target(doc["target"]["kind"], doc["target"]["value"], doc["target"]["text"])
+    fmt = target.format
     page = Page("trtquant sweep", f"Mixed-precision sweep: {doc['model']['name']} on {doc['data']['name']} "
                                   f"({doc['data']['images']} images)")
     verdict = ("met" if s["met"] else "NOT met") + (" (partial: time budget)" if s["partial"] else "")
     if v.get("status") == "ok":
         validation = (f"Validation on {v['backend']} ({'simulated' if v['simulated'] else 'real engine'}): "
-                      f"{v['metric'] * 100:.2f}% -> target {'met' if v['meets_target'] else 'NOT met'}. {v.get('note', '')}")
+                      f"{fmt(v['metric'])} -> target {'met' if v['meets_target'] else 'NOT met'}. {v.get('note', '')}")
     else:
         validation = f"Validation on {v['backend']} failed: {v.get('reason', '')}"
     fp16 = set(s["fp16_layers"])
@@ -28,15 +31,16 @@ def sweep_page(doc: dict) -> Page:
                         "FP16" if row["layer"] in fp16 else "INT8"))
     t = doc["timings"]
     page.add(Para((f"Target `{doc['target']['text']}`: {doc['target']['meaning']}. Metric: {doc['metric']} "
-                   f"(FP32 {doc['fp32_metric'] * 100:.2f}%). {doc['calibration']}.",)),
+                   f"(FP32 {fmt(doc['fp32_metric']) if doc['fp32_metric'] is not None else 'exact'}). "
+                   f"{doc['calibration']}.",)),
              Bullets(tuple((n, ()) for n in doc["notes"])),
              Para((f"Result: target {verdict} with **{len(s['fp16_layers'])} of {doc['layers']}** quantizable layers "
                    f"in FP16, {s['evaluations']} full-model evaluations. Simulated {doc['metric']}: "
-                   f"{s['simulated_metric'] * 100:.2f}%.",)),
+                   f"{fmt(s['simulated_metric'])}.",)),
              Para((validation,)),
              Heading("Search path (the accuracy/cost front)"),
-             Table(("step", "action", "FP16 layers", "metric %", "target"),
-                   tuple((str(i), p["action"], str(len(p["fp16"])), f"{p['metric'] * 100:.2f}", "met" if p["met"] else "")
+             Table(("step", "action", "FP16 layers", "metric" if target.kind in FIDELITY_KINDS else "metric %", "target"),
+                   tuple((str(i), p["action"], str(len(p["fp16"])), fmt(p["metric"]).rstrip("%"), "met" if p["met"] else "")
                          for i, p in enumerate(s["path"]))),
              Figure("Sensitivity: SQNR regained when the layer alone stays FP16 (red: FP16 in the plan)",
                     sensitivity_svg(doc)),

@@ -27,9 +27,45 @@ def test_target_parsing_and_meaning():
     assert a.kind == "agree" and a.met(1.0, 0.99) and not a.met(1.0, 0.985)
     assert parse_target("99%agree").kind == "agree" and parse_target("1").value == 1.0
     assert t.met(0.80, 0.797) and not t.met(0.80, 0.797, margin_pp=0.3)      # margin: 0.3 + 0.3 > 0.5
-    for bad in ("abc", "-1%", "agree:150%", "5%%"):
+    for bad in ("abc", "-1%", "agree:150%", "5%%", "sqnr:-3", "sqnr:abc", "cosine:1.5", "cosine:0"):
         with pytest.raises(ConfigError, match="--target-drop"):
             parse_target(bad)
+    # fidelity targets: any model's outputs against FP32's, no labels needed
+    q = parse_target("SQNR: 30 dB")
+    assert (q.kind, q.value) == ("sqnr", 30.0) and parse_target("sqnr:30").value == 30.0
+    assert q.met(None, 30.0) and not q.met(None, 29.99) and q.format(31.234) == "31.2 dB"
+    c = parse_target("cosine:0.999")
+    assert (c.kind, c.value) == ("cosine", 0.999) and c.met(1.0, 0.9991) and not c.met(1.0, 0.9989)
+    assert t.format(0.8125) == "81.25%" and "SQNR" in q.metric_name
+
+
+def test_evaluate_recommendation_follows_every_target_kind():
+    from trtquant.quant.evaluate import recommend
+    from trtquant.reports.render import load_results
+
+    doc = load_results(Path(__file__).parent / "data" / "results_mobilenet_ort.json")
+    # recorded: fp32 2.99 ms (inf dB), int8:entropy 4.34 ms (12.08 dB, cos 0.9681, -5 pp), int8:percentile
+    # 4.44 ms (13.04 dB, cos 0.9743, 0 pp); agreement 95% for both INT8 rows
+    assert recommend(doc, parse_target("0.5%"))["config"] == "fp32"           # fastest of all, and exact
+    doc["results"] = [r for r in doc["results"] if r["config"] != "fp32"]
+    assert recommend(doc, parse_target("0.5%"))["config"] == "int8:percentile"     # entropy loses 5 pp
+    assert recommend(doc, parse_target("sqnr:12dB"))["config"] == "int8:entropy"    # both qualify: the faster
+    assert recommend(doc, parse_target("sqnr:12.5dB"))["config"] == "int8:percentile"
+    assert recommend(doc, parse_target("cosine:0.97"))["config"] == "int8:percentile"
+    assert recommend(doc, parse_target("agree:95%"))["config"] == "int8:entropy"
+    none = recommend(doc, parse_target("sqnr:20dB"))
+    assert none["config"] is None and "SQNR" in none["reason"] and none["target"] == "sqnr:20dB"
+
+
+def test_sweep_on_an_output_fidelity_target(tmp_path):
+    doc = sweep(SweepSettings(target="sqnr:18dB", proxy_images=6, device="cpu", num_images=12, calib_images=12),
+                out=tmp_path / "s", progress=False)
+    assert doc["metric"] == "SQNR dB vs FP32" and doc["fp32_metric"] is None
+    s = doc["search"]
+    assert s["met"] and s["simulated_metric"] >= 18 and all(p["metric"] > 1 for p in s["path"])     # dB, not a fraction
+    assert all(p["met"] == (p["metric"] >= 18) for p in s["path"])
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "outputs within 18 dB SQNR of FP32" in md and " dB" in md
 
 
 # --- search on synthetic sensitivity tables ---------------------------------------------------------
