@@ -351,11 +351,13 @@ def test_flags_are_validated_by_argparse_naming_the_flag(tmp_path, capsys, verb,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_M1_evaluate_target_forms_of_sweep_get_a_clear_message(w, tmp_path, capsys):
-    for value in ("0.5%rel", "agree:99%"):
-        rc, _, err = run(["evaluate", "--onnx", w / "tiny.onnx", *EV, "--target-drop", value,
-                          "--out", tmp_path / "e1"], capsys)
-        assert rc == 2 and "--target-drop" in err and "percentage points" in err and "sweep" in err
+def test_M1_evaluate_takes_every_target_form_and_names_the_flag_on_a_bad_one(w, tmp_path, capsys):
+    # evaluate and sweep share one grammar (core.targets): the forms sweep takes are valid here too
+    for value in ("0.5%rel", "agree:99%", "sqnr:30dB", "cosine:0.999"):
+        with pytest.raises(SystemExit) as exc:
+            run(["evaluate", "--onnx", w / "tiny.onnx", *EV, "--target-drop", value + "x", "--out", tmp_path / "e1"], capsys)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--target-drop" in err and "sqnr:30dB" in err, err
     assert not (tmp_path / "e1").exists()
 
 
