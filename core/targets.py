@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 
-TARGET_FORMS = ("0.5% (pp of top-1), 0.5%rel (relative to FP32's top-1), agree:99% (agreement with FP32), "
+TARGET_FORMS = ("0.5% (percentage points of top-1), 0.5%rel (relative to FP32's top-1), agree:99% (agreement with FP32), "
                 "sqnr:30dB (output SQNR vs FP32) or cosine:0.999 (mean output cosine vs FP32)")
 
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
