@@ -532,8 +532,8 @@ def test_L9_help_is_complete(capsys):
             l for l in text.split("(default:")[1:])), name
         for line in text.split("(default:")[1:]:
             assert "(default:" not in line
-    helptext = sub.choices["evaluate"].format_help()
-    assert "0.5%" in helptext and "percentage points" in helptext
+    helptext = " ".join(sub.choices["evaluate"].format_help().split())
+    assert "0.5%" in helptext and "percentage points" in helptext and "sqnr:30dB" in helptext
     assert "1 diff found differences" in sub.choices["cache"].format_help()
     assert "1 errors found" in sub.choices["lint"].format_help()
     calib = " ".join(sub.choices["calibrate"].format_help().split())
