@@ -195,10 +195,31 @@ def _explicit_flags(args) -> set:
     return {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
 
 
+def _require_input_file(flag: str, value) -> None:
+    """An input file flag names an existing file: checked before any work, naming the flag."""
+    if value is not None and not Path(value).is_file():
+        raise ConfigError("file not found" if not Path(value).exists() else "not a file", subject=f"{flag} {value}",
+                          hint="check the path")
+
+
+def _check_precision(value: str) -> None:
+    from trtquant.quant.plan import PRESETS
+
+    if value in PRESETS or Path(value).is_file():
+        return
+    hint = (f"presets are lower-case: --precision {value.lower()}" if value.lower() in PRESETS
+            else "use a preset or the path of a plan JSON written by trtquant (e.g. by sweep)")
+    raise ConfigError("unknown precision", subject=f"--precision {value}",
+                      got="neither a preset nor an existing plan file", expected=" | ".join(PRESETS) + " | PLAN.json",
+                      hint=hint)
+
+
 def cmd_build(args) -> int:
     from trtquant.quant.build import build_engine
 
     explicit = _explicit_flags(args)
+    _check_precision(args.precision)
+    _require_input_file("--ranges", args.ranges)
     if args.backend != "torch":
         for flag in ("torch_precision", "device"):
             if flag in explicit:
@@ -351,6 +372,7 @@ def cmd_sweep(args) -> int:
     from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
     from trtquant.quant.sweep import SweepSettings, sweep
 
+    _require_input_file("--ranges", args.ranges)
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
@@ -575,7 +597,7 @@ def _os_error(err: OSError) -> QuantError:
             errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
     hint = "earlier outputs were left untouched where the command plans its outputs; free space or choose another path"
     env = os.environ.get("TRTQUANT_CACHE_DIR")
-    if env and str(path).startswith(env.rstrip("/")):
+    if env and path and os.path.abspath(path).startswith(os.path.abspath(env)):
         hint = "$TRTQUANT_CACHE_DIR must name a writable directory"
     return QuantError(f"file system error: {what}", subject=str(path) or None,
                       got=f"[Errno {err.errno}] {err.strerror}" if err.errno else str(err), hint=hint)

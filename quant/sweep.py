@@ -42,7 +42,7 @@ from .build import trtexec_commands
 from ..core.runtime import resolve_device
 from ..core.cache import TrtCache, write_trt_cache
 from .cache_tools import load_ranges
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, open_capped, ranges_from_stats, statistics
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, open_capped, ranges_from_stats, statistics
 from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, json_text
 from .models import resolve_model
 from .qdq import build_qdq_model
@@ -101,7 +101,8 @@ class QuantSim:
     def __init__(self, graph: OnnxGraph, ranges: RangeSet, device: torch.device):
         self.graph = graph
         self.ranges = ranges
-        self.ex = TorchGraphExecutor(graph, device)
+        self.ex = TorchGraphExecutor(graph, device, unsupported_hint="sweep simulates the plans with PyTorch, so it "
+                                                                     "needs a model of the operators it supports")
         self.layers = quantizable_nodes(graph)
         self.scales = {n: r.scale for n, r in ranges.ranges.items()}
         self._placements: dict[frozenset, Placement] = {}
@@ -289,6 +290,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     batches = list(source.batches(64, progress=progress))
     x = np.concatenate([b.images for b in batches])
+    _check_input_shape(graph, x[:1], source.name,
+                       hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []

@@ -536,3 +536,98 @@ def test_L9_help_is_complete(capsys):
     assert "1 errors found" in sub.choices["lint"].format_help()
     calib = " ".join(sub.choices["calibrate"].format_help().split())
     assert "at most 1000) (default" not in calib and "CACHE.ranges.json) (default" not in calib
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 11: cases of the review that the earlier pass left open, or had no test
+# ------------------------------------------------------------------------------------------------
+
+def test_M11_relative_cache_dir_that_is_a_file_names_the_variable(w, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(w)
+    monkeypatch.setenv("TRTQUANT_CACHE_DIR", "./photo.jpg")          # the review's exact form
+    before = snapshot(w)
+    rc, _, err = run(["calibrate", "--num-images", "4", *T, "--cache", tmp_path / "x2.bin"], capsys)
+    assert rc == 2 and "photo.jpg" in err and "$TRTQUANT_CACHE_DIR must name a writable directory" in err
+    assert "Traceback" not in err and snapshot(w) == before and list(tmp_path.iterdir()) == []
+
+
+def test_M15_build_takes_its_own_qdq_model_and_its_json_as_ranges(w, tmp_path, capsys):
+    B = ["build", "--onnx", w / "tiny.onnx", "--precision", "int8"]
+    assert run([*B, "--ranges", w / "base.bin", "--out", tmp_path / "eng"], capsys)[0] == 0
+    rc, _, err = run([*B, "--ranges", tmp_path / "eng" / "model_qdq.onnx", "--out", tmp_path / "bx6"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "bx6" / "engine.json").is_file()
+    assert run(["cache", "convert", tmp_path / "eng" / "model_qdq.onnx", "--out", tmp_path / "q.json"], capsys)[0] == 0
+    rc, _, err = run([*B, "--ranges", tmp_path / "q.json", "--out", tmp_path / "bx7"], capsys)
+    assert rc == 0, err
+
+
+def test_L1_cache_convert_names_its_input_file_not_ranges(w, tmp_path, capsys):
+    # tiny's cache converted against the default model (no --onnx): the file and --onnx are named, not --ranges
+    rc, _, err = run(["cache", "convert", w / "base.bin", "--out", tmp_path / "x.onnx"], capsys)
+    assert rc == 2 and "ranges do not match" in err and f"| {w / 'base.bin'}:" in err
+    assert "--ranges" not in err and "--onnx MODEL.onnx" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_L1_build_and_sweep_name_precision_and_ranges(w, tmp_path, capsys):
+    B = ["build", "--onnx", w / "tiny.onnx", "--out", tmp_path / "b"]
+    rc, _, err = run([*B, "--precision", "int4"], capsys)
+    assert rc == 2 and "unknown precision | --precision int4" in err and "fp32 | fp16 | int8 | PLAN.json" in err
+    rc, _, err = run([*B, "--precision", "INT8"], capsys)
+    assert rc == 2 and "--precision INT8" in err and "lower-case: --precision int8" in err
+    rc, _, err = run([*B, "--precision", "int8", "--ranges", tmp_path / "nope.bin"], capsys)
+    assert rc == 2 and f"file not found | --ranges {tmp_path / 'nope.bin'}" in err
+    rc, _, err = run(["sweep", *tiny(w), "--ranges", tmp_path / "nope.bin", "--out", tmp_path / "s"], capsys)
+    assert rc == 2 and f"file not found | --ranges {tmp_path / 'nope.bin'}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_L1_sweep_input_shape_hint_names_no_flag_sweep_lacks(w, tmp_path, capsys):
+    tiny_model(tmp_path / "small32.onnx", size=32)
+    rc, _, err = run(["sweep", "--onnx", tmp_path / "small32.onnx", "--num-images", "4", *T,
+                      "--out", tmp_path / "s"], capsys)
+    assert rc == 2 and "input shape mismatch" in err and "--preset" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small32.onnx"]
+
+
+def test_L1_build_torch_backend_unsupported_op_hint_names_backend(w, tmp_path, capsys):
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(w / "tiny.onnx"))
+    gap = next(n for n in m.graph.node if n.op_type == "GlobalAveragePool")
+    gap.input[0] = "lrn_out"
+    m.graph.node.insert(2, helper.make_node("LRN", ["relu_out"], ["lrn_out"], size=3, name="lrn"))
+    onnx.save(m, str(tmp_path / "lrn.onnx"))
+    rc, _, err = run(["build", "--onnx", tmp_path / "lrn.onnx", "--precision", "fp32", "--backend", "torch",
+                      "--out", tmp_path / "b"], capsys)
+    assert rc == 2 and "not supported by the PyTorch executor" in err and "LRN" in err
+    assert "--executor" not in err and "--backend onnxruntime" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_L1_corrupt_cached_export_is_exported_again(tmp_path, capsys, monkeypatch, caplog):
+    from trtquant.quant import models
+
+    real = models.resolve_model("mobilenet_v2")             # the export in the default cache
+    monkeypatch.setenv("TRTQUANT_CACHE_DIR", str(tmp_path / "tc"))
+    (tmp_path / "tc" / "onnx").mkdir(parents=True)
+    bad = tmp_path / "tc" / "onnx" / real.onnx_path.name
+    bad.write_bytes(real.onnx_path.read_bytes()[:1000])      # a truncated copy
+    monkeypatch.setattr(models, "export_onnx", lambda module, size=224: real.onnx_path.read_bytes())
+    rc, out, err = run(["calibrate", "--num-images", "2", "--no-progress", "--cache", tmp_path / "c.bin"], capsys)
+    assert rc == 0, err
+    assert "--onnx" not in caplog.text and "is unreadable" in caplog.text and "exporting mobilenet_v2 again" in caplog.text
+    assert bad.read_bytes() == real.onnx_path.read_bytes()
+
+
+def test_L3_convert_says_what_it_does_with_a_zero_scale(w, tmp_path, capsys):
+    base = read_trt_cache(w / "base.bin")
+    zero = dict(base.scales)
+    first = next(iter(zero))
+    zero[first] = 0.0
+    (tmp_path / "z.bin").write_text(TrtCache(8601, base.algorithm, zero).to_text())
+    rc, out, _ = run(["cache", "convert", tmp_path / "z.bin", "--out", tmp_path / "z.json"], capsys)
+    assert rc == 0 and "left out" not in out and f"given the placeholder amax 1: {first}" in out
+    assert read_ranges_json(tmp_path / "z.json").ranges[first].amax == 1.0
