@@ -327,9 +327,11 @@ def cmd_evaluate(args) -> int:
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
+        partial = Path(args.out) / "results.partial.json"
+        kept = (f"finished configurations are kept in {partial}: add --resume to continue" if partial.is_file()
+                else "no configuration had finished, so nothing was kept for --resume")
         raise Interrupted("evaluation interrupted", subject=str(args.out),
-                          hint=f"earlier results were left untouched; finished configurations are kept in "
-                               f"{Path(args.out) / 'results.partial.json'}: add --resume to continue") from None
+                          hint=f"earlier results were left untouched; {kept}") from None
     doc = res.doc
     for r in doc["results"]:
         if r.get("status") != "ok":

@@ -631,3 +631,20 @@ def test_L3_convert_says_what_it_does_with_a_zero_scale(w, tmp_path, capsys):
     rc, out, _ = run(["cache", "convert", tmp_path / "z.bin", "--out", tmp_path / "z.json"], capsys)
     assert rc == 0 and "left out" not in out and f"given the placeholder amax 1: {first}" in out
     assert read_ranges_json(tmp_path / "z.json").ranges[first].amax == 1.0
+
+
+def test_H8_interrupt_before_any_config_finished_claims_no_partial_file(w, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ev_int"
+    base = ["evaluate", "--onnx", w / "tiny.onnx", "--data", w / "u8.npz", "--calib-images", "2",
+            "--latency-iters", "1", "--batch-size", "2", *T, "--out", out]
+    assert run([*base, "--configs", "fp32,int8:entropy"], capsys)[0] == 0
+    before = snapshot(out)
+    from trtquant.quant import backends
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "build", interrupted)
+    rc, _, err = run([*base, "--configs", "fp32,int8:entropy,int8:minmax"], capsys)
+    assert rc == 2 and "left untouched" in err and "no configuration had finished" in err
+    assert "results.partial.json" not in err and snapshot(out) == before
