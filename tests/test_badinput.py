@@ -648,3 +648,36 @@ def test_H8_interrupt_before_any_config_finished_claims_no_partial_file(w, tmp_p
     rc, _, err = run([*base, "--configs", "fp32,int8:entropy,int8:minmax"], capsys)
     assert rc == 2 and "left untouched" in err and "no configuration had finished" in err
     assert "results.partial.json" not in err and snapshot(out) == before
+
+
+def test_M3_failing_smoke_check_is_exit_2_and_writes_nothing(w, tmp_path, capsys, monkeypatch):
+    from trtquant.quant import build as build_mod
+
+    real = build_mod.build
+
+    def engine_that_fails(*a, **kw):
+        engine = real(*a, **kw)
+
+        def run(x):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions")
+
+        engine.run = run
+        return engine
+
+    monkeypatch.setattr(build_mod, "build", engine_that_fails)
+    for out in (tmp_path / "bs1", tmp_path / "existing"):
+        if out.name == "existing":
+            # an earlier build's set in --out (no smoke check: the engine is not run)
+            assert run(["build", "--onnx", w / "tiny.onnx", "--precision", "fp32", "--no-smoke", "--out", out],
+                       capsys)[0] == 0
+        before = snapshot(out) if out.exists() else None
+        rc, _, err = run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin",
+                          "--out", out], capsys)
+        assert rc == 2 and "smoke check cannot run the built engine" in err and "INVALID_ARGUMENT" in err
+        assert "--no-smoke" in err and "Traceback" not in err
+        assert (snapshot(out) == before) if before is not None else not out.exists()
+    monkeypatch.setattr(build_mod, "build", real)
+    rc, out, err = run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin",
+                        "--out", tmp_path / "ok"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["engine.json", "model_qdq.onnx", "plan.json"]
