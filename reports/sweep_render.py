@@ -57,15 +57,21 @@ def sensitivity_svg(doc: dict, width: int = 720, bar: int = 9) -> str:
     return "\n".join(parts)
 
 
-def write_sweep_reports(doc: dict, out: str | Path) -> None:
-    out = Path(out)
+def sweep_report_texts(doc: dict) -> dict[str, str]:
+    """``{"sweep.md": ..., "sweep.html": ...}``: the reports, for the caller to write with its other outputs."""
     md = sweep_markdown(doc)
-    atomic_write_text(out / "sweep.md", md)
     body = _md_table_to_html(md)
     plot = ("<h2>Sensitivity: SQNR regained when the layer alone stays FP16 (red: FP16 in the plan)</h2>\n"
             + sensitivity_svg(doc))
     body = body.replace("<h2>Sensitivity ranking</h2>", plot + "\n<h2>Sensitivity ranking</h2>", 1)
     css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:3px 7px;font-size:12px}th{background:#f3f3f3}code{background:#f6f6f6}")
-    atomic_write_text(out / "sweep.html", f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                                          f"<title>trtquant sweep</title><style>{css}</style></head><body>\n{body}\n</body></html>\n")
+    return {"sweep.md": md,
+            "sweep.html": f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                          f"<title>trtquant sweep</title><style>{css}</style></head><body>\n{body}\n</body></html>\n"}
+
+
+def write_sweep_reports(doc: dict, out: str | Path) -> None:
+    out = Path(out)
+    for name, text in sweep_report_texts(doc).items():
+        atomic_write_text(out / name, text)

@@ -681,3 +681,23 @@ def test_M3_failing_smoke_check_is_exit_2_and_writes_nothing(w, tmp_path, capsys
                         "--out", tmp_path / "ok"], capsys)
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["engine.json", "model_qdq.onnx", "plan.json"]
+
+
+def test_M13_sweep_writes_its_set_together_after_validation(w, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sw"
+    args = ["sweep", *tiny(w), "--data", w / "u8.npz", "--calib-images", "4", "--proxy-images", "2", "--out", out]
+    assert run(args, capsys)[0] == 0
+    before = snapshot(out)
+    assert set(before) == {"plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html"}
+    from trtquant.quant import backends
+
+    def interrupted(*a, **kw):                  # Ctrl-C while the real engine validates the plan
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "build", interrupted)
+    rc, _, err = run([*args, "--trt-version", "10.3.0"], capsys)
+    assert rc == 2 and "interrupted" in err
+    assert snapshot(out) == before              # no file of the new set replaced the earlier one, no temporary
+    monkeypatch.undo()
+    assert run([*args, "--trt-version", "10.3.0"], capsys)[0] == 0
+    assert (out / "calib.bin").read_text().startswith("TRT-100300-")
