@@ -701,3 +701,18 @@ def test_M13_sweep_writes_its_set_together_after_validation(w, tmp_path, capsys,
     monkeypatch.undo()
     assert run([*args, "--trt-version", "10.3.0"], capsys)[0] == 0
     assert (out / "calib.bin").read_text().startswith("TRT-100300-")
+
+
+def test_L8_lint_prints_plain_numbers(w, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    assert run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin", "--no-smoke",
+                "--out", tmp_path / "eng"], capsys)[0] == 0
+    m = onnx.load(str(tmp_path / "eng" / "model_qdq.onnx"))
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    init = next(i for i in m.graph.initializer if i.name == q.input[1])
+    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(m, str(tmp_path / "zero.onnx"))
+    rc, out, _ = run(["lint", tmp_path / "zero.onnx"], capsys)
+    assert rc == 1 and "got min 0.0" in out and "np.float32" not in out
