@@ -202,6 +202,19 @@ def _require_input_file(flag: str, value) -> None:
                           hint="check the path")
 
 
+def _require_backend(flag: str, backend: str) -> None:
+    """A backend flag names a backend whose runtime imports here: checked before any work, naming the flag."""
+    from trtquant.core.errors import BackendUnavailable
+
+    known = {"tensorrt": ("TensorRT", "install TensorRT, or use --backend onnxruntime/torch; the Q/DQ ONNX that "
+                                      "`cli.py build` writes builds with trtexec"),
+             "openvino": ("OpenVINO", "pip install openvino, or use --backend onnxruntime"),
+             "onnxruntime": ("ONNX Runtime", "pip install onnxruntime, or use --backend torch")}
+    if backend in known and importlib.util.find_spec(backend) is None:
+        name, hint = known[backend]
+        raise BackendUnavailable(f"{name} is not installed", subject=f"{flag} {backend}", hint=hint)
+
+
 def _check_precision(value: str) -> None:
     from trtquant.quant.plan import PRESETS
 
@@ -218,6 +231,7 @@ def cmd_build(args) -> int:
     from trtquant.quant.build import build_engine
 
     explicit = _explicit_flags(args)
+    _require_backend("--backend", args.backend)
     _check_precision(args.precision)
     _require_input_file("--ranges", args.ranges)
     if args.backend != "torch":
@@ -313,6 +327,7 @@ def cmd_evaluate(args) -> int:
     from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
     from trtquant.core.targets import parse_target
 
+    _require_backend("--backend", args.backend)
     target = parse_target(args.target_drop)
     if target.kind != "abs":
         raise ConfigError("evaluate's recommendation takes a drop in percentage points", subject="--target-drop",
@@ -375,6 +390,7 @@ def cmd_sweep(args) -> int:
     from trtquant.quant.sweep import SweepSettings, sweep
 
     _require_input_file("--ranges", args.ranges)
+    _require_backend("--validate-backend", args.validate_backend)
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),

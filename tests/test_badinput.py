@@ -716,3 +716,15 @@ def test_L8_lint_prints_plain_numbers(w, tmp_path, capsys):
     onnx.save(m, str(tmp_path / "zero.onnx"))
     rc, out, _ = run(["lint", tmp_path / "zero.onnx"], capsys)
     assert rc == 1 and "got min 0.0" in out and "np.float32" not in out
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "build", "sweep"])
+def test_L4_M20_a_backend_that_is_not_installed_is_refused_before_any_work(w, tmp_path, capsys, monkeypatch, verb):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)           # TensorRT absent (also where it is installed)
+    flag = "--validate-backend" if verb == "sweep" else "--backend"
+    extra = ["--precision", "fp32"] if verb == "build" else ["--num-images", "4", *T]
+    rc, _, err = run([verb, "--onnx", w / "tiny.onnx", *extra, flag, "tensorrt", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and f"TensorRT is not installed | {flag} tensorrt" in err and "trtexec" in err
+    assert list(tmp_path.iterdir()) == []
