@@ -195,10 +195,45 @@ def _explicit_flags(args) -> set:
     return {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
 
 
+def _require_input_file(flag: str, value) -> None:
+    """An input file flag names an existing file: checked before any work, naming the flag."""
+    if value is not None and not Path(value).is_file():
+        raise ConfigError("file not found" if not Path(value).exists() else "not a file", subject=f"{flag} {value}",
+                          hint="check the path")
+
+
+def _require_backend(flag: str, backend: str) -> None:
+    """A backend flag names a backend whose runtime imports here: checked before any work, naming the flag."""
+    from trtquant.core.errors import BackendUnavailable
+
+    known = {"tensorrt": ("TensorRT", "install TensorRT, or use --backend onnxruntime/torch; the Q/DQ ONNX that "
+                                      "`cli.py build` writes builds with trtexec"),
+             "openvino": ("OpenVINO", "pip install openvino, or use --backend onnxruntime"),
+             "onnxruntime": ("ONNX Runtime", "pip install onnxruntime, or use --backend torch")}
+    if backend in known and importlib.util.find_spec(backend) is None:
+        name, hint = known[backend]
+        raise BackendUnavailable(f"{name} is not installed", subject=f"{flag} {backend}", hint=hint)
+
+
+def _check_precision(value: str) -> None:
+    from trtquant.quant.plan import PRESETS
+
+    if value in PRESETS or Path(value).is_file():
+        return
+    hint = (f"presets are lower-case: --precision {value.lower()}" if value.lower() in PRESETS
+            else "use a preset or the path of a plan JSON written by trtquant (e.g. by sweep)")
+    raise ConfigError("unknown precision", subject=f"--precision {value}",
+                      got="neither a preset nor an existing plan file", expected=" | ".join(PRESETS) + " | PLAN.json",
+                      hint=hint)
+
+
 def cmd_build(args) -> int:
     from trtquant.quant.build import build_engine
 
     explicit = _explicit_flags(args)
+    _require_backend("--backend", args.backend)
+    _check_precision(args.precision)
+    _require_input_file("--ranges", args.ranges)
     if args.backend != "torch":
         for flag in ("torch_precision", "device"):
             if flag in explicit:
@@ -292,6 +327,7 @@ def cmd_evaluate(args) -> int:
     from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
     from trtquant.core.targets import parse_target
 
+    _require_backend("--backend", args.backend)
     parse_target(args.target_drop)          # before any work: the error names the flag
     parse_configs(args.configs)
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
@@ -302,9 +338,11 @@ def cmd_evaluate(args) -> int:
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
+        partial = Path(args.out) / "results.partial.json"
+        kept = (f"finished configurations are kept in {partial}: add --resume to continue" if partial.is_file()
+                else "no configuration had finished, so nothing was kept for --resume")
         raise Interrupted("evaluation interrupted", subject=str(args.out),
-                          hint=f"earlier results were left untouched; finished configurations are kept in "
-                               f"{Path(args.out) / 'results.partial.json'}: add --resume to continue") from None
+                          hint=f"earlier results were left untouched; {kept}") from None
     doc = res.doc
     for r in doc["results"]:
         if r.get("status") != "ok":
@@ -347,6 +385,8 @@ def cmd_sweep(args) -> int:
     from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
     from trtquant.quant.sweep import SweepSettings, sweep
 
+    _require_input_file("--ranges", args.ranges)
+    _require_backend("--validate-backend", args.validate_backend)
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
@@ -571,7 +611,7 @@ def _os_error(err: OSError) -> QuantError:
             errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
     hint = "earlier outputs were left untouched where the command plans its outputs; free space or choose another path"
     env = os.environ.get("TRTQUANT_CACHE_DIR")
-    if env and str(path).startswith(env.rstrip("/")):
+    if env and path and os.path.abspath(path).startswith(os.path.abspath(env)):
         hint = "$TRTQUANT_CACHE_DIR must name a writable directory"
     return QuantError(f"file system error: {what}", subject=str(path) or None,
                       got=f"[Errno {err.errno}] {err.strerror}" if err.errno else str(err), hint=hint)

@@ -124,7 +124,9 @@ class TorchEngine(Engine):
 
     def __init__(self, graph: OnnxGraph, info: EngineInfo, device: torch.device, dtype: torch.dtype, tf32: bool,
                  fast: bool = True):
-        self.executor = TorchGraphExecutor(graph, device)
+        self.executor = TorchGraphExecutor(
+            graph, device, unsupported_hint="use another --backend (e.g. --backend onnxruntime): the torch backend "
+                                            "runs the graph with PyTorch")
         self.executor.allow_tf32 = tf32
         self.dtype, self.tf32, self.device = dtype, tf32, device
         self.fast = fast and device.type == "cuda"

@@ -16,8 +16,8 @@ import numpy as np
 
 from .backends import Engine, build
 from .cache_tools import load_ranges
-from ..core.errors import PlanError
-from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, json_text
+from ..core.errors import ModelError, PlanError, QuantError
+from ..core.fileio import OutputSet, check_output_dir, json_text
 from .graph import OnnxGraph
 from .models import resolve_model
 from .plan import PrecisionPlan, resolve_plan
@@ -101,33 +101,43 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     model_qdq = None
     if plan.nodes("int8") or plan.nodes("fp16"):
         model_qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), plan)
-    # everything that can fail has run: only now create the directory and write (atomically)
-    out.mkdir(exist_ok=True)
-    files = {}
-    qdq_path = None
-    if model_qdq is not None:
-        qdq_path = out / "model_qdq.onnx"
-        atomic_write_bytes(qdq_path, model_qdq.SerializeToString())
-        files["model_qdq.onnx"] = str(qdq_path)
-    plan.save(out / "plan.json")
-    files["plan.json"] = str(out / "plan.json")
     smoke_numbers = {}
     if smoke:
-
         src = open_source("imagenet_sample", preprocess=PRESETS[rm.preset])
         batches = list(src.batches(32, progress=False))
         x = np.concatenate([b.images for b in batches])
         y = np.concatenate([b.labels for b in batches])
-        engine.run(x[:2])
-        t = time.perf_counter()
-        logits = engine.run(x)
+        try:
+            engine.run(x[:2])
+            t = time.perf_counter()
+            logits = engine.run(x)
+        except QuantError:
+            raise
+        except Exception as err:  # noqa: BLE001  (the engine's runtime refused the bundled images)
+            raise ModelError("the smoke check cannot run the built engine", subject=str(rm.onnx_path),
+                             got=f"{type(err).__name__}: {err}"[:300],
+                             hint="nothing was written; check the model's input, or pass --no-smoke") from err
         smoke_numbers = {"images": int(len(x)), "top1": float((logits.argmax(1) == y).mean()),
                          "batch_latency_ms": 1e3 * (time.perf_counter() - t)}
+    qdq_path = out / "model_qdq.onnx" if model_qdq is not None else None
     cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, graph.inputs[0].name,
                             tuple(int(d) for d in graph.input_shape()[1:]))
     doc = {"engine": asdict(engine.info), "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default},
            "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
            "ranges": ranges_path, "build_s": build_s, "smoke": smoke_numbers, "trtexec": cmds}
-    atomic_write_text(out / "engine.json", json_text(doc))
-    files["engine.json"] = str(out / "engine.json")
+    # everything that can fail has run (the smoke check included): only now create the directory and
+    # write the set together (the CLI checked the paths and their kinds before any work)
+    out.mkdir(exist_ok=True)
+    outputs = OutputSet(force=True)
+    files = {}
+    with outputs:
+        if model_qdq is not None:
+            outputs.add(qdq_path, flag="--out")
+            outputs.stage(qdq_path, model_qdq.SerializeToString())
+            files["model_qdq.onnx"] = str(qdq_path)
+        for name, text in (("plan.json", plan.to_json()), ("engine.json", json_text(doc))):
+            outputs.add(out / name, flag="--out")
+            outputs.stage(out / name, text)
+            files[name] = str(out / name)
+        outputs.commit()
     return BuildResult(engine=engine, plan=plan, out=out, files=files, trtexec=cmds, smoke=smoke_numbers)

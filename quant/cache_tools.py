@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from ..core.cache import (TrtCache, looks_like_ranges_json, looks_like_trt_cache, read_ranges_json, read_trt_cache,
                     trt_version_int)
 from ..core.errors import CacheFormatError
-from ..core.cache import DEFAULT_TRT_VERSION, ranges_to_json
+from ..core.cache import DEFAULT_TRT_VERSION, ZERO_TENSOR_AMAX, ranges_to_json
 from ..core.fileio import OutputSet, looks_like_onnx
 from ..core.types import RangeSet, TensorRange
 from .plan import resolve_plan
@@ -165,7 +165,8 @@ def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | Non
         outputs = OutputSet(force=True)     # the library call: the caller chose the path
         outputs.add(dst, flag="--out")
     zero = [n for n, sc in cache.scales.items() if not sc > 0] if cache else []
-    note = f"; {len(zero)} tensor(s) with scale 0 left out: {', '.join(zero[:3])}" if zero else ""
+    note = (f"; {len(zero)} tensor(s) with scale 0 (all-zero) given the placeholder amax {ZERO_TENSOR_AMAX:g}: "
+            f"{', '.join(zero[:3])}" if zero else "")
     with outputs:
         if to == "cache":
             version = trt_version_int(trt_version) if trt_version else (cache.version if cache else trt_version_int(DEFAULT_TRT_VERSION))
@@ -178,15 +179,17 @@ def convert(src: str | Path, dst: str | Path, *, to: str, trt_version: str | Non
             outputs.stage(dst, ranges_to_json(rs))
             outputs.commit()
             return f"{len(rs.ranges)} tensors" + note
-        return _convert_to_onnx(rs, dst, graph, outputs) + note
+        return _convert_to_onnx(rs, dst, graph, outputs, src=Path(src)) + note
 
 
-def _convert_to_onnx(rs: RangeSet, dst: Path, graph, outputs: OutputSet) -> str:
+def _convert_to_onnx(rs: RangeSet, dst: Path, graph, outputs: OutputSet, src: Path | None = None) -> str:
     if graph is None:
         raise CacheFormatError("converting to a Q/DQ ONNX model needs the model", subject="--to onnx",
                                hint="pass --model NAME or --onnx MODEL.onnx (the graph the ranges belong to)")
 
-    model, summary = build_qdq_model(graph, rs, resolve_plan("int8", graph))
+    model, summary = build_qdq_model(graph, rs, resolve_plan("int8", graph), ranges_subject=str(src or "ranges"),
+                                     ranges_hint="pass the model these ranges were calibrated on "
+                                                 "(--onnx MODEL.onnx or --model NAME; default: mobilenet_v2)")
     outputs.stage(dst, model.SerializeToString())
     outputs.commit()
     return f"{summary.int8_nodes} INT8 layers, {summary.activation_quantizers} activation quantizers"

@@ -466,11 +466,12 @@ class TorchGraphExecutor:
 
     kind = "torch"
 
-    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu"):
+    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu", *,
+                 unsupported_hint: str = "use the ONNX Runtime executor (--executor onnxruntime)"):
         missing = unsupported_ops(graph)
         if missing:
             raise ModelError("operators not supported by the PyTorch executor", subject=str(graph.path or "model"),
-                             got=", ".join(missing), hint="use the ONNX Runtime executor (--executor onnxruntime)")
+                             got=", ".join(missing), hint=unsupported_hint)
         self.graph = graph
         self.device = torch.device(device)
         self.allow_tf32 = False          # True only for an engine asked to run TF32

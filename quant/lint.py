@@ -60,7 +60,7 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
         if scale is None:
             add("error", n, "scale is not a constant", "TensorRT needs constant (initializer) scales")
         elif not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            add("error", n, f"scale must be finite and positive, got min {np.min(scale)!r}",
+            add("error", n, f"scale must be finite and positive, got min {float(np.min(scale))!r}",
                 "recompute the ranges; an all-zero tensor still needs a positive scale")
         if zp is None:
             add("error", n, "zero point missing: ONNX then defaults to uint8", "add an int8 zero point of 0")

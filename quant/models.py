@@ -195,12 +195,18 @@ def resolve_model(name: str | None = None, *, onnx: str | Path | None = None, we
         entry = MODELS.get(name) or ModelEntry(name, "imagenet", lambda: wpath, _torchvision_builder(name))
     key = hashlib.sha256(f"{name}|{_sha256_file(wpath)}|{torch.__version__.split('+')[0]}|{OPSET}".encode()).hexdigest()[:16]
     path = cache_dir() / f"{name}-{key}.onnx"
-    if not path.is_file():
+    graph = None
+    if path.is_file():
+        try:
+            graph = OnnxGraph.load(path, flag="cached export")
+        except ModelError as err:      # our own cache file, damaged (truncated copy, disk error): export it again
+            log.warning("the cached ONNX export %s is unreadable (%s); exporting %s again", path, err, name)
+    if graph is None:
         log.info("exporting %s to ONNX (once) -> %s", name, path)
         with contextlib.redirect_stdout(io.StringIO()) as chatter:  # third-party builders print()
             module = entry.build(wpath)
         if chatter.getvalue().strip():
             log.debug("%s builder said: %s", name, chatter.getvalue().strip())
         atomic_write_bytes(path, export_onnx(module, entry.input_size))
-    graph = OnnxGraph.load(path)
+        graph = OnnxGraph.load(path, flag="cached export")
     return ResolvedModel(name=name, onnx_path=path, preset=preset or entry.preset, graph=graph)

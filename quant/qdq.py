@@ -126,7 +126,8 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return out
 
 
-def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str]) -> None:
+def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str], *, subject: str = "--ranges",
+                 hint: str = "calibrate this very ONNX graph (same export) or pass its ranges/cache") -> None:
     missing = [t for t in needed if t not in ranges.ranges]
     if missing:
         known = list(ranges.ranges)
@@ -135,14 +136,15 @@ def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str]) -> None:
             close = difflib.get_close_matches(t, known, n=1)
             hints.append(f"{t!r}" + (f" (closest in ranges: {close[0]!r})" if close else ""))
         extra = [t for t in known if t not in set(graph.calibration_tensors)]
-        raise PlanError("ranges do not match the model's tensor names", subject="--ranges",
+        raise PlanError("ranges do not match the model's tensor names", subject=subject,
                         got=f"{len(missing)} tensor(s) without a range: " + "; ".join(hints)
                             + (f"; {len(extra)} range(s) for tensors the model does not have" if extra else ""),
-                        hint="calibrate this very ONNX graph (same export) or pass its ranges/cache")
+                        hint=hint)
 
 
 def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
-                    trt_version: str | None = None) -> tuple[onnx.ModelProto, QdqSummary]:
+                    trt_version: str | None = None, ranges_subject: str = "--ranges",
+                    ranges_hint: str | None = None) -> tuple[onnx.ModelProto, QdqSummary]:
     """Rewrite ``graph`` per ``plan``: Q/DQ where :func:`.placement.place_quantizers` puts them, Casts
     around FP16 layers. The quantizers are exactly the ones the planner simulates."""
     plan.check(graph)
@@ -153,7 +155,8 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
     rw = _Rewriter(graph)
     nodes = list(rw.g.node)
     by_name = {n.name: n for n in nodes}
-    check_ranges(graph, ranges, placement.activation_tensors())
+    check_ranges(graph, ranges, placement.activation_tensors(), subject=ranges_subject,
+                 **({"hint": ranges_hint} if ranges_hint else {}))
     for q in placement.quantizers:
         dq = (rw.qdq_activation(q.tensor, ranges.ranges[q.tensor].scale) if q.kind == "activation"
               else rw.qdq_weight(q.tensor, q.axis))

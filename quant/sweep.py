@@ -40,13 +40,13 @@ from ..datasets import PRESETS
 from . import backends
 from .build import trtexec_commands
 from ..core.runtime import resolve_device
-from ..core.cache import TrtCache, write_trt_cache
+from ..core.cache import TrtCache
 from .cache_tools import load_ranges
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, open_capped, ranges_from_stats, statistics
-from ..core.fileio import atomic_write_bytes, atomic_write_text, check_output_dir, json_text
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, open_capped, ranges_from_stats, statistics
+from ..core.fileio import OutputSet, check_output_dir, json_text
 from .models import resolve_model
 from .qdq import build_qdq_model
-from ..reports.sweep_render import write_sweep_reports
+from ..reports.sweep_render import sweep_report_texts
 
 
 class QuantSim:
@@ -57,7 +57,8 @@ class QuantSim:
     def __init__(self, graph: OnnxGraph, ranges: RangeSet, device: torch.device):
         self.graph = graph
         self.ranges = ranges
-        self.ex = TorchGraphExecutor(graph, device)
+        self.ex = TorchGraphExecutor(graph, device, unsupported_hint="sweep simulates the plans with PyTorch, so it "
+                                                                     "needs a model of the operators it supports")
         self.layers = quantizable_nodes(graph)
         self.scales = {n: r.scale for n, r in ranges.ranges.items()}
         self._placements: dict[frozenset, Placement] = {}
@@ -246,6 +247,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     batches = list(source.batches(64, progress=progress))
     x = np.concatenate([b.images for b in batches])
+    _check_input_shape(graph, x[:1], source.name,
+                       hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []
@@ -316,13 +319,10 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
             final_sim = s.accuracy
             break
 
-    # outputs, written only after everything above succeeded
-    out.mkdir(exist_ok=True)
-    plan.save(out / "plan.json")
+    # the outputs, made in memory here and written together after the validation
     qdq, _ = build_qdq_model(graph, ranges, plan)
-    atomic_write_bytes(out / "model_qdq.onnx", qdq.SerializeToString())
     version, algo = _cache_header(CalibrationConfig(trt_version=settings.trt_version))
-    write_trt_cache(out / "calib.bin", TrtCache.from_ranges(ranges, algorithm=algo, version=version))
+    cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
     trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", graph.inputs[0].name,
                                  tuple(int(d) for d in graph.input_shape()[1:]))
@@ -369,7 +369,13 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
         "timings": {"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
         "files": {k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")},
     }
-    atomic_write_text(out / "sweep.json", json_text(doc))
-
-    write_sweep_reports(doc, out)
+    # every output together, after everything above succeeded (an error or Ctrl-C leaves the earlier set);
+    # the CLI checked the paths and their kinds before any work
+    out.mkdir(exist_ok=True)
+    with OutputSet(force=True) as outputs:
+        for name, data in (("plan.json", plan.to_json()), ("model_qdq.onnx", qdq.SerializeToString()),
+                           ("calib.bin", cache_text), ("sweep.json", json_text(doc)), *sweep_report_texts(doc).items()):
+            outputs.add(out / name, flag="--out")
+            outputs.stage(out / name, data)
+        outputs.commit()
     return doc

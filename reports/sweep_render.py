@@ -76,8 +76,7 @@ def sensitivity_svg(doc: dict, width: int = 720, bar: int = 9) -> str:
     return "\n".join(parts)
 
 
-def write_sweep_reports(doc: dict, out: str | Path) -> None:
-    out = Path(out)
+def sweep_report_texts(doc: dict) -> dict[str, str]:
+    """``{"sweep.md": ..., "sweep.html": ...}``: the reports, for the caller to write with its other outputs."""
     page = sweep_page(doc)
-    atomic_write_text(out / "sweep.md", to_markdown(page))
-    atomic_write_text(out / "sweep.html", to_html(page))
+    return {"sweep.md": to_markdown(page), "sweep.html": to_html(page)}

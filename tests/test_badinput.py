@@ -538,3 +538,195 @@ def test_L9_help_is_complete(capsys):
     assert "1 errors found" in sub.choices["lint"].format_help()
     calib = " ".join(sub.choices["calibrate"].format_help().split())
     assert "at most 1000) (default" not in calib and "CACHE.ranges.json) (default" not in calib
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 11: cases of the review that the earlier pass left open, or had no test
+# ------------------------------------------------------------------------------------------------
+
+def test_M11_relative_cache_dir_that_is_a_file_names_the_variable(w, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(w)
+    monkeypatch.setenv("TRTQUANT_CACHE_DIR", "./photo.jpg")          # the review's exact form
+    before = snapshot(w)
+    rc, _, err = run(["calibrate", "--num-images", "4", *T, "--cache", tmp_path / "x2.bin"], capsys)
+    assert rc == 2 and "photo.jpg" in err and "$TRTQUANT_CACHE_DIR must name a writable directory" in err
+    assert "Traceback" not in err and snapshot(w) == before and list(tmp_path.iterdir()) == []
+
+
+def test_M15_build_takes_its_own_qdq_model_and_its_json_as_ranges(w, tmp_path, capsys):
+    B = ["build", "--onnx", w / "tiny.onnx", "--precision", "int8"]
+    assert run([*B, "--ranges", w / "base.bin", "--out", tmp_path / "eng"], capsys)[0] == 0
+    rc, _, err = run([*B, "--ranges", tmp_path / "eng" / "model_qdq.onnx", "--out", tmp_path / "bx6"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "bx6" / "engine.json").is_file()
+    assert run(["cache", "convert", tmp_path / "eng" / "model_qdq.onnx", "--out", tmp_path / "q.json"], capsys)[0] == 0
+    rc, _, err = run([*B, "--ranges", tmp_path / "q.json", "--out", tmp_path / "bx7"], capsys)
+    assert rc == 0, err
+
+
+def test_L1_cache_convert_names_its_input_file_not_ranges(w, tmp_path, capsys):
+    # tiny's cache converted against the default model (no --onnx): the file and --onnx are named, not --ranges
+    rc, _, err = run(["cache", "convert", w / "base.bin", "--out", tmp_path / "x.onnx"], capsys)
+    assert rc == 2 and "ranges do not match" in err and f"| {w / 'base.bin'}:" in err
+    assert "--ranges" not in err and "--onnx MODEL.onnx" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_L1_build_and_sweep_name_precision_and_ranges(w, tmp_path, capsys):
+    B = ["build", "--onnx", w / "tiny.onnx", "--out", tmp_path / "b"]
+    rc, _, err = run([*B, "--precision", "int4"], capsys)
+    assert rc == 2 and "unknown precision | --precision int4" in err and "fp32 | fp16 | int8 | PLAN.json" in err
+    rc, _, err = run([*B, "--precision", "INT8"], capsys)
+    assert rc == 2 and "--precision INT8" in err and "lower-case: --precision int8" in err
+    rc, _, err = run([*B, "--precision", "int8", "--ranges", tmp_path / "nope.bin"], capsys)
+    assert rc == 2 and f"file not found | --ranges {tmp_path / 'nope.bin'}" in err
+    rc, _, err = run(["sweep", *tiny(w), "--ranges", tmp_path / "nope.bin", "--out", tmp_path / "s"], capsys)
+    assert rc == 2 and f"file not found | --ranges {tmp_path / 'nope.bin'}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_L1_sweep_input_shape_hint_names_no_flag_sweep_lacks(w, tmp_path, capsys):
+    tiny_model(tmp_path / "small32.onnx", size=32)
+    rc, _, err = run(["sweep", "--onnx", tmp_path / "small32.onnx", "--num-images", "4", *T,
+                      "--out", tmp_path / "s"], capsys)
+    assert rc == 2 and "input shape mismatch" in err and "--preset" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small32.onnx"]
+
+
+def test_L1_build_torch_backend_unsupported_op_hint_names_backend(w, tmp_path, capsys):
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(w / "tiny.onnx"))
+    gap = next(n for n in m.graph.node if n.op_type == "GlobalAveragePool")
+    gap.input[0] = "lrn_out"
+    m.graph.node.insert(2, helper.make_node("LRN", ["relu_out"], ["lrn_out"], size=3, name="lrn"))
+    onnx.save(m, str(tmp_path / "lrn.onnx"))
+    rc, _, err = run(["build", "--onnx", tmp_path / "lrn.onnx", "--precision", "fp32", "--backend", "torch",
+                      "--out", tmp_path / "b"], capsys)
+    assert rc == 2 and "not supported by the PyTorch executor" in err and "LRN" in err
+    assert "--executor" not in err and "--backend onnxruntime" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_L1_corrupt_cached_export_is_exported_again(tmp_path, capsys, monkeypatch, caplog):
+    from trtquant.quant import models
+
+    real = models.resolve_model("mobilenet_v2")             # the export in the default cache
+    monkeypatch.setenv("TRTQUANT_CACHE_DIR", str(tmp_path / "tc"))
+    (tmp_path / "tc" / "onnx").mkdir(parents=True)
+    bad = tmp_path / "tc" / "onnx" / real.onnx_path.name
+    bad.write_bytes(real.onnx_path.read_bytes()[:1000])      # a truncated copy
+    monkeypatch.setattr(models, "export_onnx", lambda module, size=224: real.onnx_path.read_bytes())
+    rc, out, err = run(["calibrate", "--num-images", "2", "--no-progress", "--cache", tmp_path / "c.bin"], capsys)
+    assert rc == 0, err
+    assert "--onnx" not in caplog.text and "is unreadable" in caplog.text and "exporting mobilenet_v2 again" in caplog.text
+    assert bad.read_bytes() == real.onnx_path.read_bytes()
+
+
+def test_L3_convert_says_what_it_does_with_a_zero_scale(w, tmp_path, capsys):
+    base = read_trt_cache(w / "base.bin")
+    zero = dict(base.scales)
+    first = next(iter(zero))
+    zero[first] = 0.0
+    (tmp_path / "z.bin").write_text(TrtCache(8601, base.algorithm, zero).to_text())
+    rc, out, _ = run(["cache", "convert", tmp_path / "z.bin", "--out", tmp_path / "z.json"], capsys)
+    assert rc == 0 and "left out" not in out and f"given the placeholder amax 1: {first}" in out
+    assert read_ranges_json(tmp_path / "z.json").ranges[first].amax == 1.0
+
+
+def test_H8_interrupt_before_any_config_finished_claims_no_partial_file(w, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ev_int"
+    base = ["evaluate", "--onnx", w / "tiny.onnx", "--data", w / "u8.npz", "--calib-images", "2",
+            "--latency-iters", "1", "--batch-size", "2", *T, "--out", out]
+    assert run([*base, "--configs", "fp32,int8:entropy"], capsys)[0] == 0
+    before = snapshot(out)
+    from trtquant.quant import backends
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "build", interrupted)
+    rc, _, err = run([*base, "--configs", "fp32,int8:entropy,int8:minmax"], capsys)
+    assert rc == 2 and "left untouched" in err and "no configuration had finished" in err
+    assert "results.partial.json" not in err and snapshot(out) == before
+
+
+def test_M3_failing_smoke_check_is_exit_2_and_writes_nothing(w, tmp_path, capsys, monkeypatch):
+    from trtquant.quant import build as build_mod
+
+    real = build_mod.build
+
+    def engine_that_fails(*a, **kw):
+        engine = real(*a, **kw)
+
+        def run(x):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions")
+
+        engine.run = run
+        return engine
+
+    monkeypatch.setattr(build_mod, "build", engine_that_fails)
+    for out in (tmp_path / "bs1", tmp_path / "existing"):
+        if out.name == "existing":
+            # an earlier build's set in --out (no smoke check: the engine is not run)
+            assert run(["build", "--onnx", w / "tiny.onnx", "--precision", "fp32", "--no-smoke", "--out", out],
+                       capsys)[0] == 0
+        before = snapshot(out) if out.exists() else None
+        rc, _, err = run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin",
+                          "--out", out], capsys)
+        assert rc == 2 and "smoke check cannot run the built engine" in err and "INVALID_ARGUMENT" in err
+        assert "--no-smoke" in err and "Traceback" not in err
+        assert (snapshot(out) == before) if before is not None else not out.exists()
+    monkeypatch.setattr(build_mod, "build", real)
+    rc, out, err = run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin",
+                        "--out", tmp_path / "ok"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["engine.json", "model_qdq.onnx", "plan.json"]
+
+
+def test_M13_sweep_writes_its_set_together_after_validation(w, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sw"
+    args = ["sweep", *tiny(w), "--data", w / "u8.npz", "--calib-images", "4", "--proxy-images", "2", "--out", out]
+    assert run(args, capsys)[0] == 0
+    before = snapshot(out)
+    assert set(before) == {"plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html"}
+    from trtquant.quant import backends
+
+    def interrupted(*a, **kw):                  # Ctrl-C while the real engine validates the plan
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends, "build", interrupted)
+    rc, _, err = run([*args, "--trt-version", "10.3.0"], capsys)
+    assert rc == 2 and "interrupted" in err
+    assert snapshot(out) == before              # no file of the new set replaced the earlier one, no temporary
+    monkeypatch.undo()
+    assert run([*args, "--trt-version", "10.3.0"], capsys)[0] == 0
+    assert (out / "calib.bin").read_text().startswith("TRT-100300-")
+
+
+def test_L8_lint_prints_plain_numbers(w, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    assert run(["build", "--onnx", w / "tiny.onnx", "--precision", "int8", "--ranges", w / "base.bin", "--no-smoke",
+                "--out", tmp_path / "eng"], capsys)[0] == 0
+    m = onnx.load(str(tmp_path / "eng" / "model_qdq.onnx"))
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    init = next(i for i in m.graph.initializer if i.name == q.input[1])
+    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(m, str(tmp_path / "zero.onnx"))
+    rc, out, _ = run(["lint", tmp_path / "zero.onnx"], capsys)
+    assert rc == 1 and "got min 0.0" in out and "np.float32" not in out
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "build", "sweep"])
+def test_L4_M20_a_backend_that_is_not_installed_is_refused_before_any_work(w, tmp_path, capsys, monkeypatch, verb):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)           # TensorRT absent (also where it is installed)
+    flag = "--validate-backend" if verb == "sweep" else "--backend"
+    extra = ["--precision", "fp32"] if verb == "build" else ["--num-images", "4", *T]
+    rc, _, err = run([verb, "--onnx", w / "tiny.onnx", *extra, flag, "tensorrt", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and f"TensorRT is not installed | {flag} tensorrt" in err and "trtexec" in err
+    assert list(tmp_path.iterdir()) == []

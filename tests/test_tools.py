@@ -93,7 +93,7 @@ def test_build_errors(calib, tmp_path, capsys):
              "--out", tmp_path / "e"], capsys)
     assert exc.value.code == 2 and "--backend: invalid choice: 'coreml'" in capsys.readouterr().err
     rc, _, err = run(["build", "--precision", "int4", "--backend", "onnxruntime", "--out", tmp_path / "e"], capsys)
-    assert rc == 2 and "plan file not found" in err
+    assert rc == 2 and "unknown precision | --precision int4" in err
     rc, _, err = run(["build", "--precision", "fp16", "--backend", "onnxruntime", "--out", tmp_path / "e"], capsys)
     assert rc == 2 and "no FP16 convolution kernels" in err
     # ranges of another model: EfficientNet-Lite0's ranges on MobileNetV2
