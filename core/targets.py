@@ -78,28 +78,23 @@ class Target:
         return (fp32_metric - metric) * 100 + margin_pp <= self.allowed_drop(fp32_metric) + 1e-9
 
 
+_BOUNDED_FORMS = (   # kind, pattern, upper bound (lower: > 0), error, accepted form
+    ("sqnr", rf"sqnr:{_NUM}(?:db)?", 200.0, "invalid SQNR target", "sqnr:D dB with 0 < D <= 200"),
+    ("cosine", rf"cos(?:ine)?:{_NUM}", 1.0, "invalid cosine target", "cosine:C with 0 < C <= 1"),
+    ("agree", rf"(?:agree:{_NUM}%?|{_NUM}%agree)", 100.0, "invalid agreement target", "agree:P% with 0 < P <= 100"),
+)
+
+
 def parse_target(text: str, *, flag: str = "--target-drop") -> Target:
     """Parse and range-check a target; errors name ``flag`` and list the accepted forms."""
     t = str(text).strip().lower().replace(" ", "")
-    m = re.fullmatch(rf"sqnr:{_NUM}(?:db)?", t)
-    if m:
-        v = float(m.group(1))
-        if not (math.isfinite(v) and 0 < v <= 200):
-            raise ConfigError("invalid SQNR target", subject=flag, got=repr(text), expected="sqnr:D dB with 0 < D <= 200")
-        return Target("sqnr", v, str(text))
-    m = re.fullmatch(rf"cos(?:ine)?:{_NUM}", t)
-    if m:
-        v = float(m.group(1))
-        if not (math.isfinite(v) and 0 < v <= 1):
-            raise ConfigError("invalid cosine target", subject=flag, got=repr(text), expected="cosine:C with 0 < C <= 1")
-        return Target("cosine", v, str(text))
-    m = re.fullmatch(rf"(?:agree:{_NUM}%?|{_NUM}%agree)", t)
-    if m:
-        v = float(m.group(1) or m.group(2))
-        if not (math.isfinite(v) and 0 < v <= 100):
-            raise ConfigError("invalid agreement target", subject=flag, got=repr(text),
-                              expected="agree:P% with 0 < P <= 100")
-        return Target("agree", v, str(text))
+    for kind, pattern, upper, what, expected in _BOUNDED_FORMS:
+        m = re.fullmatch(pattern, t)
+        if m:
+            v = float(next(g for g in m.groups() if g is not None))
+            if not (math.isfinite(v) and 0 < v <= upper):
+                raise ConfigError(what, subject=flag, got=repr(text), expected=expected)
+            return Target(kind, v, str(text))
     m = re.fullmatch(rf"{_NUM}(%)?(rel)?", t)
     if not m:
         raise ConfigError("invalid target", subject=flag, got=repr(text), expected=TARGET_FORMS)

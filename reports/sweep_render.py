@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
-from ..core.fileio import atomic_write_text
 from ..core.targets import FIDELITY_KINDS, Target
 from .page import Bullets, Figure, Heading, Page, Para, Table, to_html, to_markdown
 
