@@ -40,9 +40,11 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
+    from trtquant.core.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
     from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
+    from .core.defaults import DEFAULT_DATA, DEFAULT_MODEL
     from .core.targets import BACKENDS, TARGET_FORMS
 
 
@@ -281,7 +283,7 @@ def cmd_cache(args) -> int:
     from trtquant.core.fileio import OutputSet
 
     out = Path(args.out)
-    to = args.to or ("ranges" if out.suffix == ".json" else "onnx" if out.suffix == ".onnx" else "cache")
+    to = args.to or cache_tools.output_format(out)
     if to != "cache":
         for flag in ("trt_version", "algorithm"):
             if flag in explicit:
@@ -306,15 +308,14 @@ def cmd_cache(args) -> int:
 
 def cmd_lint(args) -> int:
     from trtquant.quant.graph import OnnxGraph
-    from trtquant.quant.lint import lint_model
+    from trtquant.quant.lint import count_qdq, lint_model
 
     graph = OnnxGraph.load(args.model_path, flag="MODEL.onnx")
     findings = lint_model(graph.model)
     for f in findings:
         print(f)
     errors = sum(f.severity == "error" for f in findings)
-    q = sum(n.op_type == "QuantizeLinear" for n in graph.model.graph.node)
-    dq = sum(n.op_type == "DequantizeLinear" for n in graph.model.graph.node)
+    q, dq = count_qdq(graph.model)
     print(f"{args.model_path}: {q} QuantizeLinear nodes, {errors} error(s), {len(findings) - errors} warning(s)")
     if q == 0 and dq == 0:
         print("note: this model has no Q/DQ nodes: nothing was checked (lint a model written by `build` or "
@@ -421,14 +422,14 @@ EXIT_CODES = "exit codes: 0 ok; 2 bad input or a failed step (one-line message o
 
 
 def _model_flags(g, what: str) -> None:
-    g.add_argument("--model", default="mobilenet_v2",
+    g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"{what}: mobilenet_v2 | efficientnet_lite0 | any torchvision architecture with --weights")
     g.add_argument("--weights", default=None, type=PATH, help="state_dict file for a torchvision --model")
     g.add_argument("--onnx", default=None, type=PATH, help="use this ONNX model instead of --model")
 
 
 def _data_flags(g, *, num_help: str) -> None:
-    g.add_argument("--data", default="imagenet_sample", type=PATH,
+    g.add_argument("--data", default=DEFAULT_DATA, type=PATH,
                    help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
     g.add_argument("--data-dir", default=None, type=PATH,
                    help="ImageNet validation directory; only with --data imagenet_val (or set IMAGENET_VAL_DIR)")
@@ -525,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert to cache: rewrite the header's TensorRT version")
     k.add_argument("--algorithm", default=None, help="convert to cache: rewrite the header's algorithm")
     k.add_argument("--rel-tol", type=NONNEG, default=1e-6, help="diff: relative amax tolerance (>= 0)")
-    k.add_argument("--model", default="mobilenet_v2", help="convert to onnx: the model the ranges belong to")
+    k.add_argument("--model", default=DEFAULT_MODEL, help="convert to onnx: the model the ranges belong to")
     k.add_argument("--onnx", default=None, type=PATH, help="convert to onnx: the ONNX model the ranges belong to")
     k.add_argument("--force", action="store_true", help="convert: overwrite an --out file of another kind")
     k.set_defaults(func=cmd_cache)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backends import Engine, build
 from .cache_tools import load_ranges
+from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ModelError, PlanError, QuantError
 from ..core.fileio import OutputSet, check_output_dir, json_text
 from .graph import OnnxGraph
@@ -71,7 +72,7 @@ def _check_ranges_model(ranges: RangeSet, graph: OnnxGraph, source: str) -> None
                         hint="calibrate this model (same export) or pass the matching ranges")
 
 
-def build_engine(*, precision: str, backend: str, out: str | Path, model: str = "mobilenet_v2",
+def build_engine(*, precision: str, backend: str, out: str | Path, model: str = DEFAULT_MODEL,
                  onnx: str | None = None, weights: str | None = None, ranges_path: str | None = None,
                  device: str = "auto", torch_precision: str | None = None, smoke: bool = True,
                  trt_mode: str = "explicit") -> BuildResult:

@@ -193,3 +193,8 @@ def _convert_to_onnx(rs: RangeSet, dst: Path, graph, outputs: OutputSet, src: Pa
     outputs.stage(dst, model.SerializeToString())
     outputs.commit()
     return f"{summary.int8_nodes} INT8 layers, {summary.activation_quantizers} activation quantizers"
+
+
+def output_format(out: Path) -> str:
+    """What ``cache convert --out`` writes when ``--to`` is not given: from the output's suffix."""
+    return {".json": "ranges", ".onnx": "onnx"}.get(Path(out).suffix.lower(), "cache")

@@ -20,6 +20,7 @@ from ..calibrators.collector import HistogramCollector, collect_batch
 from ..core.runtime import installed_trt_version, resolve_device
 from ..core.cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, 
                     looks_like_ranges_json, looks_like_trt_cache, ranges_to_json, trt_version_int, write_ranges_json)
+from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError, DataError, Interrupted, ModelError
 from ..core.fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
@@ -39,11 +40,11 @@ DEFAULT_MAX_IMAGES = 1000
 class CalibrationConfig:
     """Every calibration setting, with its default, in one place."""
 
-    model: str = "mobilenet_v2"
+    model: str = DEFAULT_MODEL
     onnx: str | None = None
     weights: str | None = None
     preset: str | None = None            # None: the model's own preset
-    data: str = "imagenet_sample"
+    data: str = DEFAULT_DATA
     data_dir: str | None = None
     num_images: int | None = None        # None: all images, at most DEFAULT_MAX_IMAGES
     seed: int = 0

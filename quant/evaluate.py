@@ -22,6 +22,7 @@ import torch
 from ..core import metrics
 from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
 from ..core.targets import Target, parse_target
+from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
 from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
 from ..core.types import RangeSet
@@ -90,10 +91,10 @@ def parse_configs(text: str) -> list[ConfigSpec]:
 class EvalSettings:
     configs: str = "fp32,int8:entropy,int8:minmax,int8:percentile"
     backend: str = "onnxruntime"
-    model: str = "mobilenet_v2"
+    model: str = DEFAULT_MODEL
     onnx: str | None = None
     weights: str | None = None
-    data: str = "imagenet_sample"
+    data: str = DEFAULT_DATA
     data_dir: str | None = None
     num_images: int | None = None        # evaluation images (None: all, at most 1000)
     calib_images: int = 256              # calibration: a seeded subset of the same data

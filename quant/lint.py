@@ -36,6 +36,12 @@ class Finding:
         return f"{self.severity:<7} {self.node}: {self.message}. Hint: {self.hint}"
 
 
+def count_qdq(model: onnx.ModelProto) -> tuple[int, int]:
+    """(QuantizeLinear nodes, DequantizeLinear nodes): zero of both means lint had nothing to check."""
+    ops = [n.op_type for n in model.graph.node]
+    return ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+
+
 def lint_model(model: onnx.ModelProto) -> list[Finding]:
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ConfigError, ModelError
 from ..core.fileio import atomic_write_bytes
 from .graph import OnnxGraph
@@ -173,7 +174,7 @@ def resolve_model(name: str | None = None, *, onnx: str | Path | None = None, we
                               hint="--weights applies to --model; an ONNX file already holds its weights")
         graph = OnnxGraph.load(onnx)
         return ResolvedModel(name=Path(onnx).stem, onnx_path=Path(onnx), preset=preset or "imagenet", graph=graph)
-    name = name or "mobilenet_v2"
+    name = name or DEFAULT_MODEL
     if name in MODELS and weights is None:
         entry = MODELS[name]
         wpath = entry.weights()

@@ -29,6 +29,7 @@ import torch
 
 from ..core import metrics
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
+from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor
 from ..core.numerics import fake_quant
@@ -209,10 +210,10 @@ def layer_precisions_flag(plan: PrecisionPlan) -> str:
 @dataclass(frozen=True)
 class SweepSettings:
     target: str = "0.5%"
-    model: str = "mobilenet_v2"
+    model: str = DEFAULT_MODEL
     onnx: str | None = None
     weights: str | None = None
-    data: str = "imagenet_sample"
+    data: str = DEFAULT_DATA
     data_dir: str | None = None
     num_images: int | None = None        # evaluation images (None: all, at most 1000)
     calib_images: int = 256
