@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import tempfile
@@ -29,8 +28,8 @@ import torch
 
 
 from ..core.errors import BackendUnavailable, ConfigError
-from ..core.runtime import cpu_int8_instructions, resolve_device, tf32
-from .engine import Engine, EngineInfo
+from ..core.runtime import resolve_device, tf32
+from .engine import Engine, EngineInfo, cpu_engine_fields
 from .graph import OnnxGraph, TorchGraphExecutor
 from .ort_int8 import _ort
 from .plan import PrecisionPlan
@@ -55,8 +54,7 @@ def build_ort_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
     for ONNX Runtime's integer kernels (:mod:`.ort_int8`)."""
 
     ort = _ort()
-    isa = ", ".join(cpu_int8_instructions()) or "none detected"
-    fields = dict(backend="onnxruntime", precision=precision, device="cpu", simulated=False, description="")
+    fields, isa = cpu_engine_fields("onnxruntime", precision)
     if not plan.nodes("int8"):
         engine = OrtEngine(graph.model, fields)
         engine.info = replace(engine.info, description=f"ONNX Runtime {ort.__version__} CPU, FP32; "
@@ -151,7 +149,7 @@ class TorchEngine(Engine):
         x = x.to(self.device, self.dtype)
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        with (tf32(True) if self.tf32 else contextlib.nullcontext()):
+        with tf32(self.tf32):          # off: what the executor enforces anyway (FP32 means FP32)
             if not self.fast:
                 return self._forward(x)
             key = tuple(x.shape)

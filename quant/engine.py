@@ -7,6 +7,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ..core.runtime import cpu_int8_instructions
+
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -23,3 +25,10 @@ class Engine:
 
     def run(self, images: np.ndarray) -> np.ndarray:   # pragma: no cover - interface
         raise NotImplementedError
+
+
+def cpu_engine_fields(backend: str, precision: str) -> tuple[dict, str]:
+    """A CPU engine's :class:`EngineInfo` fields (its description is written once it is built) and the
+    CPU's integer instructions as the description names them."""
+    fields = dict(backend=backend, precision=precision, device="cpu", simulated=False, description="")
+    return fields, ", ".join(cpu_int8_instructions()) or "none detected"

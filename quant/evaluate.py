@@ -408,13 +408,10 @@ def recommend(doc: dict, target: Target) -> dict:
     allowed = target.allowed_drop(fp32_acc) if drop_kind else None
 
     def meets(r) -> bool:
-        if target.kind == "sqnr":
-            return r["sqnr_db"] >= target.value
-        if target.kind == "cosine":
-            return r.get("cosine", 0.0) >= target.value
-        if target.kind == "agree":
-            return r["agreement"] * 100 >= target.value - 1e-9
-        return r["drop_pp"]["points"] <= allowed + 1e-9
+        """The row's value of the target's metric, judged by the one rule (:meth:`Target.met`)."""
+        value = {"sqnr": r["sqnr_db"], "cosine": r.get("cosine", 0.0), "agree": r["agreement"]}.get(
+            target.kind, fp32_acc - r["drop_pp"]["points"] / 100)
+        return target.met(1.0 if target.kind == "agree" else fp32_acc, value)   # FP32 agrees with itself
 
     within = [r for r in ok if meets(r)]
     measured = [r for r in within if not r["engine"].get("simulated")]

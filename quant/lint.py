@@ -19,9 +19,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..core.errors import QuantError
-from .placement import place_quantizers, weight_axis
+from .placement import LAYER_OPS, place_quantizers, weight_axis
 
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LAYERS = LAYER_OPS
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "HardSwish", "LeakyRelu", "Tanh")
 
 
@@ -141,6 +141,7 @@ def _cast_findings(g, producer, consumers, values, dq_out) -> list[Finding]:
     """FP16 regions written so that TensorRT builds them slower (review finding 10)."""
     found = []
     half, full = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    graph_outputs = {o.name for o in g.output}
     for n in g.node:
         to = _cast_to(n)
         if to is None:
@@ -153,7 +154,7 @@ def _cast_findings(g, producer, consumers, values, dq_out) -> list[Finding]:
         if to == half and p is not None and _cast_to(p) == full and producer.get(p.input[0]) is not None:
             src = producer[p.input[0]]
             if _cast_to(src) is None and all(_cast_to(c) == half for c in consumers.get(p.output[0], [])) \
-                    and p.output[0] not in {o.name for o in g.output}:
+                    and p.output[0] not in graph_outputs:
                 found.append(Finding("warning", p.name or p.op_type, "back-to-back Casts FP16 -> FP32 -> FP16 "
                                      "between two FP16 layers", "keep the tensor FP16 between FP16 layers: Cast "
                                                                 "only where it leaves the FP16 region"))

@@ -33,9 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .engine import Engine, EngineInfo
+from .engine import Engine, EngineInfo, cpu_engine_fields
 from ..core.errors import BackendUnavailable
-from ..core.runtime import cpu_int8_instructions
 from ..core.onnxutil import constant_values, toposort
 from .qdq import build_qdq_model
 
@@ -106,8 +105,8 @@ def int8_is_exact() -> bool:
     saturating ``vpmaddubsw`` path gives a wrong sum and an exact (VNNI/AMX) path the right one.
     """
     channels = 64
-    x = np.where(np.arange(channels) % 2 == 0, 127.0, -128.0).astype(np.float32).reshape(1, channels, 1, 1)
-    x[0, : channels // 2] = 127.0                   # mostly positive: the saturating sum differs from the exact one
+    x = np.full((1, channels, 1, 1), 127.0, np.float32)
+    x[0, channels // 2 + 1::2] = -128.0             # mostly positive: the saturating sum differs from the exact one
     exact = float((x.astype(np.int64) * 127).sum())
     compiled = _compile(_probe_model(channels), "LATENCY")
     got = float(compiled.create_infer_request().infer({0: x})[0].reshape(-1)[0])
@@ -212,8 +211,7 @@ def build_openvino_engine(graph, plan, ranges, *, precision: str) -> OpenVinoEng
     rewrite, :func:`quantize_before_zero_pads`), on CPUs where OpenVINO's INT8 is exact."""
 
     ov = _ov()
-    isa = ", ".join(cpu_int8_instructions()) or "none detected"
-    fields = dict(backend="openvino", precision=precision, device="cpu", simulated=False, description="")
+    fields, isa = cpu_engine_fields("openvino", precision)
     if not plan.nodes("int8"):
         engine = OpenVinoEngine(graph.model, fields)
         engine.info = replace(engine.info, description=f"OpenVINO {ov.__version__} CPU, FP32 (inference precision "

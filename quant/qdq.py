@@ -127,7 +127,7 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str], *, subject: str = "--ranges",
-                 hint: str = "calibrate this very ONNX graph (same export) or pass its ranges/cache") -> None:
+                 hint: str | None = None) -> None:
     missing = [t for t in needed if t not in ranges.ranges]
     if missing:
         known = list(ranges.ranges)
@@ -139,7 +139,7 @@ def check_ranges(graph: OnnxGraph, ranges: RangeSet, needed: list[str], *, subje
         raise PlanError("ranges do not match the model's tensor names", subject=subject,
                         got=f"{len(missing)} tensor(s) without a range: " + "; ".join(hints)
                             + (f"; {len(extra)} range(s) for tensors the model does not have" if extra else ""),
-                        hint=hint)
+                        hint=hint or "calibrate this very ONNX graph (same export) or pass its ranges/cache")
 
 
 def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
@@ -155,8 +155,7 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
     rw = _Rewriter(graph)
     nodes = list(rw.g.node)
     by_name = {n.name: n for n in nodes}
-    check_ranges(graph, ranges, placement.activation_tensors(), subject=ranges_subject,
-                 **({"hint": ranges_hint} if ranges_hint else {}))
+    check_ranges(graph, ranges, placement.activation_tensors(), subject=ranges_subject, hint=ranges_hint)
     for q in placement.quantizers:
         dq = (rw.qdq_activation(q.tensor, ranges.ranges[q.tensor].scale) if q.kind == "activation"
               else rw.qdq_weight(q.tensor, q.axis))
@@ -174,13 +173,8 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
         for n in nodes + rw.new_nodes:                # the quantizers read original tensors too
             for name in n.input:
                 readers.setdefault(name, []).append(n)
-        half_of: dict[str, str] = {}                 # FP16 node output -> its FP16 tensor
-        for n in nodes:
-            if n.name not in half_nodes:
-                continue
-            for i, name in enumerate(n.output):
-                if name and name in floats:
-                    half_of[name] = rw._uniq(f"{name}_fp16")
+        half_of = {name: rw._uniq(f"{name}_fp16")      # FP16 node output -> its FP16 tensor
+                   for n in nodes if n.name in half_nodes for name in n.output if name in floats}
         for n in nodes:
             if n.name not in half_nodes:
                 continue
@@ -195,8 +189,9 @@ def build_qdq_model(graph: OnnxGraph, ranges: RangeSet, plan: PrecisionPlan, *,
                     if leaves:          # an FP32/INT8 reader or the graph output: back to FP32 under the old name
                         rw.new_nodes.append(helper.make_node("Cast", [half_of[name]], [name], to=TensorProto.FLOAT,
                                                              name=rw._uniq(f"{name}_CastToFp32")))
-        # Constant nodes read only by FP16 nodes now feed nobody (their FP16 copies are initializers)
-        used = {i for n in nodes for i in n.input} | graph_outputs
+        # Constant nodes read only by FP16 nodes now feed nobody (their FP16 copies are initializers); a
+        # weight quantizer may still read one
+        used = {i for n in nodes + rw.new_nodes for i in n.input} | graph_outputs
         for n in [n for n in nodes if n.op_type == "Constant" and n.output[0] not in used]:
             rw.g.node.remove(n)
     # rebuild in topological order: new nodes go right before their first consumer

@@ -183,3 +183,29 @@ def test_an_fp16_activation_after_an_int8_layer_takes_the_layers_precision(mobil
     model.graph.node.extend([helper.make_node("Cast", [c.input[0]], ["tofp16"], to=TensorProto.FLOAT16, name="c16"),
                              helper.make_node("Clip", ["tofp16"], ["clip16"], name="clip16")])
     assert [f.node for f in lint_model(model) if "FP16 activation" in f.message] == ["clip16"]
+
+
+def test_fp16_region_keeps_the_constant_node_an_int8_weight_quantizer_reads():
+    """A weight held in a Constant node (not an initializer), quantized for an INT8 convolution, while
+    an FP16 node sits downstream: the Constant must survive the FP16 rewrite's clean-up of Constants."""
+    from onnx import helper
+
+    from trtquant.core.types import TensorRange
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "wv")
+    nodes = [helper.make_node("Constant", [], ["w"], value=w, name="wconst"),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="conv1"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+             helper.make_node("Add", ["r", "r"], ["y"], name="add1")]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])])
+    graph = OnnxGraph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    plan = PrecisionPlan("p", {"conv1": LayerPrecision("conv1", "int8", "t")}, default="fp16")
+    ranges = RangeSet({t: TensorRange(t, 4.0) for t in ("x", "c", "r", "y")}, method="minmax")
+    model, s = build_qdq_model(graph, ranges, plan)            # checked by onnx.checker inside
+    assert s.fp16_nodes == 1 and "w" in {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    x = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    got = TorchGraphExecutor(OnnxGraph(model)).run({"x": torch.from_numpy(x)})["y"]
+    ref = TorchGraphExecutor(graph).run({"x": torch.from_numpy(x)})["y"]
+    assert sqnr_db(ref, got) > 25                                # INT8 conv + FP16 add: close to FP32
