@@ -163,12 +163,17 @@ def test_H7_labels_outside_the_models_classes_are_refused(w, tmp_path, capsys):
     assert not (tmp_path / "el1" / "results.json").exists()
 
 
-def test_H8_interrupted_evaluate_leaves_the_complete_earlier_set(w, tmp_path, capsys, monkeypatch):
+def _complete_evaluation(w, tmp_path, capsys):
+    """A complete 2-config evaluation in ev_int/: (its path, the command without --configs, its files)."""
     out = tmp_path / "ev_int"
     base = ["evaluate", "--onnx", w / "tiny.onnx", "--data", w / "u8.npz", "--calib-images", "2",
             "--latency-iters", "1", "--batch-size", "2", *T, "--out", out]
     assert run([*base, "--configs", "fp32,int8:entropy"], capsys)[0] == 0
-    before = snapshot(out)
+    return out, base, snapshot(out)
+
+
+def test_H8_interrupted_evaluate_leaves_the_complete_earlier_set(w, tmp_path, capsys, monkeypatch):
+    out, base, before = _complete_evaluation(w, tmp_path, capsys)
     assert {"results.json", "report.md", "report.html", "int8_entropy/calib.bin"} <= set(before)
     from trtquant.quant import backends
 
@@ -636,11 +641,7 @@ def test_L3_convert_says_what_it_does_with_a_zero_scale(w, tmp_path, capsys):
 
 
 def test_H8_interrupt_before_any_config_finished_claims_no_partial_file(w, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "ev_int"
-    base = ["evaluate", "--onnx", w / "tiny.onnx", "--data", w / "u8.npz", "--calib-images", "2",
-            "--latency-iters", "1", "--batch-size", "2", *T, "--out", out]
-    assert run([*base, "--configs", "fp32,int8:entropy"], capsys)[0] == 0
-    before = snapshot(out)
+    out, base, before = _complete_evaluation(w, tmp_path, capsys)
     from trtquant.quant import backends
 
     def interrupted(*a, **kw):
