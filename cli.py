@@ -345,27 +345,26 @@ def cmd_evaluate(args) -> int:
         raise Interrupted("evaluation interrupted", subject=str(args.out),
                           hint=f"earlier results were left untouched; {kept}") from None
     doc = res.doc
-    for r in doc["results"]:
-        if r.get("status") != "ok":
-            print(f"{r['config']:<18} FAILED: {r.get('reason', '')}")
+    for r in doc.results:
+        if not r.ok:
+            print(f"{r.config:<18} FAILED: {r.reason}")
             continue
-        acc = f"top-1 {r['top1'] * 100:6.2f}%" if "top1" in r else f"agreement {r['agreement'] * 100:6.2f}%"
-        d = r["drop_pp"]
-        print(f"{r['config']:<18} {acc}  drop {d['points']:+.2f} pp [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-              f"  b1 p50 {r['latency_ms']['p50']:.2f} ms  {r['throughput']['images_per_s']:.0f} img/s"
-              + ("  (simulated INT8)" if r["engine"].get("simulated") else ""))
-    rec = doc["recommendation"]
-    print(f"recommendation: {rec['config'] or 'none'} ({rec['reason']})")
+        acc = f"top-1 {r.top1 * 100:6.2f}%" if r.top1 is not None else f"agreement {r.agreement * 100:6.2f}%"
+        d = r.drop_pp
+        print(f"{r.config:<18} {acc}  drop {d.points:+.2f} pp [{d.ci95[0]:+.2f}, {d.ci95[1]:+.2f}]"
+              f"  b1 p50 {r.latency_ms.p50:.2f} ms  {r.throughput.images_per_s:.0f} img/s"
+              + ("  (simulated INT8)" if r.simulated else ""))
+    rec = doc.recommendation
+    print(f"recommendation: {rec.config or 'none'} ({rec.reason})")
     print("\n".join(f"wrote {p}" for p in res.files.values()))
     return 0
 
 
 def cmd_report(args) -> int:
     from trtquant.core.fileio import OutputSet
-    from trtquant.core.results import read_results
-    from trtquant.reports.render import html_report, markdown
+    from trtquant.reports.render import html_report, load_results, markdown
 
-    doc = read_results(args.results)
+    doc = load_results(args.results)
     out = Path(args.out) if args.out else Path(args.results).parent
     _check_out_dir(out, _report_outputs(), args.force)
     kinds = _report_outputs()
@@ -385,6 +384,7 @@ def cmd_sweep(args) -> int:
     from trtquant.core.cache import looks_like_trt_cache
     from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
     from trtquant.quant.sweep import SweepSettings, sweep
+    from trtquant.reports.sweep_render import sweep_target
 
     _require_input_file("--ranges", args.ranges)
     _require_backend("--validate-backend", args.validate_backend)
@@ -400,21 +400,22 @@ def cmd_sweep(args) -> int:
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin)
     doc = sweep(settings, out, progress=not args.no_progress)
-    s, v = doc["search"], doc["validation"]
-    print(f"target  {doc['target']['text']}: {doc['target']['meaning']}")
-    for n in doc["notes"]:
+    s, v, fmt = doc.search, doc.validation, sweep_target(doc).format
+    print(f"target  {doc.target.text}: {doc.target.meaning}")
+    for n in doc.notes:
         print(f"note    {n}")
-    print(f"result  {'met' if s['met'] else 'NOT met'}{' (partial)' if s['partial'] else ''}: "
-          f"{len(s['fp16_layers'])}/{doc['layers']} layers FP16, {s['evaluations']} full-model evaluations, "
-          f"simulated {doc['metric']} {s['simulated_metric'] * 100:.2f}% (FP32 {doc['fp32_metric'] * 100:.2f}%)")
-    if v.get("status") == "ok":
-        print(f"check   {v['backend']}: {v['metric'] * 100:.2f}% -> {'meets' if v['meets_target'] else 'MISSES'} the target")
+    fp32 = fmt(doc.fp32_metric) if doc.fp32_metric is not None else "exact"
+    print(f"result  {'met' if s.met else 'NOT met'}{' (partial)' if s.partial else ''}: "
+          f"{len(s.fp16_layers)}/{doc.layers} layers FP16, {s.evaluations} full-model evaluations, "
+          f"simulated {doc.metric} {fmt(s.simulated_metric)} (FP32 {fp32})")
+    if v.status == "ok":
+        print(f"check   {v.backend}: {fmt(v.metric)} -> {'meets' if v.meets_target else 'MISSES'} the target")
     else:
-        print(f"check   {v['backend']} failed: {v.get('reason')}")
-    for c in doc["trtexec"]:
+        print(f"check   {v.backend} failed: {v.reason}")
+    for c in doc.trtexec:
         print(f"trtexec {c}")
     print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html "
-          f"({doc['timings']['total_s']:.1f} s)")
+          f"({doc.timings['total_s']:.1f} s)")
     return 0
 
 

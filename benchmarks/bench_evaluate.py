@@ -33,21 +33,21 @@ def main():
                                     num_images=args.num_images), Path(tmp) / "out", progress=False)
         wall = time.perf_counter() - t
     doc = res.doc
-    env = doc["environment"]
-    print(f"\nevaluate: {doc['model']['name']}, {doc['data']['images']} images, backend {args.backend}, "
+    env = doc.environment
+    print(f"\nevaluate: {doc.model.name}, {doc.data.images} images, backend {args.backend}, "
           f"device {env['device']} {env.get('gpu', '')} | wall {wall:.1f} s")
-    print(f"  load + decode images            {doc['timings']['load_images_s']:7.2f} s")
-    if "calibration" in doc:
-        print(f"  statistics pass ({doc['calibration']['images']} calib img)    {doc['calibration']['seconds']:7.2f} s")
-    for r in doc["results"]:
-        if r.get("status") != "ok":
-            print(f"  {r['config']:<16} failed: {r['reason'][:90]}")
+    print(f"  load + decode images            {doc.timings['load_images_s']:7.2f} s")
+    if doc.calibration is not None:
+        print(f"  statistics pass ({doc.calibration.images} calib img)    {doc.calibration.seconds:7.2f} s")
+    for r in doc.results:
+        if not r.ok:
+            print(f"  {r.config:<16} failed: {r.reason[:90]}")
             continue
-        print(f"  {r['config']:<16} build {r['build_s']:6.2f} s  accuracy pass {r['accuracy_pass_s']:6.2f} s  "
-              f"latency+throughput {r['timing_s']:6.2f} s  | top-1 {r.get('top1', float('nan')) * 100:.2f}%  "
-              f"drop {r['drop_pp']['points']:+.2f} pp  b1 {r['latency_ms']['p50']:.2f} ms")
-    print(f"  recommendation: {doc['recommendation']['config']} ({doc['recommendation']['reason']})")
-
+        top1 = float("nan") if r.top1 is None else r.top1
+        print(f"  {r.config:<16} build {r.build_s:6.2f} s  accuracy pass {r.accuracy_pass_s:6.2f} s  "
+              f"latency+throughput {r.timing_s:6.2f} s  | top-1 {top1 * 100:.2f}%  "
+              f"drop {r.drop_pp.points:+.2f} pp  b1 {r.latency_ms.p50:.2f} ms")
+    print(f"  recommendation: {doc.recommendation.config} ({doc.recommendation.reason})")
 
 if __name__ == "__main__":
     main()

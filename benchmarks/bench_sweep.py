@@ -43,12 +43,13 @@ def main():
                                       proxy_images=args.proxy_images), Path(tmp) / "s", progress=False)
             wall = time.perf_counter() - t
             ranges, _, _ = load_ranges(Path(tmp) / "s" / "calib.bin")
-        s, tm = doc["search"], doc["timings"]
+        s, tm, v = doc.search, doc.timings, doc.validation
+        fp32 = "n/a" if doc.fp32_metric is None else f"{doc.fp32_metric * 100:.2f}%"
         print(f"{name:<18} wall {wall:6.1f} s (sensitivity {tm['sensitivity_s']:.1f} s, search {tm['search_s']:.1f} s) | "
-              f"{s['evaluations']} full-model evaluations for {doc['layers']} layers | FP16 layers {len(s['fp16_layers'])} | "
-              f"target {'met' if s['met'] else 'NOT met'} | all-INT8 {doc['metric']} "
-              f"{s['path'][0]['metric'] * 100:.2f}% vs FP32 {doc['fp32_metric'] * 100:.2f}% | "
-              f"validation {doc['validation'].get('metric', float('nan')) * 100:.2f}%")
+              f"{s.evaluations} full-model evaluations for {doc.layers} layers | FP16 layers {len(s.fp16_layers)} | "
+              f"target {'met' if s.met else 'NOT met'} | all-INT8 {doc.metric} "
+              f"{s.path[0].metric * 100:.2f}% vs FP32 {fp32} | "
+              f"validation {float('nan') if v.metric is None else v.metric * 100:.2f}%")
         # fake-quantized evaluation throughput vs the plain FP32 forward, same executor, same device
         rm = resolve_model(name)
         sim = QuantSim(rm.graph, ranges, dev)

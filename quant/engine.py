@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
-
 import numpy as np
 
+from ..core.records import EngineInfo
 from ..core.runtime import cpu_int8_instructions
 
-
-@dataclass(frozen=True)
-class EngineInfo:
-    backend: str
-    precision: str
-    device: str
-    simulated: bool
-    description: str
-    integer_kernels: Mapping[str, int] = field(default_factory=dict)
+__all__ = ["Engine", "EngineInfo", "cpu_engine_fields"]
 
 
 class Engine:

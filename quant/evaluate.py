@@ -13,7 +13,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ from ..core.cache import TrtCache
 from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, open_capped, ranges_from_stats, statistics
 from .ort_int8 import lower_for_onnxruntime
 from .qdq import build_qdq_model
-from ..core.results import RESULTS_FORMAT, validate_results
+from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
+                            ModelRef, PlanSummary, Recommendation, Throughput, document_text, parse_document)
 from ..datasets import PRESETS
 from . import backends
 from ..calibrators.algorithms import ALGORITHMS
@@ -189,32 +190,36 @@ def _engine_bytes(engine) -> int | None:
 
 @dataclass
 class EvaluationResult:
-    doc: dict
+    doc: Evaluation
     out: Path
     files: dict = field(default_factory=dict)
 
 
-def _load_previous(path: Path, key: dict) -> dict:
+def _load_previous(path: Path, key: dict) -> dict[str, EngineResult]:
     if not path.is_file():
         return {}
     try:
-        doc = json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         log.warning("--resume: ignoring unreadable %s", path)
         return {}
-    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT or not isinstance(doc.get("results"), list):
+    if not isinstance(obj, dict) or obj.get("format") != RESULTS_FORMAT or not isinstance(obj.get("results"), list):
         log.warning("--resume: %s is not a trtquant results file: starting over", path)
         return {}
-    if doc.get("settings_key") != key:
+    if obj.get("settings_key") != key:
         log.warning("%s was measured with other settings: starting over", path)
         return {}
-
     try:
-        validate_results(doc, path)
+        doc = parse_document(Evaluation, obj, path)
     except QuantError as err:
         log.warning("--resume: ignoring malformed %s (%s): starting over", path, err)
         return {}
-    return {r["config"]: r for r in doc["results"] if r.get("status") == "ok"}
+    return {r.config: r for r in doc.results if r.ok}
+
+
+def _plan_summary(plan, with_layers: bool) -> PlanSummary:
+    layers = tuple(LayerChoice(lp.node, lp.precision, lp.reason) for lp in plan.layers.values()) if with_layers else ()
+    return PlanSummary(plan.name, plan.counts(), plan.default, layers)
 
 
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
@@ -260,13 +265,12 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     def images(lo: int, hi: int) -> np.ndarray:
         return preprocess.normalize(pixels[lo:hi]) if pixels.dtype == np.uint8 else pixels[lo:hi]
 
-    doc = {"format": RESULTS_FORMAT, "settings": asdict(settings), "settings_key": settings.key(),
-           "environment": environment(str(device)),
-           "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
-           "data": {"name": source.name, "fingerprint": source.fingerprint(), "images": int(len(pixels)),
-                    "labelled": has_labels, "skipped": [list(s) for s in source.skipped]},
-           "metric": "top-1" if has_labels else "agreement with FP32 top-1",
-           "timings": {"load_images_s": load_s}, "results": []}
+    doc = Evaluation(
+        settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device)),
+        model=ModelRef(rm.name, graph.fingerprint(), onnx=str(rm.onnx_path)),
+        data=DataRef(source.name, source.fingerprint(), int(len(pixels)), has_labels,
+                     tuple(tuple(s) for s in source.skipped)),
+        metric="top-1" if has_labels else "agreement with FP32 top-1", results=(), timings={"load_images_s": load_s})
 
     # ranges for every INT8 method from one statistics pass over a seeded calibration subset
     stats = None
@@ -277,13 +281,14 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         calib_src = subset(settings.calib_images, settings.seed + 1)
         t = time.perf_counter()
         stats = statistics(graph, calib_src, calib_cfg, device, progress=progress)
-        doc["calibration"] = {"images": stats.num_images, "data_fingerprint": stats.data_fingerprint,
-                              "seconds": time.perf_counter() - t,
-                              "images_also_evaluated": len(set(calib_src.ids) & set(source.ids))}
+        doc = replace(doc, calibration=CalibrationInfo(stats.num_images, stats.data_fingerprint, time.perf_counter() - t,
+                                                       len(set(calib_src.ids) & set(source.ids))))
+
+    rows: list[EngineResult] = []
 
     def save():
         out.mkdir(exist_ok=True)
-        atomic_write_text(partial_path, json_text(doc))
+        atomic_write_text(partial_path, document_text(doc.with_results(rows)))
 
     reference_logits = None
     artifact_blobs: dict[Path, bytes | str] = {}
@@ -292,13 +297,13 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         ordered.insert(0, ConfigSpec("fp32", "fp32"))
     for spec in ordered:
         if spec.name in previous and spec.name != "fp32" and all(
-                Path(p).is_file() for p in previous[spec.name].get("artifacts", {}).values()):
-            doc["results"].append(previous[spec.name])
+                Path(p).is_file() for p in previous[spec.name].artifacts.values()):
+            rows.append(previous[spec.name])
             save()
             continue
-        row = {"config": spec.name, "backend": settings.backend}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        times: dict[str, float] = {}
         try:
             t0 = time.perf_counter()
             ranges = None
@@ -318,59 +323,54 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
             engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
-            row["build_s"] = time.perf_counter() - t0
+            times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             logits = np.concatenate([engine.run(images(i, i + settings.batch_size))
                                      for i in range(0, len(pixels), settings.batch_size)])
-            row["accuracy_pass_s"] = time.perf_counter() - t1
+            times["accuracy_pass_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             if spec.name == "fp32":
                 reference_logits = logits
             lat = _timed(engine, images(0, 1), settings.latency_iters)
             full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
-            row["timing_s"] = time.perf_counter() - t2
+            times["timing_s"] = time.perf_counter() - t2
             art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
             artifact_blobs.update(art.pop("blobs"))
-            row.update({
-                "status": "ok", "engine": asdict(engine.info) if hasattr(engine.info, "__dataclass_fields__") else {},
-                "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default,
-                         "layers": [{"node": lp.node, "precision": lp.precision, "reason": lp.reason}
-                                    for lp in plan.layers.values()] if spec.plan_path else []},
-                "latency_ms": {"p50": float(np.percentile(lat, 50) * 1e3), "p90": float(np.percentile(lat, 90) * 1e3),
-                               "p99": float(np.percentile(lat, 99) * 1e3), "batch": 1, "iters": len(lat)},
-                "throughput": {"images_per_s": float(settings.batch_size / np.median(thr)), "batch": settings.batch_size},
-                "engine_bytes": art["int8_bytes"] if art["int8_bytes"] is not None else _engine_bytes(engine),
-                "artifacts": art["files"],
-                "peak_device_mb": (torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
-                "trtexec": trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
-                                            graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:])),
-            })
-            if has_labels:
-                row["top1"] = float(metrics.topk_correct(logits, labels, 1).mean())
-                row["top5"] = float(metrics.topk_correct(logits, labels, 5).mean())
             ref = reference_logits
-            row["agreement"] = float(metrics.agreement(logits, ref).mean())
-            row["sqnr_db"] = metrics.sqnr_db(ref, logits)
-            row["cosine"] = metrics.mean_cosine(ref, logits)
             ref_ok = metrics.topk_correct(ref, labels, 1) if has_labels else np.ones(len(ref), bool)
             cand_ok = metrics.topk_correct(logits, labels, 1) if has_labels else metrics.agreement(logits, ref)
             d = metrics.paired_bootstrap_drop(ref_ok, cand_ok, samples=settings.bootstrap, seed=settings.seed)
-            row["drop_pp"] = {"points": d.points, "ci95": [d.lo, d.hi], "within_noise": d.within_noise}
+            row = EngineResult(
+                spec.name, settings.backend, **times, engine=engine.info,
+                plan=_plan_summary(plan, with_layers=bool(spec.plan_path)),
+                latency_ms=Latency.from_seconds(lat),
+                throughput=Throughput(float(settings.batch_size / np.median(thr)), settings.batch_size),
+                engine_bytes=art["int8_bytes"] if art["int8_bytes"] is not None else _engine_bytes(engine),
+                artifacts=art["files"],
+                peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
+                trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
+                                               graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:]))),
+                top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
+                top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
+                agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=float(metrics.sqnr_db(ref, logits)),
+                cosine=float(metrics.mean_cosine(ref, logits)),
+                drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)))
         except (QuantError, RuntimeError) as err:
             if spec.name == "fp32":
                 raise
-            row.update({"status": "failed", "reason": str(err)})
+            row = EngineResult(spec.name, settings.backend, status="failed", reason=str(err), **times)
             log.warning("%s failed: %s", spec.name, err)
-        doc["results"].append(row)
+        rows.append(row)
         save()
-    doc["recommendation"] = recommend(doc, parse_target(settings.target))
+    doc = doc.with_results(rows)
+    doc = replace(doc, recommendation=recommend(doc, parse_target(settings.target)))
 
     # the complete set, moved into place together; the progress file goes only after that
     out.mkdir(exist_ok=True)
     with OutputSet(force=True) as outputs:
         names = {"report.md": render.markdown(doc), "report.html": render.html_report(doc),
-                 "results.json": json_text(doc)}
+                 "results.json": document_text(doc)}
         for name, text in names.items():
             outputs.add(out / name, flag="--out")
             outputs.stage(out / name, text)
@@ -397,37 +397,36 @@ def graph_num_classes(graph) -> int | None:
     return None
 
 
-def recommend(doc: dict, target: Target) -> dict:
+def recommend(doc: Evaluation, target: Target) -> Recommendation:
     """The fastest *measured* engine within the target. A simulated engine's latency is not a measurement:
     it never wins the speed ranking; when one is within the target the recommendation says what could
     not be measured."""
-    ok = [r for r in doc["results"] if r.get("status") == "ok"]
-    fp32 = next((r for r in ok if r["config"] == "fp32"), None)
-    fp32_acc = (fp32["top1"] if doc["data"]["labelled"] else fp32["agreement"]) if fp32 else 1.0
+    ok = doc.ok
+    fp32 = next((r for r in ok if r.config == "fp32"), None)
+    fp32_acc = doc.accuracy(fp32) if fp32 else 1.0
     drop_kind = target.kind in ("abs", "rel")
     allowed = target.allowed_drop(fp32_acc) if drop_kind else None
 
-    def meets(r) -> bool:
+    def meets(r: EngineResult) -> bool:
         """The row's value of the target's metric, judged by the one rule (:meth:`Target.met`)."""
-        value = {"sqnr": r["sqnr_db"], "cosine": r.get("cosine", 0.0), "agree": r["agreement"]}.get(
-            target.kind, fp32_acc - r["drop_pp"]["points"] / 100)
+        value = {"sqnr": r.sqnr_db, "cosine": r.cosine if r.cosine is not None else 0.0, "agree": r.agreement}.get(
+            target.kind, fp32_acc - r.drop_pp.points / 100)
         return target.met(1.0 if target.kind == "agree" else fp32_acc, value)   # FP32 agrees with itself
 
     within = [r for r in ok if meets(r)]
-    measured = [r for r in within if not r["engine"].get("simulated")]
-    simulated = [r["config"] for r in within if r["engine"].get("simulated")]
+    measured = [r for r in within if not r.simulated]
+    simulated = [r.config for r in within if r.simulated]
     unmeasured = (f"; {', '.join(simulated)} also meet the target but ran simulated (no real INT8 engine here, e.g. "
                   f"TensorRT absent): their speed is not measured, so they are not ranked" if simulated else "")
-    wanted = (f"loses at most {allowed:g} pp of {doc['metric']}" if drop_kind else f"meets the target: {target.describe()}")
-    rec = {"target": target.text, **({"target_drop_pp": allowed} if drop_kind else {})}
+    wanted = (f"loses at most {allowed:g} pp of {doc.metric}" if drop_kind else f"meets the target: {target.describe()}")
     if not measured:
-        return {"config": None, **rec, "reason": f"no measured engine {wanted}" + unmeasured}
-    best = min(measured, key=lambda r: r["latency_ms"]["p50"])
-    noisy = drop_kind and best["drop_pp"]["ci95"][1] > allowed
-    how = (f"losing at most {allowed:g} pp ({best['drop_pp']['points']:+.2f} pp)" if drop_kind else
-           f"meeting {target.describe()} (SQNR {best['sqnr_db']:.1f} dB, cosine {best.get('cosine', float('nan')):.5f}, "
-           f"agreement {best['agreement'] * 100:.1f}%)")
-    return {"config": best["config"], **rec,
-            "reason": (f"fastest measured engine at batch 1 ({best['latency_ms']['p50']:.2f} ms p50) among engines {how}"
-                       + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else "")
-                       + unmeasured)}
+        return Recommendation(None, target.text, f"no measured engine {wanted}" + unmeasured, allowed)
+    best = min(measured, key=lambda r: r.latency_ms.p50)
+    noisy = drop_kind and best.drop_pp.ci95[1] > allowed
+    how = (f"losing at most {allowed:g} pp ({best.drop_pp.points:+.2f} pp)" if drop_kind else
+           f"meeting {target.describe()} (SQNR {best.sqnr_db:.1f} dB, cosine "
+           f"{best.cosine if best.cosine is not None else float('nan'):.5f}, agreement {best.agreement * 100:.1f}%)")
+    return Recommendation(best.config, target.text,
+                          f"fastest measured engine at batch 1 ({best.latency_ms.p50:.2f} ms p50) among engines {how}"
+                          + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else "")
+                          + unmeasured, allowed)

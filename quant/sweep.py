@@ -21,6 +21,7 @@ INT8's); the chosen plan is then rebuilt as a real engine and measured (``valida
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -44,7 +45,9 @@ from ..core.runtime import resolve_device
 from ..core.cache import TrtCache
 from .cache_tools import load_ranges
 from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, open_capped, ranges_from_stats, statistics
-from ..core.fileio import OutputSet, check_output_dir, json_text
+from ..core.fileio import OutputSet, check_output_dir
+from ..core.records import (DataRef, ModelRef, SearchRecord, SearchStep, SensitivityRow, Sweep, TargetRef, Validation,
+                            document_text)
 from .models import resolve_model
 from .qdq import build_qdq_model
 from ..reports.sweep_render import sweep_report_texts
@@ -228,11 +231,8 @@ class SweepSettings:
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
 
 
-def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
-    """Sensitivity pass + search + outputs + validation; returns the sweep document (also ``sweep.json``)."""
-    from pathlib import Path
-
-
+def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
+    """Sensitivity pass + search + outputs + validation; returns the sweep record (also ``sweep.json``)."""
     t_start = time.perf_counter()
     target = parse_target(settings.target)
     out = Path(out)
@@ -332,50 +332,46 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> dict:
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
 
     # validation: the chosen plan as a real engine
-    validation = {"backend": settings.validate_backend}
+    vnote = None
     try:
         vplan = plan
         if settings.validate_backend == "onnxruntime" and plan.nodes("fp16"):
             vplan = PrecisionPlan(plan.name, {n: LayerPrecision(n, "fp32" if lp.precision == "fp16" else lp.precision,
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
-            validation["note"] = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
+            vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
         engine = backends.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
         measured = metric(np.concatenate([engine.run(x[i:i + 64]) for i in range(0, len(x), 64)]))
-        validation.update({"status": "ok", "metric": measured, "engine": engine.info.description,
-                           "simulated": engine.info.simulated,
-                           "meets_target": target.met(fp32_metric, measured)})
-        if not validation["meets_target"]:
+        validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,
+                                engine.info.simulated, target.met(fp32_metric, measured), note=vnote)
+        if not validation.meets_target:
             notes.append(f"the real engine measures {target.format(measured)} against {target.format(final_sim)} "
                          f"simulated and misses the target" + ("" if target.kind in FIDELITY_KINDS else
                          f": on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images or search with --margin"))
     except Exception as err:  # validation must not lose the plan: report why it failed
-        validation.update({"status": "failed", "reason": f"{type(err).__name__}: {err}"[:400]})
+        validation = Validation(settings.validate_backend, "failed", note=vnote,
+                                reason=f"{type(err).__name__}: {err}"[:400])
 
-    doc = {
-        "format": "trtquant-sweep/1", "model": {"name": rm.name, "fingerprint": graph.fingerprint()},
-        "data": {"name": source.name, "images": int(len(x)), "labelled": labelled, "fingerprint": source.fingerprint()},
-        "target": {"text": target.text, "kind": target.kind, "value": target.value, "meaning": target.describe()},
-        "metric": target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1"), "fp32_metric": fp32_metric,
-        "calibration": calib_note, "layers": len(sim.layers), "notes": notes + ([result.note] if result.note else []),
-        "sensitivity": [{"layer": n, "regain_sqnr_db": regain.get(n), "alone_int8_sqnr_db": alone.get(n)}
-                        for n in order] + [{"layer": n, "regain_sqnr_db": None, "alone_int8_sqnr_db": None}
-                                           for n in sim.layers if n not in regain],
-        "all_int8_sqnr_db": base_sqnr, "ranking_partial": partial_rank,
-        "search": {"met": result.met, "partial": result.partial, "evaluations": result.evaluations,
-                   "fp16_layers": list(result.fp16), "simulated_metric": final_sim,
-                   "path": [{"fp16": list(s.fp16), "metric": s.accuracy, "cost": s.cost, "met": s.met, "action": s.action}
-                            for s in result.path]},
-        "validation": validation, "trtexec": trt_lines,
-        "timings": {"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
-        "files": {k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")},
-    }
+    doc = Sweep(
+        model=ModelRef(rm.name, graph.fingerprint()),
+        data=DataRef(source.name, source.fingerprint(), int(len(x)), labelled),
+        target=TargetRef(target.text, target.kind, target.value, target.describe()),
+        metric=target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1"), fp32_metric=fp32_metric,
+        calibration=calib_note, layers=len(sim.layers), notes=tuple(notes + ([result.note] if result.note else [])),
+        sensitivity=tuple([SensitivityRow(n, regain.get(n), alone.get(n)) for n in order]
+                          + [SensitivityRow(n) for n in sim.layers if n not in regain]),
+        all_int8_sqnr_db=float(base_sqnr), ranking_partial=partial_rank,
+        search=SearchRecord(result.met, result.partial, result.evaluations, tuple(result.fp16), final_sim,
+                            tuple(SearchStep(s.fp16, s.accuracy, s.cost, s.met, s.action) for s in result.path)),
+        validation=validation, trtexec=tuple(trt_lines),
+        timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
+        files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")})
     # every output together, after everything above succeeded (an error or Ctrl-C leaves the earlier set);
     # the CLI checked the paths and their kinds before any work
     out.mkdir(exist_ok=True)
     with OutputSet(force=True) as outputs:
         for name, data in (("plan.json", plan.to_json()), ("model_qdq.onnx", qdq.SerializeToString()),
-                           ("calib.bin", cache_text), ("sweep.json", json_text(doc)), *sweep_report_texts(doc).items()):
+                           ("calib.bin", cache_text), ("sweep.json", document_text(doc)), *sweep_report_texts(doc).items()):
             outputs.add(out / name, flag="--out")
             outputs.stage(out / name, data)
         outputs.commit()

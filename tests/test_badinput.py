@@ -456,7 +456,7 @@ def test_M6_report_creates_out_and_rejects_malformed_results(w, tmp_path, capsys
         edit(d)
         (tmp_path / f"{name}.json").write_text(json.dumps(d))
         rc, _, err = run(["report", tmp_path / f"{name}.json", "--out", tmp_path / "rep"], capsys)
-        assert rc == 2 and "malformed results file" in err and f"{name}.json" in err
+        assert rc == 2 and "malformed evaluation results file" in err and f"{name}.json" in err
     assert not (tmp_path / "rep").exists()
 
 

@@ -171,7 +171,7 @@ def test_interrupted_evaluation_keeps_finished_rows_and_resumes(tmp_path, monkey
     calls.clear()
     monkeypatch.setattr(backends, "build", real_build)
     res = ev.evaluate(settings, tmp_path / "o", resume=True, progress=False)
-    assert [r["config"] for r in res.doc["results"]] == ["fp32", "int8:entropy", "int8:percentile"]
+    assert [r.config for r in res.doc.results] == ["fp32", "int8:entropy", "int8:percentile"]
 
 
 def test_evaluate_cli_bad_config(tmp_path, capsys):

@@ -106,7 +106,12 @@ def test_simulated_equals_shipped(mobilenet, mobilenet_ranges, sample_images, wh
         {"input": torch.from_numpy(x)})["logits"].numpy()
     if which == "fp16-layers":     # the simulation runs FP16 layers in FP32 (FP16's error is far below INT8's)
         assert sqnr_db(torch.from_numpy(s), torch.from_numpy(ran)) >= 15   # FP16 flips compound like float32's
-        assert (ran.argmax(1) == s.argmax(1)).mean() >= 0.95
+        # a placement disagreement would flip confident images; FP16 rounding flips only near-ties (on this
+        # set 1-2 of 20 images whose top-2 logits differ by < 0.25, against a median margin of ~4 logits;
+        # the count varies with the CPU's FP16 kernels)
+        top2 = np.sort(s, 1)[:, -2:]
+        flipped = ran.argmax(1) != s.argmax(1)
+        assert flipped.mean() <= 0.15 and np.all(top2[flipped, 1] - top2[flipped, 0] < 0.25)
         return
     np.testing.assert_array_equal(ran, s)
     # 2. an independent runtime on the shipped file (ONNX Runtime, optimisations off: Q/DQ as float ops):

@@ -15,7 +15,7 @@ from trtquant import cli
 from trtquant.core.cache import TrtCache, read_ranges_json, read_trt_cache
 from trtquant.core.errors import QuantError
 from trtquant.quant.plan import PrecisionPlan
-from trtquant.core.results import read_results
+from trtquant.core.records import Evaluation, read_document
 from trtquant.core.types import CalibrationStats, TensorHistogram
 
 SEED = 20261202
@@ -41,15 +41,19 @@ def _plan_json() -> str:
 
 
 def _results_json() -> str:
-    row = {"config": "fp32", "backend": "onnxruntime", "status": "ok", "engine": {"device": "cpu"},
+    row = {"config": "fp32", "backend": "onnxruntime", "status": "ok", "build_s": 0.1,
+           "engine": {"backend": "onnxruntime", "precision": "fp32", "device": "cpu", "simulated": False,
+                      "description": "ORT", "integer_kernels": {}},
+           "plan": {"name": "fp32", "counts": {"int8": 0}, "default": "fp32", "layers": []},
            "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5, "batch": 1, "iters": 3},
-           "throughput": {"images_per_s": 100.0, "batch": 2}, "drop_pp": {"points": 0.0, "ci95": [0.0, 0.0]},
-           "agreement": 1.0, "sqnr_db": 99.0, "build_s": 0.1, "engine_bytes": 100, "top1": 0.5, "top5": 0.9,
-           "plan": {"layers": []}, "trtexec": []}
+           "throughput": {"images_per_s": 100.0, "batch": 2}, "engine_bytes": 100, "trtexec": ["x"],
+           "top1": 0.5, "top5": 0.9, "agreement": 1.0, "sqnr_db": 99.0,
+           "drop_pp": {"points": 0.0, "ci95": [0.0, 0.0], "within_noise": True}}
     return json.dumps({"format": "trtquant-results/1", "model": {"name": "m", "fingerprint": "ab"},
                        "data": {"name": "d", "fingerprint": "cd", "images": 2, "labelled": True},
-                       "metric": "top-1", "environment": {}, "results": [row, {"config": "x", "status": "failed"}],
-                       "recommendation": {"config": "fp32", "reason": "r"}})
+                       "metric": "top-1", "environment": {},
+                       "results": [row, {"config": "x", "backend": "onnxruntime", "status": "failed", "reason": "r"}],
+                       "recommendation": {"config": "fp32", "target": "0.5%", "reason": "r"}})
 
 
 def _stats_bytes(tmp: Path) -> bytes:
@@ -136,7 +140,7 @@ READERS = {
     "cache": (read_trt_cache, lambda tmp: _cache_text()),
     "ranges": (read_ranges_json, lambda tmp: _ranges_json()),
     "plan": (PrecisionPlan.load, lambda tmp: _plan_json()),
-    "results": (read_results, lambda tmp: _results_json()),
+    "results": (lambda p: read_document(Evaluation, p), lambda tmp: _results_json()),
     "stats": (CalibrationStats.load, _stats_bytes),
 }
 

@@ -9,6 +9,7 @@ import pytest
 
 from trtquant import cli
 from trtquant.core.errors import ConfigError
+from trtquant.core.records import Sweep, read_document
 from trtquant.quant.sweep import SweepSettings, greedy_search, parse_target, sweep
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
@@ -46,24 +47,25 @@ def test_evaluate_recommendation_follows_every_target_kind():
     doc = load_results(Path(__file__).parent / "data" / "results_mobilenet_ort.json")
     # recorded: fp32 2.99 ms (inf dB), int8:entropy 4.34 ms (12.08 dB, cos 0.9681, -5 pp), int8:percentile
     # 4.44 ms (13.04 dB, cos 0.9743, 0 pp); agreement 95% for both INT8 rows
-    assert recommend(doc, parse_target("0.5%"))["config"] == "fp32"           # fastest of all, and exact
-    doc["results"] = [r for r in doc["results"] if r["config"] != "fp32"]
-    assert recommend(doc, parse_target("0.5%"))["config"] == "int8:percentile"     # entropy loses 5 pp
-    assert recommend(doc, parse_target("sqnr:12dB"))["config"] == "int8:entropy"    # both qualify: the faster
-    assert recommend(doc, parse_target("sqnr:12.5dB"))["config"] == "int8:percentile"
-    assert recommend(doc, parse_target("cosine:0.97"))["config"] == "int8:percentile"
-    assert recommend(doc, parse_target("agree:95%"))["config"] == "int8:entropy"
+    assert recommend(doc, parse_target("0.5%")).config == "fp32"           # fastest of all, and exact
+    doc = doc.with_results(r for r in doc.results if r.config != "fp32")
+    assert recommend(doc, parse_target("0.5%")).config == "int8:percentile"     # entropy loses 5 pp
+    assert recommend(doc, parse_target("sqnr:12dB")).config == "int8:entropy"    # both qualify: the faster
+    assert recommend(doc, parse_target("sqnr:12.5dB")).config == "int8:percentile"
+    assert recommend(doc, parse_target("cosine:0.97")).config == "int8:percentile"
+    assert recommend(doc, parse_target("agree:95%")).config == "int8:entropy"
     none = recommend(doc, parse_target("sqnr:20dB"))
-    assert none["config"] is None and "SQNR" in none["reason"] and none["target"] == "sqnr:20dB"
+    assert none.config is None and "SQNR" in none.reason and none.target == "sqnr:20dB"
 
 
 def test_sweep_on_an_output_fidelity_target(tmp_path):
     doc = sweep(SweepSettings(target="sqnr:18dB", proxy_images=6, device="cpu", num_images=12, calib_images=12),
                 out=tmp_path / "s", progress=False)
-    assert doc["metric"] == "SQNR dB vs FP32" and doc["fp32_metric"] is None
-    s = doc["search"]
-    assert s["met"] and s["simulated_metric"] >= 18 and all(p["metric"] > 1 for p in s["path"])     # dB, not a fraction
-    assert all(p["met"] == (p["metric"] >= 18) for p in s["path"])
+    assert doc.metric == "SQNR dB vs FP32" and doc.fp32_metric is None
+    s = doc.search
+    assert s.met and s.simulated_metric >= 18 and all(p.metric > 1 for p in s.path)     # dB, not a fraction
+    assert all(p.met == (p.metric >= 18) for p in s.path)
+    assert read_document(Sweep, tmp_path / "s" / "sweep.json") == doc        # the one codec round-trips
     md = (tmp_path / "s" / "sweep.md").read_text()
     assert "outputs within 18 dB SQNR of FP32" in md and " dB" in md
 
@@ -140,8 +142,8 @@ def test_sweep_without_labels_falls_back_to_agreement(tmp_path, sample_images):
     np.save(tmp_path / "x.npy", sample_images[0][:12])
     doc = sweep(SweepSettings(target="1%", data=str(tmp_path / "x.npy"), proxy_images=6, device="cpu"),
                 tmp_path / "s", progress=False)
-    assert doc["target"]["kind"] == "agree" and doc["metric"] == "agreement with FP32 top-1"
-    assert any("no labels" in n for n in doc["notes"])
+    assert doc.target.kind == "agree" and doc.metric == "agreement with FP32 top-1"
+    assert any("no labels" in n for n in doc.notes)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/imagenet-sample (1000 real ImageNet images)")
@@ -155,7 +157,7 @@ def test_efficientnet_lite0_plan_meets_the_target_on_onnxruntime(tmp_path):
     doc = sweep(SweepSettings(model="efficientnet_lite0", data=str(SHARED), num_images=120, calib_images=64,
                               proxy_images=8, target="agree:99%", margin_pp=0.9,
                               device="cpu"), tmp_path / "s", progress=False)
-    all_int8 = doc["search"]["path"][0]
-    assert all_int8["action"] == "all INT8" and not all_int8["met"]
-    assert doc["search"]["met"] and len(doc["search"]["fp16_layers"]) >= 1
-    assert doc["validation"]["status"] == "ok" and doc["validation"]["meets_target"], doc["validation"]
+    all_int8 = doc.search.path[0]
+    assert all_int8.action == "all INT8" and not all_int8.met
+    assert doc.search.met and len(doc.search.fp16_layers) >= 1
+    assert doc.validation.status == "ok" and doc.validation.meets_target, doc.validation
