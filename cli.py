@@ -352,7 +352,7 @@ def cmd_evaluate(args) -> int:
         acc = f"top-1 {r.top1 * 100:6.2f}%" if r.top1 is not None else f"agreement {r.agreement * 100:6.2f}%"
         d = r.drop_pp
         print(f"{r.config:<18} {acc}  drop {d.points:+.2f} pp [{d.ci95[0]:+.2f}, {d.ci95[1]:+.2f}]"
-              f"  b1 p50 {r.latency_ms.p50:.2f} ms  {r.throughput.images_per_s:.0f} img/s"
+              f"  b{r.latency_ms.batch} p50 {r.latency_ms.p50:.2f} ms  {r.throughput.images_per_s:.0f} img/s"
               + ("  (simulated INT8)" if r.simulated else ""))
     rec = doc.recommendation
     print(f"recommendation: {rec.config or 'none'} ({rec.reason})")
@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     m = c.add_argument_group("model")
     _model_flags(m, "the model to calibrate")
-    m.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception); default: the model's")
+    m.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception | grayscale); default: the model's (its crop follows a static square model input)")
     m.add_argument("--onnx-out", default=None, type=PATH, help="also save the exact ONNX graph the cache is keyed to")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
     e.add_argument("--seed", type=SEED, default=0, help="subset seed")
     e.add_argument("--batch-size", type=COUNT, default=64, help="evaluation and throughput batch size")
-    e.add_argument("--latency-iters", type=COUNT, default=50, help="batch-1 latency iterations")
+    e.add_argument("--latency-iters", type=COUNT, default=50, help="latency iterations, at batch 1 (or the model's fixed batch)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
     e.add_argument("--target-drop", default="0.5%", type=_target,
                    help="the recommendation's accuracy target: " + TARGET_FORMS.replace("%", "%%"))

@@ -143,7 +143,7 @@ class EngineInfo(Record):
 
 @dataclass(frozen=True)
 class Latency(Record):
-    """Batch-1 latency percentiles in milliseconds."""
+    """Latency percentiles in milliseconds at ``batch`` (1, or the model's fixed batch)."""
     p50: float
     p90: float
     p99: float
@@ -151,9 +151,9 @@ class Latency(Record):
     iters: int = 0
 
     @classmethod
-    def from_seconds(cls, seconds) -> "Latency":
+    def from_seconds(cls, seconds, batch: int = 1) -> "Latency":
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
-        return cls(*(float(np.percentile(ms, q)) for q in (50, 90, 99)), batch=1, iters=int(ms.size))
+        return cls(*(float(np.percentile(ms, q)) for q in (50, 90, 99)), batch=batch, iters=int(ms.size))
 
 
 @dataclass(frozen=True)

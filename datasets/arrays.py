@@ -29,8 +29,9 @@ class ArraySource(ImageSource):
     or ``.npz`` (keys images/labels or x/y).
 
     uint8 NHWC / NCHW arrays with 3 or 1 channels (or NHW) are pixels and go through
-    ``Preprocess.apply_array``; float16/32/64 arrays shaped (N, 3, H, W) are model-ready and
-    only cast to float32. Ids are ``PATH:DATASET[ROW]``; ``kind`` is hdf5, npy or npz.
+    ``Preprocess.apply_array``; float16/32/64 arrays of rank 2 to 5 are model-ready (any channel
+    count or layout: the model's input shape is checked against them where the model is known)
+    and only cast to float32. Ids are ``PATH:DATASET[ROW]``; ``kind`` is hdf5, npy or npz.
     """
 
     kind = "array"
@@ -73,7 +74,7 @@ class ArraySource(ImageSource):
         ids = [f"{self.path}:{self.dataset}[{i}]" for i in range(shape[0])]
         if self.model_ready:
             log.info("%s: float %s array %s taken as model-ready (no preprocessing)", name, self.dtype, self.shape)
-            if self.shape[2:] != (preprocess.crop, preprocess.crop):
+            if len(self.shape) == 4 and self.shape[1] == 3 and self.shape[2:] != (preprocess.crop, preprocess.crop):
                 log.warning("%s: model-ready images are %dx%d, the preprocessing crop is %d", name,
                             self.shape[2], self.shape[3], preprocess.crop)
         super().__init__(name=name, preprocess=preprocess, ids=ids, labels=label_arr,
@@ -195,15 +196,16 @@ class ArraySource(ImageSource):
             ok = all(s > 0 for s in shape[1:])
         elif any(dtype == d for d in _FLOAT_DTYPES):
             if layout not in (None, "NCHW"):
-                raise DataError("float arrays are model-ready NCHW", subject=f"--layout {layout}", got=f"{dtype} {shape}",
+                raise DataError("float arrays are model-ready: fed in the model's own layout", subject=f"--layout {layout}", got=f"{dtype} {shape}",
                                 expected="--layout NCHW (or no --layout), or uint8 pixels for other layouts")
-            if len(shape) != 4 or shape[1] != 3:
-                raise DataError("model-ready array has the wrong shape", subject=where, got=f"{dtype} {shape}",
-                                expected="float (N, 3, H, W), already preprocessed (or uint8 pixels)")
-            layout, ok = "CHW", all(s > 0 for s in shape[2:])
+            if not 2 <= len(shape) <= 5:
+                raise DataError("model-ready array has the wrong rank", subject=where, got=f"{dtype} {shape}",
+                                expected="float (N, ...) of rank 2 to 5 shaped like the model's input, already "
+                                         "preprocessed (or uint8 pixels)")
+            layout, ok = "model", all(s > 0 for s in shape[1:])
         else:
             raise DataError("image array has an unsupported dtype", subject=where, got=f"{dtype} {shape}",
-                            expected="uint8 pixels (NHWC/NCHW) or float16/32/64 model-ready (N, 3, H, W)")
+                            expected="uint8 pixels (NHWC/NCHW) or float16/32/64 model-ready (N, ...) shaped like the model input")
         if not ok:
             raise DataError("image array has an empty image dimension", subject=where, got=str(shape))
         if shape[0] == 0:

@@ -44,9 +44,10 @@ def default_workers() -> int:
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Batch:
-    """One batch: NCHW images, int64 labels (-1 unknown) or None, ids.
+    """One batch: images (N first), int64 labels (-1 unknown) or None, ids.
 
-    ``images`` is float32 and model-ready, or uint8 resized/cropped RGB pixels when the pass was
+    ``images`` is float32 and model-ready (NCHW from images; from model-ready arrays whatever rank
+    2 to 5 the model's input has), or uint8 resized/cropped RGB NCHW pixels when the pass was
     asked for ``pixels=True`` (normalise them with ``Preprocess.normalize``/``normalize_torch``)."""
 
     images: np.ndarray
@@ -55,11 +56,12 @@ class Batch:
 
     def __post_init__(self) -> None:
         images = self.images
-        if not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8) or images.ndim != 4:
+        if (not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8)
+                or not (images.ndim == 4 if images.dtype == np.uint8 else 2 <= images.ndim <= 5)):
             raise DataError("invalid batch images", subject="Batch.images",
                             got=f"{type(images).__name__} {getattr(images, 'dtype', '')} "
                                 f"shape {getattr(images, 'shape', '')}",
-                            expected="a float32 (or uint8 pixels) NCHW numpy array")
+                            expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
         if not images.flags.c_contiguous:
             object.__setattr__(self, "images", np.ascontiguousarray(images))
         n = images.shape[0]

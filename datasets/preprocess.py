@@ -58,15 +58,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _check_triplet(name: str, value: Any, *, positive: bool) -> tuple[float, float, float]:
+def _check_triplet(name: str, value: Any, *, positive: bool, channels: int = 3) -> tuple[float, ...]:
+    want = "3 numbers, one per RGB channel" if channels == 3 else "1 number (greyscale)"
     try:
         items = tuple(float(v) for v in value)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid preprocessing {name}", subject=name, got=repr(value),
-                          expected="3 numbers, one per RGB channel") from err
-    if len(items) != 3:
+        raise ConfigError(f"invalid preprocessing {name}", subject=name, got=repr(value), expected=want) from err
+    if len(items) != channels:
         raise ConfigError(f"invalid preprocessing {name}", subject=name, got=f"{len(items)} values {items}",
-                          expected="3 numbers, one per RGB channel")
+                          expected=want)
     if not all(math.isfinite(v) for v in items):
         raise ConfigError(f"invalid preprocessing {name}", subject=name, got=repr(items),
                           expected="finite numbers")
@@ -79,12 +79,15 @@ def _check_triplet(name: str, value: Any, *, positive: bool) -> tuple[float, flo
 @dataclass(frozen=True)
 class Preprocess:
     """Resize the shorter side to ``resize`` (PIL bilinear), center-crop ``crop`` x ``crop``,
-    scale to [0, 1] and normalize with ``mean`` / ``std`` (RGB order)."""
+    scale to [0, 1] and normalize with ``mean`` / ``std`` (RGB order). ``channels=1`` converts
+    every image to greyscale first (PIL's ``convert("L")``, ITU-R 601 luma, as torchvision's
+    ``Grayscale``), with one mean and one std."""
 
     resize: int = 256
     crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channels: int = 3
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -97,34 +100,41 @@ class Preprocess:
             raise ConfigError("center crop larger than the resized image", subject="crop",
                               got=f"crop={self.crop} > resize={self.resize}",
                               expected="crop <= resize (the shorter side after resizing)")
-        object.__setattr__(self, "mean", _check_triplet("mean", self.mean, positive=False))
-        object.__setattr__(self, "std", _check_triplet("std", self.std, positive=True))
+        if self.channels not in (1, 3):
+            raise ConfigError("invalid preprocessing channels", subject="channels", got=repr(self.channels),
+                              expected="3 (RGB) or 1 (greyscale)")
+        object.__setattr__(self, "mean", _check_triplet("mean", self.mean, positive=False, channels=self.channels))
+        object.__setattr__(self, "std", _check_triplet("std", self.std, positive=True, channels=self.channels))
 
     # -- public API ---------------------------------------------------------------------
     def apply(self, img: Image.Image) -> np.ndarray:
-        """Preprocess one PIL image (any mode) into a float32 ``(3, crop, crop)`` array."""
+        """Preprocess one PIL image (any mode) into a float32 ``(channels, crop, crop)`` array."""
         return self.normalize(self.pixels(img))
 
     def pixels(self, img: Image.Image) -> np.ndarray:
-        """Resize + centre-crop one PIL image (any mode) into uint8 ``(3, crop, crop)`` RGB pixels."""
+        """Resize + centre-crop one PIL image (any mode) into uint8 ``(channels, crop, crop)`` pixels."""
         if not isinstance(img, Image.Image):
             raise DataError("not a PIL image", subject="Preprocess.apply", got=type(img).__name__,
                             expected="a PIL.Image.Image (use apply_array for numpy pixels)")
         rgb = to_rgb(img)
+        if self.channels == 1:
+            rgb = rgb.convert("L")
         w, h = rgb.size
         if w < 1 or h < 1:
             raise DataError("empty image", got=f"size {w}x{h}", expected="at least 1x1 pixels")
         new_w, new_h = self._resized_size(w, h)
         if (new_w, new_h) != (w, h):
             rgb = rgb.resize((new_w, new_h), Image.BILINEAR)
-        pixels = np.asarray(rgb)                 # (H, W, 3) uint8
+        pixels = np.asarray(rgb)                 # (H, W, 3) or (H, W) uint8
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
         c = self.crop
         top = int(round((new_h - c) / 2.0))
         left = int(round((new_w - c) / 2.0))
         return np.ascontiguousarray(pixels[top:top + c, left:left + c].transpose(2, 0, 1))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 ``(..., 3, H, W)`` pixels -> float32 ``(x / 255 - mean) / std`` (float32 arithmetic)."""
+        """uint8 ``(..., channels, H, W)`` pixels -> float32 ``(x / 255 - mean) / std`` (float32 arithmetic)."""
         out = np.array(pixels, dtype=np.float32, order="C")   # a fresh C-contiguous copy
         out /= np.float32(255.0)
         out -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
@@ -178,8 +188,9 @@ class Preprocess:
 
     def as_dict(self) -> dict:
         """JSON-ready description (also hashed into source fingerprints)."""
-        return {"resize": self.resize, "crop": self.crop, "interpolation": "bilinear",
-                "mean": list(self.mean), "std": list(self.std)}
+        d = {"resize": self.resize, "crop": self.crop, "interpolation": "bilinear",
+             "mean": list(self.mean), "std": list(self.std)}
+        return d if self.channels == 3 else {**d, "channels": self.channels}   # RGB: as before (fingerprints)
 
     # -- helpers ------------------------------------------------------------------------
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
@@ -192,4 +203,5 @@ class Preprocess:
 PRESETS: dict[str, Preprocess] = {
     "imagenet": Preprocess(),
     "inception": Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "grayscale": Preprocess(mean=(0.5,), std=(0.5,), channels=1),
 }

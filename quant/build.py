@@ -24,7 +24,7 @@ from .models import resolve_model
 from .plan import PrecisionPlan, resolve_plan
 from .qdq import build_qdq_model
 from ..core.types import RangeSet
-from ..datasets import PRESETS, open_source
+from ..datasets import open_source
 from .calibrate import check_model_input
 
 
@@ -80,7 +80,7 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     check_output_dir(out)
     rm = resolve_model(model, onnx=onnx, weights=weights)
     graph = rm.graph
-    check_model_input(graph, crop=PRESETS[rm.preset].crop if smoke else None)
+    check_model_input(graph, image=rm.preprocess() if smoke else None)
     plan = resolve_plan(precision, graph)
     ranges = None
     if ranges_path is not None:
@@ -104,7 +104,7 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
         model_qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), plan)
     smoke_numbers = {}
     if smoke:
-        src = open_source("imagenet_sample", preprocess=PRESETS[rm.preset])
+        src = open_source("imagenet_sample", preprocess=rm.preprocess())
         batches = list(src.batches(32, progress=False))
         x = np.concatenate([b.images for b in batches])
         y = np.concatenate([b.labels for b in batches])

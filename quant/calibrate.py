@@ -9,7 +9,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +129,11 @@ _ONNX_TYPE_NAMES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 4:
 
 
 def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: str = "--batch-size",
-                      crop: int | None = None) -> None:
-    """Before any data is read: one input, a float dtype (we feed normalised float32), a batch size it accepts."""
+                      image=None) -> int | None:
+    """Before any data is read: one input, a float dtype (we feed normalised float32), a shape the images can take.
+
+    Returns the batch size to feed: ``batch_size``, or the model's fixed batch when its input fixes
+    one (said once, as a warning, when that overrides ``flag``)."""
     if len(graph.inputs) != 1:
         raise ModelError("the model has more than one input", subject=str(graph.path or "model"),
                          got=", ".join(repr(i.name) for i in graph.inputs),
@@ -143,19 +146,40 @@ def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: 
                          expected="float32 (the pipeline feeds normalised float32 images)",
                          hint="export the model without the integer pre-processing (e.g. a uint8 input plus Cast), "
                               "or calibrate the float graph after it")
-    if crop is not None:
+    if image is not None:              # the Preprocess that will make the images: they must be the input
         dims = tuple(gi.shape)
-        want = ("?", 3, crop, crop)
+        c, crop = image.channels, image.crop
+        want = ("?", c, crop, crop)
         ok = len(dims) == 4 and all(not isinstance(d, int) or d in (0, w) for d, w in zip(dims[1:], want[1:]))
         if not ok:
             raise DataError("input shape mismatch", subject=f"model input {gi.name!r}", got=f"{dims}",
-                            expected=f"(N, 3, {crop}, {crop}): the images are preprocessed to {crop}x{crop} RGB (NCHW)",
-                            hint="use a model that takes NCHW RGB images of the preprocessing crop")
-    fixed = gi.shape[0] if gi.shape else None
-    if batch_size is not None and isinstance(fixed, int) and fixed > 0 and fixed != batch_size:
-        raise ConfigError("the model has a fixed batch size", subject=f"{flag} {batch_size}",
-                          got=f"model input {gi.name!r} of shape {tuple(gi.shape)}", expected=f"{flag} {fixed}",
-                          hint="pass that batch size, or export the model with a dynamic batch dimension")
+                            expected=f"(N, {c}, {crop}, {crop}): the images are preprocessed to {crop}x{crop} "
+                                     f"{'RGB' if c == 3 else 'greyscale'} (NCHW)",
+                            hint="use a model that takes NCHW images of the preprocessing crop (--preset grayscale "
+                                 "for one channel)")
+    fixed = graph.fixed_batch
+    if batch_size is not None and fixed is not None and fixed != batch_size:
+        log.warning("model input %r has a fixed batch of %d (shape %s): feeding batches of %d, not %s %d",
+                    gi.name, fixed, tuple(gi.shape), fixed, flag, batch_size)
+    return fixed if fixed is not None else batch_size
+
+
+def check_preset_fits(graph: OnnxGraph, preset: str, source) -> None:
+    """Before any data is read: images (not model-ready arrays) must come out of the preset with the
+    model's channel count; the error names the preset that would (e.g. ``--preset grayscale``)."""
+    if getattr(source, "model_ready", False):
+        return
+    gi = graph.inputs[0]
+    dims = tuple(gi.shape)
+    pre = source.preprocess
+    if len(dims) == 4 and isinstance(dims[1], int) and dims[1] > 0 and dims[1] != pre.channels:
+        fits = [n for n, p in PRESETS.items() if p.channels == dims[1]]
+        raise DataError("the preprocessing preset cannot produce the model's input",
+                        subject=f"model input {gi.name!r} of shape {dims}",
+                        got=f"preset {preset!r}: {pre.channels}-channel images from {source.name}",
+                        expected=f"{dims[1]}-channel images",
+                        hint=(f"pass --preset {fits[0]}" if fits else
+                              "feed a model-ready float array of the input's shape (.npy/.npz/.h5)"))
 
 
 def _check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str,
@@ -181,13 +205,14 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     names = graph.calibration_tensors
     collector = HistogramCollector(names, num_bins=cfg.num_bins, device=device, histograms=histograms)
     input_name = graph.inputs[0].name
-    images = 0
+    images = dropped = 0
+    fixed = graph.fixed_batch
     checked = False
     staging = None              # one pinned host buffer, reused: pinning a fresh 150 MB batch costs ~0.1 s
     waits = {"data_wait_s": 0.0, "model_and_stats_s": 0.0}
     # uint8 pixels from the decoding threads; the float normalisation runs on the device (bit-identical
     # to the NumPy path, 4x less host->device traffic, and no float work under the GIL)
-    batches = iter(source.batches(cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True))
+    batches = iter(source.batches(fixed or cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True))
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -195,6 +220,12 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
         waits["data_wait_s"] += t1 - t0
         if batch is None:
             break
+        if fixed is not None and len(batch.images) != fixed:     # the last, short batch of a fixed-batch model
+            log.warning("%s: the last %d image(s) do not fill the model's fixed batch of %d: left out of the "
+                        "statistics (TensorRT's calibrator takes full batches too)", source.name,
+                        len(batch.images), fixed)
+            dropped += len(batch.images)
+            continue
         if not checked:
             _check_input_shape(graph, batch.images, source.name)
             if batch.images.dtype != np.uint8 and batch.images.size and float(np.abs(batch.images).max()) > 32:
@@ -215,6 +246,10 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
                       batch.ids)
         images += len(batch.images)
         waits["model_and_stats_s"] += time.perf_counter() - t1
+    if images == 0 and dropped:
+        raise DataError("too few images for the model's fixed batch", subject=source.name,
+                        got=f"{dropped} image(s)", expected=f"at least {fixed} (the batch of model input "
+                                                             f"{input_name!r})", hint="calibrate on more images")
     if images == 0:
         raise DataError("no images could be read", subject=source.name, hint="every image was skipped as unreadable")
     return collector.histograms(), images, executor.kind, waits
@@ -311,12 +346,9 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
 
             device = resolve_device(cfg.device)
             rm = resolve_model(cfg.model, onnx=cfg.onnx, weights=cfg.weights, preset=cfg.preset)
-            check_model_input(rm.graph, batch_size=cfg.batch_size)
+            cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
             onnx_path = rm.onnx_path
-            if rm.preset not in PRESETS:
-                raise ConfigError("unknown preprocessing preset", subject="--preset", got=repr(rm.preset),
-                                  expected="one of " + ", ".join(sorted(PRESETS)))
-            preprocess = PRESETS[rm.preset]
+            preprocess = rm.preprocess()
             extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
                          layout=cfg.layout)
             if cfg.num_images is None:
@@ -325,6 +357,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             else:
                 source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
                                      seed=cfg.seed, **extra)
+            check_preset_fits(rm.graph, rm.preset, source)
             timings["setup_s"] = time.perf_counter() - t0
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)

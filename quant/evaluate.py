@@ -27,16 +27,16 @@ from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
 from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
 from ..core.types import RangeSet
 from ..core.cache import TrtCache
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, open_capped, ranges_from_stats, statistics
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, check_preset_fits, open_capped, ranges_from_stats, statistics
 from .ort_int8 import lower_for_onnxruntime
 from .qdq import build_qdq_model
 from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
                             ModelRef, PlanSummary, Recommendation, Throughput, document_text, parse_document)
-from ..datasets import PRESETS
 from . import backends
 from ..calibrators.algorithms import ALGORITHMS
 from .models import resolve_model
 from .plan import resolve_plan
+from .graph import run_batched
 from .build import trtexec_commands
 from ..reports import render
 
@@ -236,16 +236,18 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     device = resolve_device(settings.device)
     rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
     graph = rm.graph
-    preprocess = PRESETS[rm.preset]
+    preprocess = rm.preprocess()
     def subset(limit: int | None, seed: int):
         return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir)
 
+    settings = replace(settings, batch_size=check_model_input(graph, batch_size=settings.batch_size))
+    fixed = graph.fixed_batch
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
+    check_preset_fits(graph, rm.preset, source)
     t_load = time.perf_counter()
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
     pixels = np.concatenate([b.images for b in batches])
-    check_model_input(graph, batch_size=settings.batch_size)
     _check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
@@ -325,13 +327,13 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            logits = np.concatenate([engine.run(images(i, i + settings.batch_size))
-                                     for i in range(0, len(pixels), settings.batch_size)])
+            logits = run_batched(engine.run, images, len(pixels), settings.batch_size, fixed)
             times["accuracy_pass_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             if spec.name == "fp32":
                 reference_logits = logits
-            lat = _timed(engine, images(0, 1), settings.latency_iters)
+            lat_batch = fixed or 1                     # batch-1 latency, or the model's fixed batch
+            lat = _timed(engine, np.resize(images(0, lat_batch), (lat_batch, *pixels.shape[1:])), settings.latency_iters)
             full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
@@ -344,7 +346,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             row = EngineResult(
                 spec.name, settings.backend, **times, engine=engine.info,
                 plan=_plan_summary(plan, with_layers=bool(spec.plan_path)),
-                latency_ms=Latency.from_seconds(lat),
+                latency_ms=Latency.from_seconds(lat, batch=lat_batch),
                 throughput=Throughput(float(settings.batch_size / np.median(thr)), settings.batch_size),
                 engine_bytes=art["int8_bytes"] if art["int8_bytes"] is not None else _engine_bytes(engine),
                 artifacts=art["files"],
@@ -427,6 +429,6 @@ def recommend(doc: Evaluation, target: Target) -> Recommendation:
            f"meeting {target.describe()} (SQNR {best.sqnr_db:.1f} dB, cosine "
            f"{best.cosine if best.cosine is not None else float('nan'):.5f}, agreement {best.agreement * 100:.1f}%)")
     return Recommendation(best.config, target.text,
-                          f"fastest measured engine at batch 1 ({best.latency_ms.p50:.2f} ms p50) among engines {how}"
+                          f"fastest measured engine at batch {best.latency_ms.batch} ({best.latency_ms.p50:.2f} ms p50) among engines {how}"
                           + ("; the 95% interval reaches past the target: evaluate on more images to be sure" if noisy else "")
                           + unmeasured, allowed)

@@ -139,6 +139,28 @@ class OnnxGraph:
     def input_shape(self) -> tuple:
         return self.inputs[0].shape
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch the model's input fixes (e.g. 1 for an export without a dynamic batch), else None."""
+        dims = self.inputs[0].shape
+        return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+
+
+def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.ndarray:
+    """``run`` over ``rows(lo, hi)`` for ``lo`` in ``range(0, n, batch)``, concatenated. With a model's
+    ``fixed`` batch every call gets exactly that many rows: the last chunk is padded by repeating its
+    images and the padding's outputs are dropped."""
+    if fixed is not None:
+        batch = fixed
+    outs = []
+    for lo in range(0, n, batch):
+        chunk = rows(lo, min(lo + batch, n))
+        k = len(chunk)
+        if fixed is not None and k < fixed:
+            chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
+        outs.append(np.asarray(run(chunk))[:k])
+    return np.concatenate(outs)
+
 
 # ------------------------------------------------------------------------------------------
 # PyTorch interpreter

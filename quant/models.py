@@ -15,7 +15,7 @@ import io
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ import torch
 from ..core.defaults import DEFAULT_MODEL
 from ..core.errors import ConfigError, ModelError
 from ..core.fileio import atomic_write_bytes
+from ..datasets.preprocess import PRESETS, Preprocess
 from .graph import OnnxGraph
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,26 @@ class ResolvedModel:
     onnx_path: Path
     preset: str
     graph: OnnxGraph
+
+    def preprocess(self) -> Preprocess:
+        """The preset that turns images into this model's input: the named preset, its crop (and resize, in
+        proportion) following a static square input size (whether its channels fit is checked against the
+        data: model-ready arrays need no preset, see ``calibrate.check_preset_fits``)."""
+        if self.preset not in PRESETS:
+            raise ConfigError("unknown preprocessing preset", subject="--preset", got=repr(self.preset),
+                              expected="one of " + ", ".join(sorted(PRESETS)))
+        pre = PRESETS[self.preset]
+        gi = self.graph.inputs[0]
+        dims = tuple(gi.shape)
+        if len(dims) != 4 or not isinstance(dims[1], int) or dims[1] <= 0:
+            return pre                          # not an NCHW image input: only model-ready arrays can feed it
+        h, w = dims[2], dims[3]
+        if isinstance(h, int) and h > 0 and h == w and h != pre.crop:
+            resize = max(h, round(h * pre.resize / pre.crop))
+            log.info("model input %r is %dx%d: preset %r crops %d (resize %d) instead of %d", gi.name, h, w,
+                     self.preset, h, resize, pre.crop)
+            pre = replace(pre, crop=h, resize=resize)
+        return pre
 
 
 def cache_dir() -> Path:

@@ -32,19 +32,18 @@ from ..core import metrics
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
 from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError
-from .graph import OnnxGraph, TorchGraphExecutor
+from .graph import OnnxGraph, TorchGraphExecutor, run_batched
 from ..core.numerics import fake_quant
 from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
 from .placement import Placement, Quantizer, place_quantizers, weight_scales
 from .qdq import check_ranges
 from ..core.types import RangeSet
-from ..datasets import PRESETS
 from . import backends
 from .build import trtexec_commands
 from ..core.runtime import resolve_device
 from ..core.cache import TrtCache
 from .cache_tools import load_ranges
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, open_capped, ranges_from_stats, statistics
+from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_preset_fits, open_capped, ranges_from_stats, statistics
 from ..core.fileio import OutputSet, check_output_dir
 from ..core.records import (DataRef, ModelRef, SearchRecord, SearchStep, SensitivityRow, Sweep, TargetRef, Validation,
                             document_text)
@@ -112,8 +111,8 @@ class QuantSim:
 
     def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
         dev = self.ex.device
-        return np.concatenate([self.run(torch.from_numpy(x[i:i + batch]).to(dev), int8).float().cpu().numpy()
-                               for i in range(0, len(x), batch)])
+        return run_batched(lambda c: self.run(torch.from_numpy(c).to(dev), int8).float().cpu().numpy(),
+                           lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
 
 
 @dataclass(frozen=True)
@@ -240,12 +239,13 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     device = resolve_device(settings.device)
     rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
     graph = rm.graph
-    pre = PRESETS[rm.preset]
+    pre = rm.preprocess()
 
     def subset(limit, seed):
         return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir)
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
+    check_preset_fits(graph, rm.preset, source)
     batches = list(source.batches(64, progress=progress))
     x = np.concatenate([b.images for b in batches])
     _check_input_shape(graph, x[:1], source.name,
@@ -341,7 +341,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                                               for n, lp in plan.layers.items()}, default="fp32")
             vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
         engine = backends.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
-        measured = metric(np.concatenate([engine.run(x[i:i + 64]) for i in range(0, len(x), 64)]))
+        measured = metric(run_batched(engine.run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
         validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,
                                 engine.info.simulated, target.met(fp32_metric, measured), note=vnote)
         if not validation.meets_target:

@@ -492,9 +492,12 @@ def test_array_shape_and_dtype_errors(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros((2, 64), dtype=np.uint8))
     with pytest.raises(DataError, match="wrong shape"):
         open_source(str(tmp_path / "flat.npy"), preprocess=IMAGENET)
-    np.save(tmp_path / "fl.npy", np.zeros((2, 8, 8, 3), dtype=np.float32))
-    with pytest.raises(DataError, match=r"\(N, 3, H, W\)"):
+    np.save(tmp_path / "fl.npy", np.zeros((2, 1, 1, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(DataError, match=r"wrong rank.*\(2, 1, 1, 8, 8, 3\).*rank 2 to 5"):
         open_source(str(tmp_path / "fl.npy"), preprocess=IMAGENET)
+    np.save(tmp_path / "nhwc.npy", np.ones((2, 8, 8, 3), dtype=np.float32))   # model-ready, any layout
+    src = open_source(str(tmp_path / "nhwc.npy"), preprocess=IMAGENET)
+    assert src.model_ready and next(iter(src.batches(2, progress=False))).images.shape == (2, 8, 8, 3)
     with h5py.File(tmp_path / "lab.h5", "w") as f:
         f["images"] = np.zeros((2, 8, 8, 3), dtype=np.uint8)
         f["labels"] = np.zeros(3, dtype=np.int64)
