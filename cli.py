@@ -331,11 +331,16 @@ def cmd_evaluate(args) -> int:
     _require_backend("--backend", args.backend)
     parse_target(args.target_drop)          # before any work: the error names the flag
     parse_configs(args.configs)
+    if args.metric:
+        from trtquant.core.metrics import load_user_metric
+
+        load_user_metric(args.metric)       # before any work: an import error names the flag
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
-                            latency_iters=args.latency_iters, device=args.device, target=args.target_drop)
+                            latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
+                            metric=args.metric)
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -353,7 +358,12 @@ def cmd_evaluate(args) -> int:
         d = r.drop_pp
         print(f"{r.config:<18} {acc}  drop {d.points:+.2f} pp [{d.ci95[0]:+.2f}, {d.ci95[1]:+.2f}]"
               f"  b{r.latency_ms.batch} p50 {r.latency_ms.p50:.2f} ms  {r.throughput.images_per_s:.0f} img/s"
+              + (f"  metric {r.metric:.6g}" if r.metric is not None else "")
               + ("  (simulated INT8)" if r.simulated else ""))
+        if len(r.outputs) > 1:
+            for o in r.outputs:
+                print(f"{'':<18}   output {o.name!r}: SQNR {o.sqnr_db:.1f} dB  cosine {o.cosine:.5f}  "
+                      f"max|err| {o.max_abs:.3g}  rel err {o.rel_error:.3g}")
     rec = doc.recommendation
     print(f"recommendation: {rec.config or 'none'} ({rec.reason})")
     print("\n".join(f"wrote {p}" for p in res.files.values()))
@@ -388,6 +398,10 @@ def cmd_sweep(args) -> int:
 
     _require_input_file("--ranges", args.ranges)
     _require_backend("--validate-backend", args.validate_backend)
+    if args.metric:
+        from trtquant.core.metrics import load_user_metric
+
+        load_user_metric(args.metric)       # before any work: an import error names the flag
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
@@ -398,7 +412,7 @@ def cmd_sweep(args) -> int:
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
-                             margin_pp=args.margin)
+                             margin_pp=args.margin, metric=args.metric)
     doc = sweep(settings, out, progress=not args.no_progress)
     s, v, fmt = doc.search, doc.validation, sweep_target(doc).format
     print(f"target  {doc.target.text}: {doc.target.meaning}")
@@ -424,7 +438,7 @@ EXIT_CODES = "exit codes: 0 ok; 2 bad input or a failed step (one-line message o
 
 def _model_flags(g, what: str) -> None:
     g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"{what}: mobilenet_v2 | efficientnet_lite0 | any torchvision architecture with --weights")
+                   help=f"{what}: mobilenet_v2 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | any torchvision architecture with --weights")
     g.add_argument("--weights", default=None, type=PATH, help="state_dict file for a torchvision --model")
     g.add_argument("--onnx", default=None, type=PATH, help="use this ONNX model instead of --model")
 
@@ -558,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
     e.add_argument("--target-drop", default="0.5%", type=_target,
                    help="the recommendation's accuracy target: " + TARGET_FORMS.replace("%", "%%"))
+    e.add_argument("--metric", default=None, metavar="MODULE:FUNCTION",
+                   help="your metric, also reported per configuration: FUNCTION(fp32_outputs, outputs, labels) -> "
+                        "float, higher is better (tuples of every output over all images; labels or None); "
+                        "MODULE is importable or a FILE.py")
     e.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
     e.add_argument("--resume", action="store_true",
                    help="keep configurations already measured with the same settings (OUT/results.partial.json or "
@@ -590,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
     w.add_argument("--proxy-images", type=COUNT, default=64, help="images for the sensitivity ranking")
     w.add_argument("--time-budget", type=SECONDS, default=None, help="seconds (> 0); returns the best plan found so far")
+    w.add_argument("--metric", default=None, metavar="MODULE:FUNCTION",
+                   help="search on your metric instead of top-1: FUNCTION(fp32_outputs, outputs, labels) -> float, "
+                        "higher is better; --target-drop is then a drop of it (0.5%% = 0.005 absolute; rel:1%%)")
     w.add_argument("--margin", type=PP, default=0.0, help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
                                                           "room for the real engine's rounding differences")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")

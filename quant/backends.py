@@ -109,7 +109,10 @@ class OrtEngine(Engine):
         self.info = EngineInfo(integer_kernels=self.integer_kernels, **info_fields)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return self.run_all(images)[0]
+
+    def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}))
 
 
 class TorchEngine(Engine):
@@ -173,6 +176,15 @@ class TorchEngine(Engine):
     def run(self, images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         return self.run_tensor(x).float().cpu().numpy()
+
+    def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every output, through the interpreter (no CUDA graph: it captures the first output only)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device, self.dtype)
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with tf32(self.tf32):
+            out = self.executor.run({self.input_name: x})
+        return tuple(v.float().cpu().numpy() for v in out.values())
 
 
 def _plan_precision(plan: PrecisionPlan) -> str:

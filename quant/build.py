@@ -17,7 +17,7 @@ import numpy as np
 from .backends import Engine, build
 from .cache_tools import load_ranges
 from ..core.defaults import DEFAULT_MODEL
-from ..core.errors import ModelError, PlanError, QuantError
+from ..core.errors import ConfigError, ModelError, PlanError, QuantError
 from ..core.fileio import OutputSet, check_output_dir, json_text
 from .graph import OnnxGraph
 from .models import resolve_model
@@ -36,6 +36,23 @@ class BuildResult:
     files: dict = field(default_factory=dict)
     trtexec: list = field(default_factory=list)
     smoke: dict = field(default_factory=dict)
+
+
+def trtexec_input(graph, example_shape: tuple | None = None) -> tuple[str, tuple[int, ...], int]:
+    """(input name, C/H/W..., batch) for ``trtexec --shapes``: static dims as exported, dynamic ones from
+    the data's ``example_shape``; the batch is 1 for a dynamic batch, else the model's fixed batch."""
+    gi = graph.inputs[0]
+    dims = []
+    for i, d in enumerate(gi.shape[1:], 1):
+        if isinstance(d, int) and d > 0:
+            dims.append(d)
+        elif example_shape is not None and len(example_shape) == len(gi.shape):
+            dims.append(int(example_shape[i]))
+        else:
+            raise ConfigError("the model input has a dynamic dimension besides the batch", subject=f"model input {gi.name!r}",
+                              got=str(tuple(gi.shape)), expected="static dims, or data that fixes them",
+                              hint="export the model with static C/H/W, or run evaluate/sweep on data of that size")
+    return gi.name, tuple(dims), graph.fixed_batch or 1
 
 
 def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None, input_name: str,
@@ -121,8 +138,7 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
         smoke_numbers = {"images": int(len(x)), "top1": float((logits.argmax(1) == y).mean()),
                          "batch_latency_ms": 1e3 * (time.perf_counter() - t)}
     qdq_path = out / "model_qdq.onnx" if model_qdq is not None else None
-    cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, graph.inputs[0].name,
-                            tuple(int(d) for d in graph.input_shape()[1:]))
+    cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, *trtexec_input(graph, x.shape if smoke else None))
     doc = {"engine": asdict(engine.info), "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default},
            "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
            "ranges": ranges_path, "build_s": build_s, "smoke": smoke_numbers, "trtexec": cmds}

@@ -14,7 +14,13 @@ class Engine:
     info: EngineInfo
 
     def run(self, images: np.ndarray) -> np.ndarray:   # pragma: no cover - interface
+        """The model's first output (what classification metrics read)."""
         raise NotImplementedError
+
+    def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every model output, in the graph's output order. Backends that bind only the first output
+        (TensorRT here) return that one; evaluate then reports fidelity for it alone."""
+        return (self.run(images),)
 
 
 def cpu_engine_fields(backend: str, precision: str) -> tuple[dict, str]:

@@ -31,13 +31,13 @@ from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _ch
 from .ort_int8 import lower_for_onnxruntime
 from .qdq import build_qdq_model
 from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
-                            ModelRef, PlanSummary, Recommendation, Throughput, document_text, parse_document)
+                            ModelRef, OutputFidelity, PlanSummary, Recommendation, Throughput, document_text, parse_document)
 from . import backends
 from ..calibrators.algorithms import ALGORITHMS
 from .models import resolve_model
 from .plan import resolve_plan
 from .graph import run_batched
-from .build import trtexec_commands
+from .build import trtexec_commands, trtexec_input
 from ..reports import render
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class EvalSettings:
     device: str = "auto"
     target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
     bootstrap: int = 2000
+    metric: str | None = None            # a user metric MODULE:FUNCTION (core.metrics.load_user_metric)
 
     def key(self) -> dict:
         """The settings that make two measurements of one configuration comparable (for --resume)."""
@@ -233,6 +234,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     if resume:
         previous = _load_previous(partial_path, settings.key()) or _load_previous(results_path, settings.key())
 
+    user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
     device = resolve_device(settings.device)
     rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
     graph = rm.graph
@@ -293,6 +295,9 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         atomic_write_text(partial_path, document_text(doc.with_results(rows)))
 
     reference_logits = None
+    reference_outputs: tuple[np.ndarray, ...] = ()
+    # every output when the model has several or a user metric reads them; else the first (a CUDA graph's)
+    every_output = len(graph.outputs) > 1 or user_metric is not None
     artifact_blobs: dict[Path, bytes | str] = {}
     ordered = sorted(specs, key=lambda s: s.name != "fp32")   # FP32 first: every other row compares to it
     if not any(s.name == "fp32" for s in specs):
@@ -327,11 +332,15 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            logits = run_batched(engine.run, images, len(pixels), settings.batch_size, fixed)
+            outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
+                                  len(pixels), settings.batch_size, fixed)
+            logits = outputs[0]
             times["accuracy_pass_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             if spec.name == "fp32":
-                reference_logits = logits
+                reference_logits, reference_outputs = logits, outputs
+            user_value = (metrics.call_user_metric(user_metric, settings.metric, reference_outputs, outputs,
+                                                   labels if has_labels else None) if user_metric else None)
             lat_batch = fixed or 1                     # batch-1 latency, or the model's fixed batch
             lat = _timed(engine, np.resize(images(0, lat_batch), (lat_batch, *pixels.shape[1:])), settings.latency_iters)
             full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
@@ -352,14 +361,17 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 artifacts=art["files"],
                 peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
                 trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
-                                               graph.inputs[0].name, tuple(int(d) for d in graph.input_shape()[1:]))),
+                                               *trtexec_input(graph, pixels.shape))),
                 top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
                 top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
                 agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=float(metrics.sqnr_db(ref, logits)),
                 cosine=float(metrics.mean_cosine(ref, logits)),
-                drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)))
+                drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)),
+                outputs=tuple(OutputFidelity(name, **metrics.output_fidelity(r_out, o_out))
+                              for name, r_out, o_out in zip(graph.outputs, reference_outputs, outputs)),
+                metric=user_value)
         except (QuantError, RuntimeError) as err:
-            if spec.name == "fp32":
+            if spec.name == "fp32" or isinstance(err, metrics.MetricError):   # the user's metric: their input
                 raise
             row = EngineResult(spec.name, settings.backend, status="failed", reason=str(err), **times)
             log.warning("%s failed: %s", spec.name, err)

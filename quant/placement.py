@@ -11,7 +11,10 @@ ResNet tutorial, ModelOpt's ONNX placement):
 
 - **Layer inputs.** An INT8 Conv/ConvTranspose/Gemm/MatMul gets a per-tensor quantizer on its
   activation input (scale = amax / 127 from the ranges, zero-point 0) and a per-channel quantizer on
-  its weight (output-channel axis, scale = max|W_c| / 127). Outputs are not quantized: TensorRT fuses
+  its weight (output-channel axis, scale = max|W_c| / 127). A MatMul of two activations (attention's
+  Q·Kᵀ and softmax·V) gets a per-tensor quantizer on both inputs (TensorRT's placement for its INT8
+  MHA kernels). What feeds them (LayerNorm, Softmax, GELU) is not quantized: TensorRT keeps those in
+  float and quantizes only where an INT8 layer reads. Outputs are not quantized: TensorRT fuses
   ``DQ -> Conv -> activation -> Q`` and quantizes where the next INT8 layer reads.
 - **Residual Add.** TensorRT fuses an ``Add`` into the convolution that produces one of its inputs
   when that convolution is INT8 and its output feeds only the Add; the *other* input (the skip
@@ -97,6 +100,16 @@ def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
     return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
+def is_int8_layer(node: onnx.NodeProto, consts: set[str]) -> bool:
+    """A node TensorRT runs in INT8 when its inputs are quantized: a Conv/ConvTranspose/Gemm/MatMul with
+    constant weights, or a MatMul of two activations (attention's batched matrix products)."""
+    if node.op_type not in LAYER_OPS or len(node.input) < 2:
+        return False
+    if node.input[1] in consts:
+        return True
+    return node.op_type == "MatMul" and node.input[0] not in consts
+
+
 def _depths(nodes: list[onnx.NodeProto]) -> dict[str, int]:
     """Longest path (in nodes) from a graph input to each tensor."""
     depth: dict[str, int] = {}
@@ -118,9 +131,10 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
     consts = set(ranks)
     for name in int8:
         n = by_name.get(name)
-        if n is None or n.op_type not in LAYER_OPS or len(n.input) < 2 or n.input[1] not in consts:
+        if n is None or not is_int8_layer(n, consts):
             raise PlanError("INT8 requested for a node that cannot be quantized", subject=f"node {name!r}",
-                            expected="Conv/ConvTranspose/Gemm/MatMul with constant weights")
+                            expected="Conv/ConvTranspose/Gemm/MatMul with constant weights, or a MatMul of two "
+                                     "activations")
     producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:
@@ -149,8 +163,11 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
     for n in nodes:
         if n.name in int8:
             quantize(n.input[0], n, 0, "layer input")
-            axis = weight_axis(n, ranks[n.input[1]], trt_version)
-            weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", axis))
+            if n.input[1] in consts:
+                axis = weight_axis(n, ranks[n.input[1]], trt_version)
+                weights.append(Quantizer(n.input[1], "weight", ((n.name, 1),), "weight", axis))
+            else:                      # a MatMul of two activations: both inputs per tensor
+                quantize(n.input[1], n, 1, "layer input")
     fused = []
     for n in nodes:
         if n.op_type == "Add" and len(n.input) == 2 and not any(i in consts for i in n.input):

@@ -16,11 +16,11 @@ from typing import Mapping
 from ..core.errors import PlanError
 from ..core.fileio import atomic_write_text, json_text, read_json_document
 from .graph import OnnxGraph
+from .placement import is_int8_layer
 
 PLAN_FORMAT = "trtquant-plan/1"
 PRECISIONS = ("int8", "fp16", "fp32")
 PRESETS = ("fp32", "fp16", "int8")
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,11 @@ class PrecisionPlan:
 
 
 def quantizable_nodes(graph: OnnxGraph) -> list[str]:
-    """Nodes TensorRT runs as INT8 when their inputs are quantized: weighted Conv/Gemm/MatMul."""
+    """Nodes TensorRT runs as INT8 when their inputs are quantized (the placement rule's
+    :func:`~.placement.is_int8_layer`): weighted Conv/Gemm/MatMul, and MatMuls of two activations."""
     inits = {i.name for i in graph.model.graph.initializer}
     consts = inits | {n.output[0] for n in graph.model.graph.node if n.op_type == "Constant"}
-    out = []
-    for n in graph.model.graph.node:
-        if n.op_type in QUANTIZABLE_OPS and len(n.input) >= 2 and n.input[1] in consts:
-            out.append(n.name)
-    return out
+    return [n.name for n in graph.model.graph.node if is_int8_layer(n, consts)]
 
 
 def preset_plan(name: str, graph: OnnxGraph) -> PrecisionPlan:

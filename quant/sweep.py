@@ -39,7 +39,7 @@ from .placement import Placement, Quantizer, place_quantizers, weight_scales
 from .qdq import check_ranges
 from ..core.types import RangeSet
 from . import backends
-from .build import trtexec_commands
+from .build import trtexec_commands, trtexec_input
 from ..core.runtime import resolve_device
 from ..core.cache import TrtCache
 from .cache_tools import load_ranges
@@ -105,13 +105,21 @@ class QuantSim:
         return edges
 
     def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
-        edges = self.edges(int8)
-        out = self.ex.run({self.graph.inputs[0].name: x}, edges=edges)
-        return next(iter(out.values()))
+        return self.run_all(x, int8)[0]
+
+    def run_all(self, x: torch.Tensor, int8: set[str]) -> tuple[torch.Tensor, ...]:
+        """Every output of the graph, in its output order, with ``int8`` layers quantized."""
+        out = self.ex.run({self.graph.inputs[0].name: x}, edges=self.edges(int8))
+        return tuple(out.values())
 
     def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
         dev = self.ex.device
         return run_batched(lambda c: self.run(torch.from_numpy(c).to(dev), int8).float().cpu().numpy(),
+                           lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
+
+    def outputs(self, x: np.ndarray, int8: set[str], batch: int = 64) -> tuple[np.ndarray, ...]:
+        dev = self.ex.device
+        return run_batched(lambda c: tuple(o.float().cpu().numpy() for o in self.run_all(torch.from_numpy(c).to(dev), int8)),
                            lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
 
 
@@ -228,6 +236,7 @@ class SweepSettings:
     trt_version: str | None = None
     seed: int = 0
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
+    metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
 
 
 def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
@@ -253,7 +262,12 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []
-    if not labelled and target.kind in ("abs", "rel"):
+    user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
+    if user_metric is not None and target.kind not in ("abs", "rel"):
+        raise ConfigError("a --metric is judged by a drop target", subject=f"--target-drop {target.text}",
+                          expected="a drop of your metric, e.g. 0.5% (absolute, of a metric in [0, 1]) or rel:1%",
+                          hint="fidelity and agreement targets do not read --metric")
+    if not labelled and target.kind in ("abs", "rel") and user_metric is None:
         target = Target("agree", 100 - target.allowed_drop(1.0), target.text)
         notes.append(f"no labels: the target is read as agreement with FP32 ({target.describe()})")
     if settings.ranges:
@@ -270,7 +284,17 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     all_int8 = set(sim.layers)
     ref = sim.logits(x, set())
     by_top1 = labelled and target.kind in ("abs", "rel")    # agreement and fidelity targets need no labels
-    if target.kind == "sqnr":
+    evaluate_plan = sim.logits                               # what the search runs: the first output, or all
+    if user_metric is not None:
+        evaluate_plan = sim.outputs
+        ref_outputs = sim.outputs(x, set())
+        user_labels = labels if labelled else None
+
+        def metric(outputs):
+            return metrics.call_user_metric(user_metric, settings.metric, ref_outputs, outputs, user_labels)
+
+        fp32_metric = metric(ref_outputs)
+    elif target.kind == "sqnr":
         fp32_metric = None                                      # FP32 against itself: no noise
 
         def metric(logits):
@@ -309,7 +333,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
         raise ConfigError("invalid margin", subject="--margin", got=str(settings.margin_pp), expected=">= 0 pp")
     if settings.margin_pp:
         notes.append(f"searched with a margin of {settings.margin_pp:g} pp below the target")
-    result = greedy_search(order, lambda fp16: metric(sim.logits(x, all_int8 - set(fp16))),
+    result = greedy_search(order, lambda fp16: metric(evaluate_plan(x, all_int8 - set(fp16))),
                            lambda acc: target.met(fp32_metric, acc, settings.margin_pp), time_budget_s=remaining,
                            fmt=target.format)
     search_s = time.perf_counter() - t_search
@@ -325,8 +349,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     version, algo = _cache_header(CalibrationConfig(trt_version=settings.trt_version))
     cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
-    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", graph.inputs[0].name,
-                                 tuple(int(d) for d in graph.input_shape()[1:]))
+    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", *trtexec_input(graph, x.shape))
     trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
                      f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
@@ -341,13 +364,16 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                                               for n, lp in plan.layers.items()}, default="fp32")
             vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
         engine = backends.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
-        measured = metric(run_batched(engine.run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
+        run = engine.run_all if user_metric is not None else engine.run
+        measured = metric(run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
         validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,
                                 engine.info.simulated, target.met(fp32_metric, measured), note=vnote)
         if not validation.meets_target:
             notes.append(f"the real engine measures {target.format(measured)} against {target.format(final_sim)} "
                          f"simulated and misses the target" + ("" if target.kind in FIDELITY_KINDS else
                          f": on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images or search with --margin"))
+    except metrics.MetricError:
+        raise                     # the user's metric failed on the engine's outputs: their input, exit 2
     except Exception as err:  # validation must not lose the plan: report why it failed
         validation = Validation(settings.validate_backend, "failed", note=vnote,
                                 reason=f"{type(err).__name__}: {err}"[:400])
@@ -356,7 +382,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
         model=ModelRef(rm.name, graph.fingerprint()),
         data=DataRef(source.name, source.fingerprint(), int(len(x)), labelled),
         target=TargetRef(target.text, target.kind, target.value, target.describe()),
-        metric=target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1"), fp32_metric=fp32_metric,
+        metric=(f"metric {settings.metric}" if user_metric is not None else
+                target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1")), fp32_metric=fp32_metric,
         calibration=calib_note, layers=len(sim.layers), notes=tuple(notes + ([result.note] if result.note else [])),
         sensitivity=tuple([SensitivityRow(n, regain.get(n), alone.get(n)) for n in order]
                           + [SensitivityRow(n) for n in sim.layers if n not in regain]),

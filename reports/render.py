@@ -35,6 +35,20 @@ def _latency_batch(doc: Evaluation) -> int:
     return next((r.latency_ms.batch for r in doc.ok), 1)
 
 
+def _outputs_section(doc: Evaluation) -> tuple:
+    """Every model output of every engine against FP32's (and the user's --metric where one was given)."""
+    rows = tuple((r.config, o.name, f"{o.sqnr_db:.1f}", f"{o.cosine:.5f}", f"{o.max_abs:.4g}", f"{o.rel_error:.4g}")
+                 + ((f"{r.metric:.6g}",) if r.metric is not None and i == 0 else ("",) if r.metric is not None else ())
+                 for r in doc.ok for i, o in enumerate(r.outputs))
+    if not rows:
+        return ()
+    user = any(r.metric is not None for r in doc.ok)
+    spec = doc.settings.get("metric") if user else None
+    return (Heading("Outputs vs FP32"),
+            Table(("config", "output", "SQNR dB", "cosine", "max abs error", "relative L2 error")
+                  + ((f"metric ({spec})",) if user else ()), rows))
+
+
 def evaluation_page(doc: Evaluation) -> Page:
     """The evaluation report's content, from the results document (rendered by :mod:`.page`)."""
     front = _front(doc)
@@ -64,6 +78,7 @@ def evaluation_page(doc: Evaluation) -> Page:
              Table(header, tuple(rows)),
              Figure("Accuracy vs latency (Pareto front of measured engines in red; hollow dashed points: simulated "
                     "engines, whose latency is not a measurement)", _svg_plot(doc)),
+             *_outputs_section(doc),
              Heading("Engines"),
              Bullets(tuple((f"**{r.config}**: {r.engine.description}",
                             tuple(f"`{c}`" for c in r.trtexec)) for r in doc.ok)))
