@@ -134,7 +134,7 @@ def test_efficientnet_lite0_calibrates(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--method", "kl"], "unknown calibration method | --method: got 'kl', expected one of entropy, minmax, mse, percentile"),
-    (["--model", "resnet9000"], "unknown model | --model: got 'resnet9000', expected one of efficientnet_lite0, mobilenet_v2"),
+    (["--model", "resnet9000"], "unknown model | --model: got 'resnet9000', expected one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v2"),
     (["--model", "resnet18"], "weights required | --model resnet18"),
     (["--data", "/nonexistent/images"], "/nonexistent/images"),
     (["--num-images", "0"], "--num-images"),
