@@ -247,7 +247,7 @@ def cmd_build(args) -> int:
                           hint="it applies to --backend tensorrt only")
     _check_out_dir(args.out, _build_outputs(), args.force)
     res = build_engine(precision=args.precision, backend=args.backend, out=args.out, model=args.model, onnx=args.onnx,
-                       weights=args.weights, ranges_path=args.ranges, device=args.device,
+                       weights=args.weights, preset=args.preset, ranges_path=args.ranges, device=args.device,
                        torch_precision=args.torch_precision, smoke=not args.no_smoke, trt_mode=args.trt_mode)
     info = res.engine.info
     lines = [f"engine  {info.backend} | {info.precision} | {info.device}" + (" | SIMULATED" if info.simulated else ""),
@@ -337,7 +337,7 @@ def cmd_evaluate(args) -> int:
         load_user_metric(args.metric)       # before any work: an import error names the flag
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
-                            weights=args.weights, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
+                            weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
                             metric=args.metric)
@@ -408,6 +408,7 @@ def cmd_sweep(args) -> int:
                          "sweep.md": contains_marker("# Mixed-precision sweep", start=True),
                          "sweep.html": contains_marker("<title>trtquant sweep</title>")}, args.force)
     settings = SweepSettings(target=args.target_drop, model=args.model, onnx=args.onnx, weights=args.weights,
+                             preset=args.preset,
                              data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
@@ -441,6 +442,8 @@ def _model_flags(g, what: str) -> None:
                    help=f"{what}: mobilenet_v2 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | any torchvision architecture with --weights")
     g.add_argument("--weights", default=None, type=PATH, help="state_dict file for a torchvision --model")
     g.add_argument("--onnx", default=None, type=PATH, help="use this ONNX model instead of --model")
+    g.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception | grayscale); default: "
+                                                  "the model's (its crop follows a static square model input)")
 
 
 def _data_flags(g, *, num_help: str) -> None:
@@ -467,7 +470,6 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     m = c.add_argument_group("model")
     _model_flags(m, "the model to calibrate")
-    m.add_argument("--preset", default=None, help="preprocessing preset (imagenet | inception | grayscale); default: the model's (its crop follows a static square model input)")
     m.add_argument("--onnx-out", default=None, type=PATH, help="also save the exact ONNX graph the cache is keyed to")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")

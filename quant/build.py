@@ -90,12 +90,13 @@ def _check_ranges_model(ranges: RangeSet, graph: OnnxGraph, source: str) -> None
 
 
 def build_engine(*, precision: str, backend: str, out: str | Path, model: str = DEFAULT_MODEL,
-                 onnx: str | None = None, weights: str | None = None, ranges_path: str | None = None,
+                 onnx: str | None = None, weights: str | None = None, preset: str | None = None,
+                 ranges_path: str | None = None,
                  device: str = "auto", torch_precision: str | None = None, smoke: bool = True,
                  trt_mode: str = "explicit") -> BuildResult:
     out = Path(out)
     check_output_dir(out)
-    rm = resolve_model(model, onnx=onnx, weights=weights)
+    rm = resolve_model(model, onnx=onnx, weights=weights, preset=preset)
     graph = rm.graph
     check_model_input(graph, image=rm.preprocess() if smoke else None)
     plan = resolve_plan(precision, graph)

@@ -20,13 +20,12 @@ from ..calibrators.collector import HistogramCollector, collect_batch
 from ..core.runtime import installed_trt_version, resolve_device
 from ..core.cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, 
                     looks_like_ranges_json, looks_like_trt_cache, ranges_to_json, trt_version_int, write_ranges_json)
-from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError, DataError, Interrupted, ModelError
 from ..core.fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
 from ..core.types import CalibrationStats, RangeSet, TensorRange
 from ..datasets import PRESETS, open_source
-from .models import resolve_model
+from .models import DataSpec, ModelSpec
 from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
 log = logging.getLogger(__name__)
@@ -37,17 +36,9 @@ DEFAULT_MAX_IMAGES = 1000
 
 
 @dataclass(frozen=True)
-class CalibrationConfig:
-    """Every calibration setting, with its default, in one place."""
+class CalibrationConfig(ModelSpec, DataSpec):
+    """Every calibration setting, with its default, in one place (model and data: the shared specs)."""
 
-    model: str = DEFAULT_MODEL
-    onnx: str | None = None
-    weights: str | None = None
-    preset: str | None = None            # None: the model's own preset
-    data: str = DEFAULT_DATA
-    data_dir: str | None = None
-    num_images: int | None = None        # None: all images, at most DEFAULT_MAX_IMAGES
-    seed: int = 0
     batch_size: int = 32
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     executor: str = "auto"               # auto | torch | onnxruntime
@@ -345,7 +336,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         else:
 
             device = resolve_device(cfg.device)
-            rm = resolve_model(cfg.model, onnx=cfg.onnx, weights=cfg.weights, preset=cfg.preset)
+            rm = cfg.resolve()
             cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
             onnx_path = rm.onnx_path
             preprocess = rm.preprocess()

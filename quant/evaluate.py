@@ -22,7 +22,6 @@ import torch
 from ..core import metrics
 from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
 from ..core.targets import Target, parse_target
-from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
 from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
 from ..core.types import RangeSet
@@ -34,7 +33,7 @@ from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, Engi
                             ModelRef, OutputFidelity, PlanSummary, Recommendation, Throughput, document_text, parse_document)
 from . import backends
 from ..calibrators.algorithms import ALGORITHMS
-from .models import resolve_model
+from .models import DataSpec, ModelSpec
 from .plan import resolve_plan
 from .graph import run_batched
 from .build import trtexec_commands, trtexec_input
@@ -89,17 +88,12 @@ def parse_configs(text: str) -> list[ConfigSpec]:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
+class EvalSettings(ModelSpec, DataSpec):
+    """Every evaluate setting (model and data: the shared specs; num_images counts evaluation images)."""
+
     configs: str = "fp32,int8:entropy,int8:minmax,int8:percentile"
     backend: str = "onnxruntime"
-    model: str = DEFAULT_MODEL
-    onnx: str | None = None
-    weights: str | None = None
-    data: str = DEFAULT_DATA
-    data_dir: str | None = None
-    num_images: int | None = None        # evaluation images (None: all, at most 1000)
     calib_images: int = 256              # calibration: a seeded subset of the same data
-    seed: int = 0
     batch_size: int = 64                 # evaluation batches; also the throughput batch
     latency_iters: int = 50
     device: str = "auto"
@@ -236,7 +230,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
 
     user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
     device = resolve_device(settings.device)
-    rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
+    rm = settings.resolve()
     graph = rm.graph
     preprocess = rm.preprocess()
     def subset(limit: int | None, seed: int):
@@ -279,8 +273,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     # ranges for every INT8 method from one statistics pass over a seeded calibration subset
     stats = None
     if any(s.method for s in specs):
-        calib_cfg = CalibrationConfig(model=settings.model, onnx=settings.onnx, weights=settings.weights,
-                                      data=settings.data, data_dir=settings.data_dir,
+        calib_cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                       num_images=settings.calib_images, seed=settings.seed + 1, device=settings.device)
         calib_src = subset(settings.calib_images, settings.seed + 1)
         t = time.perf_counter()

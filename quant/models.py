@@ -15,13 +15,13 @@ import io
 import logging
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..core.defaults import DEFAULT_MODEL
+from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError, ModelError
 from ..core.fileio import atomic_write_bytes
 from ..datasets.preprocess import PRESETS, Preprocess
@@ -143,6 +143,34 @@ class ResolvedModel:
                      self.preset, h, resize, pre.crop)
             pre = replace(pre, crop=h, resize=resize)
         return pre
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a verb runs (``--model/--onnx/--weights/--preset``): shared by every verb's settings,
+    its defaults defined here once."""
+
+    model: str = DEFAULT_MODEL
+    onnx: str | None = None
+    weights: str | None = None
+    preset: str | None = None            # None: the model's own preset
+
+    def resolve(self) -> ResolvedModel:
+        return resolve_model(self.model, onnx=self.onnx, weights=self.weights, preset=self.preset)
+
+    def model_spec(self) -> dict:
+        """The model fields alone, to hand to another verb's settings (``CalibrationConfig(**s.model_spec())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelSpec)}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a verb reads (``--data/--data-dir/--num-images/--seed``), shared like :class:`ModelSpec`."""
+
+    data: str = DEFAULT_DATA
+    data_dir: str | None = None
+    num_images: int | None = None        # None: all images, at most DEFAULT_MAX_IMAGES
+    seed: int = 0
 
 
 def cache_dir() -> Path:

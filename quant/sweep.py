@@ -30,7 +30,6 @@ import torch
 
 from ..core import metrics
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
-from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor, run_batched
 from ..core.numerics import fake_quant
@@ -47,7 +46,7 @@ from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _ch
 from ..core.fileio import OutputSet, check_output_dir
 from ..core.records import (DataRef, ModelRef, SearchRecord, SearchStep, SensitivityRow, Sweep, TargetRef, Validation,
                             document_text)
-from .models import resolve_model
+from .models import DataSpec, ModelSpec
 from .qdq import build_qdq_model
 from ..reports.sweep_render import sweep_report_texts
 
@@ -218,14 +217,10 @@ def layer_precisions_flag(plan: PrecisionPlan) -> str:
 
 
 @dataclass(frozen=True)
-class SweepSettings:
+class SweepSettings(ModelSpec, DataSpec):
+    """Every sweep setting (model and data: the shared specs; num_images counts evaluation images)."""
+
     target: str = "0.5%"
-    model: str = DEFAULT_MODEL
-    onnx: str | None = None
-    weights: str | None = None
-    data: str = DEFAULT_DATA
-    data_dir: str | None = None
-    num_images: int | None = None        # evaluation images (None: all, at most 1000)
     calib_images: int = 256
     method: str = "entropy"
     ranges: str | None = None            # ranges JSON / cache / Q/DQ ONNX instead of calibrating
@@ -234,7 +229,6 @@ class SweepSettings:
     device: str = "auto"
     validate_backend: str = "onnxruntime"
     trt_version: str | None = None
-    seed: int = 0
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
     metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
 
@@ -246,7 +240,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     out = Path(out)
     check_output_dir(out)
     device = resolve_device(settings.device)
-    rm = resolve_model(settings.model, onnx=settings.onnx, weights=settings.weights)
+    rm = settings.resolve()
     graph = rm.graph
     pre = rm.preprocess()
 
@@ -274,8 +268,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
         ranges, _, _ = load_ranges(settings.ranges)
         calib_note = f"ranges from {settings.ranges}"
     else:
-        cfg = CalibrationConfig(model=settings.model, onnx=settings.onnx, weights=settings.weights, data=settings.data,
-                                data_dir=settings.data_dir, method=settings.method, device=settings.device)
+        cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
+                                method=settings.method, device=settings.device)
         stats = statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg, device, progress=progress)
         ranges = ranges_from_stats(stats, cfg)
         calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"

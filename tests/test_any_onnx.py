@@ -415,3 +415,26 @@ def test_dynamic_height_and_width_take_the_data_s_size(tmp_path, capsys):
     assert rc == 0, err
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert all("--shapes=x:1x3x20x36 " in c for r in doc["results"] for c in r["trtexec"])
+
+
+def test_evaluate_and_sweep_take_the_preset_too(tmp_path, capsys):
+    """--preset belongs to the model flags every verb shares (ModelSpec): a greyscale model evaluates on images."""
+    import shutil
+
+    grey_conv(tmp_path / "g.onnx", 32)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in foolbox_jpgs()[:6]:
+        shutil.copy(p, folder / p.name)
+    args = ["--onnx", tmp_path / "g.onnx", "--data", folder, *T]
+    rc, _, err = run(["evaluate", *args, "--configs", "fp32,int8:minmax", "--calib-images", "4", "--latency-iters", "2",
+                      "--out", tmp_path / "ev"], capsys)
+    assert rc == 2 and "--preset grayscale" in err
+    rc, _, err = run(["evaluate", *args, "--preset", "grayscale", "--configs", "fp32,int8:minmax", "--calib-images", "4",
+                      "--latency-iters", "2", "--out", tmp_path / "ev"], capsys)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert doc["settings"]["preset"] == "grayscale" and doc["data"]["images"] == 6
+    rc, _, err = run(["sweep", *args, "--preset", "grayscale", "--target-drop", "sqnr:20dB", "--calib-images", "4",
+                      "--proxy-images", "4", "--out", tmp_path / "sw"], capsys)
+    assert rc == 0, err
