@@ -331,10 +331,6 @@ def cmd_evaluate(args) -> int:
     _require_backend("--backend", args.backend)
     parse_target(args.target_drop)          # before any work: the error names the flag
     parse_configs(args.configs)
-    if args.metric:
-        from trtquant.core.metrics import load_user_metric
-
-        load_user_metric(args.metric)       # before any work: an import error names the flag
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
@@ -398,10 +394,6 @@ def cmd_sweep(args) -> int:
 
     _require_input_file("--ranges", args.ranges)
     _require_backend("--validate-backend", args.validate_backend)
-    if args.metric:
-        from trtquant.core.metrics import load_user_metric
-
-        load_user_metric(args.metric)       # before any work: an import error names the flag
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),

@@ -342,6 +342,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
             artifact_blobs.update(art.pop("blobs"))
             ref = reference_logits
+            fidelity = tuple(OutputFidelity(name, **metrics.output_fidelity(r_out, o_out))
+                             for name, r_out, o_out in zip(graph.outputs, reference_outputs, outputs))
             ref_ok = metrics.topk_correct(ref, labels, 1) if has_labels else np.ones(len(ref), bool)
             cand_ok = metrics.topk_correct(logits, labels, 1) if has_labels else metrics.agreement(logits, ref)
             d = metrics.paired_bootstrap_drop(ref_ok, cand_ok, samples=settings.bootstrap, seed=settings.seed)
@@ -357,12 +359,9 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                                                *trtexec_input(graph, pixels.shape))),
                 top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
                 top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
-                agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=float(metrics.sqnr_db(ref, logits)),
-                cosine=float(metrics.mean_cosine(ref, logits)),
-                drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)),
-                outputs=tuple(OutputFidelity(name, **metrics.output_fidelity(r_out, o_out))
-                              for name, r_out, o_out in zip(graph.outputs, reference_outputs, outputs)),
-                metric=user_value)
+                agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=fidelity[0].sqnr_db,
+                cosine=fidelity[0].cosine, drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)),
+                outputs=fidelity, metric=user_value)
         except (QuantError, RuntimeError) as err:
             if spec.name == "fp32" or isinstance(err, metrics.MetricError):   # the user's metric: their input
                 raise

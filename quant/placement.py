@@ -100,6 +100,9 @@ def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
     return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
+INT8_LAYERS = "Conv/ConvTranspose/Gemm/MatMul with constant weights, or a MatMul of two activations"
+
+
 def is_int8_layer(node: onnx.NodeProto, consts: set[str]) -> bool:
     """A node TensorRT runs in INT8 when its inputs are quantized: a Conv/ConvTranspose/Gemm/MatMul with
     constant weights, or a MatMul of two activations (attention's batched matrix products)."""
@@ -133,8 +136,7 @@ def place_quantizers(graph: "OnnxGraph | onnx.ModelProto", int8: Iterable[str], 
         n = by_name.get(name)
         if n is None or not is_int8_layer(n, consts):
             raise PlanError("INT8 requested for a node that cannot be quantized", subject=f"node {name!r}",
-                            expected="Conv/ConvTranspose/Gemm/MatMul with constant weights, or a MatMul of two "
-                                     "activations")
+                            expected=INT8_LAYERS)
     producer = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:

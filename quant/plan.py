@@ -16,7 +16,7 @@ from typing import Mapping
 from ..core.errors import PlanError
 from ..core.fileio import atomic_write_text, json_text, read_json_document
 from .graph import OnnxGraph
-from .placement import is_int8_layer
+from .placement import INT8_LAYERS, is_int8_layer
 
 PLAN_FORMAT = "trtquant-plan/1"
 PRECISIONS = ("int8", "fp16", "fp32")
@@ -107,7 +107,7 @@ class PrecisionPlan:
         if bad:
             raise PlanError("INT8 requested for nodes that cannot be quantized", subject=f"plan {self.name!r}",
                             got=", ".join(repr(b) for b in bad[:5]),
-                            expected="Conv/ConvTranspose/Gemm/MatMul nodes with constant weights")
+                            expected=INT8_LAYERS)
 
 
 def quantizable_nodes(graph: OnnxGraph) -> list[str]:

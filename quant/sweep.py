@@ -111,15 +111,22 @@ class QuantSim:
         out = self.ex.run({self.graph.inputs[0].name: x}, edges=self.edges(int8))
         return tuple(out.values())
 
-    def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
+    def _batched(self, x: np.ndarray, int8: set[str], batch: int, every: bool):
         dev = self.ex.device
-        return run_batched(lambda c: self.run(torch.from_numpy(c).to(dev), int8).float().cpu().numpy(),
-                           lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
+
+        def run(chunk):
+            outs = self.run_all(torch.from_numpy(chunk).to(dev), int8)
+            host = tuple(o.float().cpu().numpy() for o in (outs if every else outs[:1]))
+            return host if every else host[0]
+        return run_batched(run, lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
+
+    def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
+        """The first output over ``x``, in batches."""
+        return self._batched(x, int8, batch, every=False)
 
     def outputs(self, x: np.ndarray, int8: set[str], batch: int = 64) -> tuple[np.ndarray, ...]:
-        dev = self.ex.device
-        return run_batched(lambda c: tuple(o.float().cpu().numpy() for o in self.run_all(torch.from_numpy(c).to(dev), int8)),
-                           lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
+        """Every output over ``x``, in batches (what a user's metric reads)."""
+        return self._batched(x, int8, batch, every=True)
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,11 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     target = parse_target(settings.target)
     out = Path(out)
     check_output_dir(out)
+    user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None   # before any work
+    if user_metric is not None and target.kind not in ("abs", "rel"):
+        raise ConfigError("a --metric is judged by a drop target", subject=f"--target-drop {target.text}",
+                          expected="a drop of your metric, e.g. 0.5% (absolute, of a metric in [0, 1]) or rel:1%",
+                          hint="fidelity and agreement targets do not read --metric")
     device = resolve_device(settings.device)
     rm = settings.resolve()
     graph = rm.graph
@@ -256,11 +268,6 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []
-    user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
-    if user_metric is not None and target.kind not in ("abs", "rel"):
-        raise ConfigError("a --metric is judged by a drop target", subject=f"--target-drop {target.text}",
-                          expected="a drop of your metric, e.g. 0.5% (absolute, of a metric in [0, 1]) or rel:1%",
-                          hint="fidelity and agreement targets do not read --metric")
     if not labelled and target.kind in ("abs", "rel") and user_metric is None:
         target = Target("agree", 100 - target.allowed_drop(1.0), target.text)
         notes.append(f"no labels: the target is read as agreement with FP32 ({target.describe()})")
@@ -276,12 +283,12 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
 
     sim = QuantSim(graph, ranges, device)
     all_int8 = set(sim.layers)
-    ref = sim.logits(x, set())
+    # the FP32 pass, once: every output where the user's metric reads them, else the first
+    evaluate_plan = sim.outputs if user_metric is not None else sim.logits   # what the search runs
+    ref_outputs = sim.outputs(x, set()) if user_metric is not None else None
+    ref = ref_outputs[0] if ref_outputs is not None else sim.logits(x, set())
     by_top1 = labelled and target.kind in ("abs", "rel")    # agreement and fidelity targets need no labels
-    evaluate_plan = sim.logits                               # what the search runs: the first output, or all
     if user_metric is not None:
-        evaluate_plan = sim.outputs
-        ref_outputs = sim.outputs(x, set())
         user_labels = labels if labelled else None
 
         def metric(outputs):

@@ -37,16 +37,18 @@ def _latency_batch(doc: Evaluation) -> int:
 
 def _outputs_section(doc: Evaluation) -> tuple:
     """Every model output of every engine against FP32's (and the user's --metric where one was given)."""
+    user = any(r.metric is not None for r in doc.ok)
+
+    def metric_cell(r: EngineResult, first: bool) -> tuple:   # the metric is the engine's, on its first row
+        return () if not user else (f"{r.metric:.6g}" if first and r.metric is not None else "",)
+
     rows = tuple((r.config, o.name, f"{o.sqnr_db:.1f}", f"{o.cosine:.5f}", f"{o.max_abs:.4g}", f"{o.rel_error:.4g}")
-                 + ((f"{r.metric:.6g}",) if r.metric is not None and i == 0 else ("",) if r.metric is not None else ())
-                 for r in doc.ok for i, o in enumerate(r.outputs))
+                 + metric_cell(r, i == 0) for r in doc.ok for i, o in enumerate(r.outputs))
     if not rows:
         return ()
-    user = any(r.metric is not None for r in doc.ok)
-    spec = doc.settings.get("metric") if user else None
     return (Heading("Outputs vs FP32"),
             Table(("config", "output", "SQNR dB", "cosine", "max abs error", "relative L2 error")
-                  + ((f"metric ({spec})",) if user else ()), rows))
+                  + ((f"metric ({doc.settings.get('metric')})",) if user else ()), rows))
 
 
 def evaluation_page(doc: Evaluation) -> Page:

@@ -167,14 +167,19 @@ def grey_conv(path, size):
          ["N", 4, size, size], [("w", w)])
 
 
-def test_a_grayscale_model_calibrates_on_an_image_folder(tmp_path, capsys):
+def image_folder(path, n):
+    """A folder of the first ``n`` bundled real ImageNet JPEGs."""
     import shutil
 
+    path.mkdir()
+    for p in foolbox_jpgs()[:n]:
+        shutil.copy(p, path / p.name)
+    return path
+
+
+def test_a_grayscale_model_calibrates_on_an_image_folder(tmp_path, capsys):
     grey_conv(tmp_path / "g.onnx", 64)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in foolbox_jpgs()[:4]:
-        shutil.copy(p, folder / p.name)
+    folder = image_folder(tmp_path / "imgs", 4)
     args = ["calibrate", "--onnx", tmp_path / "g.onnx", "--data", folder, "--method", "minmax", *T]
     rc, _, err = run([*args, "--cache", tmp_path / "rgb.bin"], capsys)      # the default preset makes RGB
     assert rc == 2 and "the preprocessing preset cannot produce the model's input" in err
@@ -419,13 +424,8 @@ def test_dynamic_height_and_width_take_the_data_s_size(tmp_path, capsys):
 
 def test_evaluate_and_sweep_take_the_preset_too(tmp_path, capsys):
     """--preset belongs to the model flags every verb shares (ModelSpec): a greyscale model evaluates on images."""
-    import shutil
-
     grey_conv(tmp_path / "g.onnx", 32)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in foolbox_jpgs()[:6]:
-        shutil.copy(p, folder / p.name)
+    folder = image_folder(tmp_path / "imgs", 6)
     args = ["--onnx", tmp_path / "g.onnx", "--data", folder, *T]
     rc, _, err = run(["evaluate", *args, "--configs", "fp32,int8:minmax", "--calib-images", "4", "--latency-iters", "2",
                       "--out", tmp_path / "ev"], capsys)
