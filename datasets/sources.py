@@ -415,3 +415,13 @@ def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = Non
     raise DataError("unknown data source", subject=repr(spec),
                     expected=f"one of {', '.join(SOURCE_NAMES)} or an existing path ({'; '.join(PATH_KINDS)})",
                     hint="no file or directory of that name exists either")
+
+
+def open_capped(spec: str, *, preprocess: Preprocess, limit: int | None, seed: int, data_dir: str | None = None,
+                **kw) -> ImageSource:
+    """All images of ``spec``, or a seeded subset of ``limit`` when there are more (no warning for small sets)."""
+    src = open_source(spec, preprocess=preprocess, data_dir=data_dir, seed=seed, **kw)
+    if limit is not None and len(src) > limit:
+        log.info("%s holds %d images: using a seeded subset of %d", src.name, len(src), limit)
+        src = open_source(spec, preprocess=preprocess, data_dir=data_dir, num_images=limit, seed=seed, **kw)
+    return src

@@ -7,7 +7,6 @@ recorded as failed with its reason; the others are still evaluated.
 """
 
 from __future__ import annotations
-
 import json
 import logging
 import platform
@@ -18,26 +17,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..calibrators.algorithms import ALGORITHMS
 
 from ..core import metrics
-from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
-from ..core.targets import Target, parse_target
-from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
-from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
-from ..core.types import RangeSet
 from ..core.cache import TrtCache
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, check_preset_fits, open_capped, ranges_from_stats, statistics
-from .ort_int8 import lower_for_onnxruntime
-from .qdq import build_qdq_model
-from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
-                            ModelRef, OutputFidelity, PlanSummary, Recommendation, Throughput, document_text, parse_document)
-from . import backends
-from ..calibrators.algorithms import ALGORITHMS
-from .models import DataSpec, ModelSpec
-from .plan import resolve_plan
-from .graph import run_batched
-from .build import trtexec_commands, trtexec_input
+from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
+from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format
+from ..core.records import (
+    RESULTS_FORMAT,
+    CalibrationInfo,
+    DataRef,
+    Drop,
+    EngineResult,
+    Evaluation,
+    Latency,
+    LayerChoice,
+    ModelRef,
+    OutputFidelity,
+    PlanSummary,
+    Recommendation,
+    Throughput,
+    document_text,
+    parse_document,
+)
+from ..core.runtime import cpu_int8_instructions, installed_trt_version, resolve_device
+from ..core.targets import Target, parse_target
+from ..core.types import RangeSet
+from ..datasets.sources import open_capped
 from ..reports import render
+from .artifacts.plan import resolve_plan
+from .artifacts.qdq import build_qdq_model
+from .artifacts.trtexec import trtexec_commands, trtexec_input
+from .engines import registry
+from .engines.torch import TORCH_DTYPES
+from .engines.ort_int8 import lower_for_onnxruntime
+from .graph.inputs import check_input_shape, check_model_input, check_preset_fits
+from .graph.onnx_graph import run_batched
+from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
+from .statistics import cache_header, ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +69,7 @@ def results_outputs() -> dict:
     return {"results.json": json_format(RESULTS_FORMAT), PARTIAL_NAME: json_format(RESULTS_FORMAT)}
 
 
-FLOAT_CONFIGS = tuple(backends.TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
+FLOAT_CONFIGS = tuple(TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
 CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in ALGORITHMS)     # int8:<every range algorithm>
 
 
@@ -85,28 +102,6 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     if len({s.name for s in specs}) != len(specs):
         raise ConfigError("configuration listed twice", subject="--configs", got=text)
     return specs
-
-
-@dataclass(frozen=True)
-class EvalSettings(ModelSpec, DataSpec):
-    """Every evaluate setting (model and data: the shared specs; num_images counts evaluation images)."""
-
-    configs: str = "fp32,int8:entropy,int8:minmax,int8:percentile"
-    backend: str = "onnxruntime"
-    calib_images: int = 256              # calibration: a seeded subset of the same data
-    batch_size: int = 64                 # evaluation batches; also the throughput batch
-    latency_iters: int = 50
-    device: str = "auto"
-    target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
-    bootstrap: int = 2000
-    metric: str | None = None            # a user metric MODULE:FUNCTION (core.metrics.load_user_metric)
-
-    def key(self) -> dict:
-        """The settings that make two measurements of one configuration comparable (for --resume)."""
-        d = asdict(self)
-        d.pop("configs")
-        d.pop("target")
-        return d
 
 
 def environment(device: str) -> dict:
@@ -168,7 +163,7 @@ def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_ver
             # the deployable INT8 model: integer weights (what an INT8 engine stores), not fake-quant floats
             int8_bytes = lower_for_onnxruntime(qdq, "s8").model.ByteSize()
     if ranges is not None and plan.nodes("int8"):
-        version, algo = _cache_header(CalibrationConfig(trt_version=trt_version))
+        version, algo = cache_header(CalibrationConfig(trt_version=trt_version))
         blobs[d / "calib.bin"] = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
         files["cache"] = d / "calib.bin"
     return {"files": {k: str(v) for k, v in files.items()}, "int8_bytes": int8_bytes, "blobs": blobs}
@@ -244,7 +239,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
     pixels = np.concatenate([b.images for b in batches])
-    _check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
+    check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
     if has_labels and getattr(source, "label_space", None) == "folder":
@@ -322,7 +317,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
-            engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
+            engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
             times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,

@@ -148,7 +148,8 @@ def test_tensorrt_builds_int8_engine_from_our_cache(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     trt = trt_adapter.import_tensorrt()
     res = calibrate(CalibrationConfig(trt_version=trt.__version__), cache_path=tmp_path / "c.bin", progress=False)
@@ -167,7 +168,8 @@ def test_tensorrt_calibrates_with_our_data_pipeline(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     res = calibrate(CalibrationConfig(calibrator="tensorrt", batch_size=4), cache_path=tmp_path / "t.bin",
                     progress=False)
@@ -192,9 +194,10 @@ def test_tensorrt_int8_engine_from_qdq_agrees_with_simulation(mobilenet, sample_
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.backends import build
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.engines.registry import build
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     ranges = calibrate(CalibrationConfig(), cache_path=tmp_path / "c.bin", progress=False).ranges
     plan = resolve_plan("int8", mobilenet.graph)

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from trtquant.core.cache import ZERO_TENSOR_AMAX, TrtCache, scale_to_hex
-from trtquant.quant.cache_tools import load_ranges
+from trtquant.quant.artifacts.ranges import load_ranges
 from trtquant.core.errors import ConfigError
 from trtquant.core.trt_versions import convtranspose_weight_axis, needs_explicit_batch, strongly_typed, trt_major
 
@@ -53,7 +53,7 @@ def test_version_rules():
 
 
 def _plan(layers, default="fp32"):
-    from trtquant.quant.plan import LayerPrecision, PrecisionPlan
+    from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan
 
     return PrecisionPlan(name="t", layers={n: LayerPrecision(n, p, "test") for n, p in layers.items()}, default=default)
 
@@ -62,7 +62,7 @@ def test_weakly_typed_trtexec_line_pins_the_plans_float_layers():
     # finding 3: under weak typing Casts pin nothing and --fp16 frees every layer
     from pathlib import Path
 
-    from trtquant.quant.build import trtexec_commands
+    from trtquant.quant.artifacts.trtexec import trtexec_commands
 
     plan = _plan({"/conv0/Conv": "int8", "/head/Gemm": "fp32", "/mid/Conv": "fp16"})
     strong, weak = trtexec_commands(Path("m.onnx"), plan, Path("q.onnx"), "input", (3, 224, 224))

@@ -41,10 +41,10 @@ torch.cuda.is_available = lambda: True
 torch.cuda.get_device_name = lambda *a: "TensorRT double"
 
 from trtquant.calibrators import tensorrt as adapter  # noqa: E402
-from trtquant.quant import trt_backend  # noqa: E402
+from trtquant.quant.engines import tensorrt as trt_backend  # noqa: E402
 from trtquant.core.cache import TrtCache, trt_version_int  # noqa: E402
-from trtquant.quant.graph import OnnxGraph  # noqa: E402
-from trtquant.quant.plan import LayerPrecision, PrecisionPlan  # noqa: E402
+from trtquant.quant.graph.onnx_graph import OnnxGraph  # noqa: E402
+from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan  # noqa: E402
 from trtquant.core.types import RangeSet, TensorRange  # noqa: E402
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.records import EngineInfo
-from ..core.runtime import cpu_int8_instructions
+from ...core.records import EngineInfo
+from ...core.runtime import cpu_int8_instructions
 
 __all__ = ["Engine", "EngineInfo", "cpu_engine_fields"]
 

@@ -21,8 +21,8 @@ integer layers (EfficientNet-Lite's TensorFlow-style "same" padding: 3x the thro
 """
 
 from __future__ import annotations
-
 import collections
+
 import functools
 import logging
 import tempfile
@@ -33,10 +33,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .engine import Engine, EngineInfo, cpu_engine_fields
-from ..core.errors import BackendUnavailable
-from ..core.onnxutil import constant_values, toposort
-from .qdq import build_qdq_model
+from ...core.errors import BackendUnavailable
+from ...core.onnxutil import constant_values, toposort
+from ...core.records import EngineInfo
+from ..artifacts.qdq import build_qdq_model
+from .base import Engine, cpu_engine_fields
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ def runtime_precisions(compiled) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- exactness probe
-
 def _probe_model(channels: int) -> onnx.ModelProto:
     """``DQ(Q(x)) -> Conv 1x1 (DQ(Q(w))) -> output``, all scales 1: the exact answer is an integer sum."""
     one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
@@ -116,7 +116,6 @@ def int8_is_exact() -> bool:
 
 
 # --------------------------------------------------------------------------- value-preserving rewrite
-
 def _is_zero_pad(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> bool:
     mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
     if mode != "constant":
@@ -169,7 +168,6 @@ def quantize_before_zero_pads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
 
 
 # --------------------------------------------------------------------------- engine
-
 class OpenVinoEngine(Engine):
     """One ONNX model compiled twice on demand: THROUGHPUT (several CPU streams, a batch split over an
     asynchronous request queue) for batches, LATENCY (one request over all cores) for small ones."""

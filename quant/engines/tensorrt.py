@@ -19,23 +19,24 @@ run through torch CUDA tensors (``set_tensor_address`` + ``execute_async_v3``) o
 """
 
 from __future__ import annotations
-
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.cache import TrtCache
-from ..core.runtime import import_tensorrt
-from .engine import Engine, EngineInfo
-from ..core.fileio import atomic_write_bytes
-from ..core.errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
-from .graph import OnnxGraph
-from .plan import PrecisionPlan
-from .qdq import build_qdq_model
-from ..core.trt_versions import needs_explicit_batch, strongly_typed as _strongly_typed, trt_major
-from ..core.types import RangeSet
+from ...core.cache import TrtCache
+from ...core.errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
+from ...core.fileio import atomic_write_bytes
+from ...core.records import EngineInfo
+from ...core.runtime import import_tensorrt
+from ...core.trt_versions import needs_explicit_batch, trt_major
+from ...core.trt_versions import strongly_typed as _strongly_typed
+from ...core.types import RangeSet
+from ..artifacts.plan import PrecisionPlan
+from ..artifacts.qdq import build_qdq_model
+from ..graph.onnx_graph import OnnxGraph
+from .base import Engine
 
 log = logging.getLogger(__name__)
 
