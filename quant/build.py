@@ -6,6 +6,8 @@ numbers on the bundled images, and the equivalent ``trtexec`` command lines).
 """
 
 from __future__ import annotations
+
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +21,15 @@ from ..datasets import open_source
 from .artifacts.plan import PrecisionPlan, resolve_plan
 from .artifacts.qdq import build_qdq_model
 from .artifacts.ranges import load_ranges
-from .artifacts.trtexec import trtexec_commands, trtexec_input
+from .artifacts.trtexec import trtexec_commands, trtexec_shapes
 from .engines.base import Engine
 from .engines.registry import build
 from .graph.inputs import check_model_input
 from .graph.models import resolve_model
 from .graph.onnx_graph import OnnxGraph
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +59,10 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
     check_output_dir(out)
     rm = resolve_model(model, onnx=onnx, weights=weights, preset=preset)
     graph = rm.graph
+    if smoke and len(graph.inputs) > 1:
+        log.info("%s has %d inputs: no smoke check on the bundled images (they feed one image input)",
+                 rm.name, len(graph.inputs))
+        smoke = False
     check_model_input(graph, image=rm.preprocess() if smoke else None)
     plan = resolve_plan(precision, graph)
     ranges = None
@@ -95,7 +104,7 @@ def build_engine(*, precision: str, backend: str, out: str | Path, model: str = 
         smoke_numbers = {"images": int(len(x)), "top1": float((logits.argmax(1) == y).mean()),
                          "batch_latency_ms": 1e3 * (time.perf_counter() - t)}
     qdq_path = out / "model_qdq.onnx" if model_qdq is not None else None
-    cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, *trtexec_input(graph, x.shape if smoke else None))
+    cmds = trtexec_commands(rm.onnx_path, plan, qdq_path, trtexec_shapes(graph, x if smoke else None))
     doc = {"engine": asdict(engine.info), "plan": {"name": plan.name, "counts": plan.counts(), "default": plan.default},
            "model": {"name": rm.name, "onnx": str(rm.onnx_path), "fingerprint": graph.fingerprint()},
            "ranges": ranges_path, "build_s": build_s, "smoke": smoke_numbers, "trtexec": cmds}

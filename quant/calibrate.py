@@ -23,7 +23,7 @@ from ..core.runtime import resolve_device
 from ..core.types import CalibrationStats, RangeSet
 from ..datasets import open_source
 from ..datasets.sources import open_capped
-from .graph.inputs import check_model_input, check_preset_fits
+from .graph.inputs import check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import OnnxGraph
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig
 from .statistics import cache_header, collect_stats, ranges_from_stats
@@ -92,7 +92,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             onnx_path = rm.onnx_path
             preprocess = rm.preprocess()
             extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
-                         layout=cfg.layout)
+                         layout=cfg.layout, inputs=data_inputs(rm.graph))
             if cfg.num_images is None:
                 source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
                                      data_dir=cfg.data_dir, **extra)
@@ -143,7 +143,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
 def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings) -> CalibrationResult:
     """TensorRT's own IInt8 calibrator on our data pipeline; its cache is parsed and re-written atomically."""
 
-    shape = tuple(int(d) for d in rm.graph.input_shape()[1:])
+    shapes = {gi.name: tuple(int(d) for d in gi.shape[1:]) for gi in rm.graph.inputs}
+    shape = shapes if len(shapes) > 1 else next(iter(shapes.values()))
     batches = (b.images for b in source.batches(cfg.batch_size, workers=cfg.workers))
     t1 = time.perf_counter()
     cache = calibrate_onnx_with_tensorrt(rm.onnx_path, batches, method=cfg.method, batch_size=cfg.batch_size,

@@ -42,16 +42,16 @@ from ..core.records import (
 )
 from ..core.runtime import cpu_int8_instructions, installed_trt_version, resolve_device
 from ..core.targets import Target, parse_target
-from ..core.types import RangeSet
+from ..core.types import Inputs, RangeSet, concat_rows, resize_rows
 from ..datasets.sources import open_capped
 from ..reports import render
 from .artifacts.plan import resolve_plan
 from .artifacts.qdq import build_qdq_model
-from .artifacts.trtexec import trtexec_commands, trtexec_input
+from .artifacts.trtexec import trtexec_commands, trtexec_shapes
 from .engines import registry
 from .engines.torch import TORCH_DTYPES
 from .engines.ort_int8 import lower_for_onnxruntime
-from .graph.inputs import check_input_shape, check_model_input, check_preset_fits
+from .graph.inputs import check_input_shape, check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
 from .statistics import cache_header, ranges_from_stats, statistics
@@ -121,7 +121,8 @@ def environment(device: str) -> dict:
 
 def _timed(engine, x_np: np.ndarray, iters: int) -> np.ndarray:
     """Seconds per call; GPU engines are timed with CUDA events on device tensors."""
-    if hasattr(engine, "run_tensor") and getattr(engine.info, "device", "cpu").startswith("cuda"):
+    if (hasattr(engine, "run_tensor") and getattr(engine.info, "device", "cpu").startswith("cuda")
+            and not isinstance(x_np, Inputs)):
         x = torch.from_numpy(x_np).cuda()
         engine.run_tensor(x)
         torch.cuda.synchronize()
@@ -229,7 +230,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     graph = rm.graph
     preprocess = rm.preprocess()
     def subset(limit: int | None, seed: int):
-        return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir)
+        return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir,
+                           inputs=data_inputs(graph))
 
     settings = replace(settings, batch_size=check_model_input(graph, batch_size=settings.batch_size))
     fixed = graph.fixed_batch
@@ -238,7 +240,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     t_load = time.perf_counter()
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
-    pixels = np.concatenate([b.images for b in batches])
+    pixels = concat_rows([b.images for b in batches])
     check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
@@ -256,7 +258,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                         hint="labels must be indices into the model's output")
 
     def images(lo: int, hi: int) -> np.ndarray:
-        return preprocess.normalize(pixels[lo:hi]) if pixels.dtype == np.uint8 else pixels[lo:hi]
+        uint8 = not isinstance(pixels, Inputs) and pixels.dtype == np.uint8
+        return preprocess.normalize(pixels[lo:hi]) if uint8 else pixels[lo:hi]
 
     doc = Evaluation(
         settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device)),
@@ -330,8 +333,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             user_value = (metrics.call_user_metric(user_metric, settings.metric, reference_outputs, outputs,
                                                    labels if has_labels else None) if user_metric else None)
             lat_batch = fixed or 1                     # batch-1 latency, or the model's fixed batch
-            lat = _timed(engine, np.resize(images(0, lat_batch), (lat_batch, *pixels.shape[1:])), settings.latency_iters)
-            full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
+            lat = _timed(engine, resize_rows(images(0, lat_batch), lat_batch), settings.latency_iters)
+            full = resize_rows(images(0, settings.batch_size), settings.batch_size)  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
             art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
@@ -351,7 +354,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 artifacts=art["files"],
                 peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
                 trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
-                                               *trtexec_input(graph, pixels.shape))),
+                                               trtexec_shapes(graph, pixels))),
                 top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
                 top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
                 agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=fidelity[0].sqnr_db,

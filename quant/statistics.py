@@ -14,7 +14,7 @@ from ..core.cache import DEFAULT_TRT_VERSION, ZERO_TENSOR_AMAX, trt_version_int
 
 from ..core.errors import DataError
 from ..core.runtime import installed_trt_version
-from ..core.types import CalibrationStats, RangeSet, TensorRange
+from ..core.types import CalibrationStats, Inputs, RangeSet, TensorRange
 from .graph.executors import make_executor
 from .graph.inputs import check_input_shape
 from .graph.onnx_graph import OnnxGraph
@@ -57,11 +57,18 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
             continue
         if not checked:
             check_input_shape(graph, batch.images, source.name)
-            if batch.images.dtype != np.uint8 and batch.images.size and float(np.abs(batch.images).max()) > 32:
+            if isinstance(batch.images, np.ndarray) and batch.images.dtype != np.uint8 and batch.images.size and float(np.abs(batch.images).max()) > 32:
                 log.warning("%s: model-ready float images reach |x| = %.1f: they look like un-normalised 0..255 "
                             "pixels (preprocessed ImageNet images stay within about 3). Save uint8 pixels instead, "
                             "or normalise the array", source.name, float(np.abs(batch.images).max()))
             checked = True
+        if isinstance(batch.images, Inputs):       # several inputs, model-ready: a tensor per input name
+            fed = {k: torch.from_numpy(v).to(device) for k, v in batch.images.arrays.items()}
+            collect_batch(collector, lambda observe, watch: executor.run(fed, observe=observe, watch=watch),
+                          batch.ids)
+            images += len(batch.images)
+            waits["model_and_stats_s"] += time.perf_counter() - t1
+            continue
         x = torch.from_numpy(batch.images)
         if device.type == "cuda":
             if staging is None or staging.numel() < x.numel():

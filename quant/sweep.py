@@ -40,15 +40,16 @@ from ..core.records import (
     document_text,
 )
 from ..core.runtime import resolve_device
+from ..core.types import concat_rows
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
 from ..datasets.sources import open_capped
 from ..reports.sweep_render import sweep_report_texts
 from .artifacts.plan import LayerPrecision, PrecisionPlan
 from .artifacts.qdq import build_qdq_model
 from .artifacts.ranges import load_ranges
-from .artifacts.trtexec import layer_precisions_flag, trtexec_commands, trtexec_input
+from .artifacts.trtexec import layer_precisions_flag, trtexec_commands, trtexec_shapes
 from .engines import registry
-from .graph.inputs import check_input_shape, check_preset_fits
+from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
 from .planner.search import greedy_search, plan_from_search
 from .planner.simulate import QuantSim
@@ -73,12 +74,13 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     pre = rm.preprocess()
 
     def subset(limit, seed):
-        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir)
+        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir,
+                           inputs=data_inputs(graph))
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
     batches = list(source.batches(64, progress=progress))
-    x = np.concatenate([b.images for b in batches])
+    x = concat_rows([b.images for b in batches])
     check_input_shape(graph, x[:1], source.name,
                        hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
@@ -166,7 +168,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     version, algo = cache_header(CalibrationConfig(trt_version=settings.trt_version))
     cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
-    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", *trtexec_input(graph, x.shape))
+    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, x))
     trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
                      f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")

@@ -65,14 +65,14 @@ def test_weakly_typed_trtexec_line_pins_the_plans_float_layers():
     from trtquant.quant.artifacts.trtexec import trtexec_commands
 
     plan = _plan({"/conv0/Conv": "int8", "/head/Gemm": "fp32", "/mid/Conv": "fp16"})
-    strong, weak = trtexec_commands(Path("m.onnx"), plan, Path("q.onnx"), "input", (3, 224, 224))
+    strong, weak = trtexec_commands(Path("m.onnx"), plan, Path("q.onnx"), "input:1x3x224x224")
     assert "--stronglyTyped" in strong and "--layerPrecisions" not in strong and "--noTF32" in strong
     assert weak.startswith("trtexec --onnx=q.onnx --int8 --fp16 --noTF32 --precisionConstraints=obey "
                            "--layerPrecisions=/head/Gemm:fp32,/mid/Conv:fp16 ")
     # no FP16 layer: no --fp16 (it would let the FP32 layers run in FP16)
     _, weak = trtexec_commands(Path("m.onnx"), _plan({"/c/Conv": "int8", "/g/Gemm": "fp32"}), Path("q.onnx"),
-                               "input", (3, 224, 224))
+                               "input:1x3x224x224")
     assert " --fp16" not in weak and "--precisionConstraints=obey --layerPrecisions=/g/Gemm:fp32" in weak
     # a name with a space is quoted for the shell
-    _, weak = trtexec_commands(Path("m.onnx"), _plan({"a b": "fp32", "c": "int8"}), Path("q.onnx"), "x", (3, 8, 8))
+    _, weak = trtexec_commands(Path("m.onnx"), _plan({"a b": "fp32", "c": "int8"}), Path("q.onnx"), "x:1x3x8x8")
     assert "'--layerPrecisions=a b:fp32'" in weak

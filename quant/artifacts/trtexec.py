@@ -7,28 +7,34 @@ import shlex
 from pathlib import Path
 
 from ...core.errors import ConfigError
+from ...core.types import feeds
 from .plan import PrecisionPlan
 
 
-def trtexec_input(graph, example_shape: tuple | None = None) -> tuple[str, tuple[int, ...], int]:
-    """(input name, C/H/W..., batch) for ``trtexec --shapes``: static dims as exported, dynamic ones from
-    the data's ``example_shape``; the batch is 1 for a dynamic batch, else the model's fixed batch."""
-    gi = graph.inputs[0]
-    dims = []
-    for i, d in enumerate(gi.shape[1:], 1):
-        if isinstance(d, int) and d > 0:
-            dims.append(d)
-        elif example_shape is not None and len(example_shape) == len(gi.shape):
-            dims.append(int(example_shape[i]))
-        else:
-            raise ConfigError("the model input has a dynamic dimension besides the batch", subject=f"model input {gi.name!r}",
-                              got=str(tuple(gi.shape)), expected="static dims, or data that fixes them",
-                              hint="export the model with static C/H/W, or run evaluate/sweep on data of that size")
-    return gi.name, tuple(dims), graph.fixed_batch or 1
+def trtexec_shapes(graph, example=None) -> str:
+    """``trtexec --shapes`` for every model input (``name:1x3x224x224,aux:1x5``): static dims as exported,
+    dynamic ones from the data's ``example`` (an array, or :class:`Inputs` for several inputs); the batch is
+    1 for a dynamic batch, else the model's fixed batch."""
+    shapes = {} if example is None else {k: v.shape for k, v in feeds([gi.name for gi in graph.inputs], example).items()}
+    parts = []
+    for gi in graph.inputs:
+        dims = []
+        ex = shapes.get(gi.name)
+        for i, d in enumerate(gi.shape[1:], 1):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif ex is not None and len(ex) == len(gi.shape):
+                dims.append(int(ex[i]))
+            else:
+                raise ConfigError("the model input has a dynamic dimension besides the batch",
+                                  subject=f"model input {gi.name!r}", got=str(tuple(gi.shape)),
+                                  expected="static dims, or data that fixes them",
+                                  hint="export the model with static C/H/W, or run evaluate/sweep on data of that size")
+        parts.append(f"{gi.name}:" + "x".join(str(d) for d in (graph.fixed_batch or 1, *dims)))
+    return ",".join(parts)
 
 
-def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None, input_name: str,
-                     input_shape: tuple, batch: int = 1) -> list[str]:
+def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None, shapes: str) -> list[str]:
     """``trtexec`` lines for the plan.
 
     Strongly typed (TensorRT 10/11) the Q/DQ nodes and Casts carry the precisions. Weakly typed
@@ -36,8 +42,7 @@ def trtexec_commands(onnx_path: Path, plan: PrecisionPlan, qdq_path: Path | None
     layers are pinned with ``--precisionConstraints=obey --layerPrecisions=...`` and ``--fp16`` is
     given only when the plan has FP16 layers. ``--noTF32`` keeps FP32 layers in FP32.
     """
-    shape = "x".join(str(d) for d in (batch, *input_shape))
-    common = f"--shapes={input_name}:{shape} --saveEngine=model.engine"
+    common = f"--shapes={shapes} --saveEngine=model.engine"
     has_fp16 = plan.default == "fp16" or bool(plan.nodes("fp16"))
     tf32 = " --noTF32" if plan.default == "fp32" or plan.nodes("fp32") else ""
     pins = [(n, lp.precision) for n, lp in plan.layers.items() if lp.precision in ("fp16", "fp32")]

@@ -17,7 +17,7 @@ from ...core.types import RangeSet
 from ..artifacts.plan import PrecisionPlan
 from ..artifacts.qdq import build_qdq_model
 from ..graph.onnx_graph import OnnxGraph
-from .base import Engine, cpu_engine_fields
+from .base import Engine, cpu_engine_fields, float_feeds
 from .ort_int8 import _ort, lower_for_onnxruntime, u8s8_is_exact
 ORT_INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "QLinearAdd",
                    "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
@@ -80,11 +80,11 @@ class OrtEngine(Engine):
             optimized = onnx.load(opts.optimized_model_filepath)
         ops = collections.Counter(n.op_type for n in optimized.graph.node)
         self.integer_kernels = {op: ops[op] for op in ORT_INTEGER_OPS if ops.get(op)}
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.info = EngineInfo(integer_kernels=self.integer_kernels, **info_fields)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.run_all(images)[0]
 
     def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}))
+        return tuple(self.session.run(None, float_feeds(self.input_names, images)))

@@ -36,8 +36,9 @@ from onnx import TensorProto, helper, numpy_helper
 from ...core.errors import BackendUnavailable
 from ...core.onnxutil import constant_values, toposort
 from ...core.records import EngineInfo
+from ...core.types import Inputs
 from ..artifacts.qdq import build_qdq_model
-from .base import Engine, cpu_engine_fields
+from .base import Engine, cpu_engine_fields, float_feeds
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,8 @@ class OpenVinoEngine(Engine):
     asynchronous request queue) for batches, LATENCY (one request over all cores) for small ones."""
 
     def __init__(self, model: onnx.ModelProto, info_fields: dict):
-        ov = _ov()
         self.model = model
+        self.input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         self.model_bytes = model.ByteSize()
         self.throughput = _compile(model, "THROUGHPUT")
         self.requests = max(1, int(self.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
@@ -190,13 +191,15 @@ class OpenVinoEngine(Engine):
         self._results[index] = request.get_output_tensor(0).data.copy()
 
     def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        x = np.ascontiguousarray(images, dtype=np.float32)
+        fed = float_feeds(self.input_names, images)
         if self._latency is None:
             self._latency = _compile(self.model, "LATENCY").create_infer_request()
-        res = self._latency.infer({0: x})
+        res = self._latency.infer(fed)
         return tuple(res[i].copy() for i in range(len(res)))
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if isinstance(images, Inputs):             # several inputs: one request, by name
+            return self.run_all(images)[0]
         x = np.ascontiguousarray(images, dtype=np.float32)
         if len(x) < 2 * self.requests:
             if self._latency is None:

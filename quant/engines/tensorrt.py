@@ -32,11 +32,11 @@ from ...core.records import EngineInfo
 from ...core.runtime import import_tensorrt
 from ...core.trt_versions import needs_explicit_batch, trt_major
 from ...core.trt_versions import strongly_typed as _strongly_typed
-from ...core.types import RangeSet
+from ...core.types import RangeSet, feeds
 from ..artifacts.plan import PrecisionPlan
 from ..artifacts.qdq import build_qdq_model
 from ..graph.onnx_graph import OnnxGraph
-from .base import Engine
+from .base import Engine, float_feeds
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +91,21 @@ class TrtEngine(Engine):
         # enqueueV3 on the legacy default stream costs extra synchronizations (TensorRT warns)
         self.stream = _new_stream()
 
-    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.inputs) != 1:
-            raise ConfigError("the TensorRT runner feeds one input", subject="--backend tensorrt",
-                              got=f"{len(self.inputs)} inputs ({', '.join(self.inputs)})")
-        name = self.inputs[0]
+    def run_tensor(self, x: torch.Tensor | dict) -> torch.Tensor:
+        """Device tensors in (one tensor, or a tensor per input name), the first output out."""
+        fed = {n: x[n] for n in self.inputs} if isinstance(x, dict) else feeds(self.inputs, x)
         caller = _current_stream()
         self.stream.wait_stream(caller)          # x may still be written on the caller's stream
+        kept = []
         with _use_stream(self.stream):
-            x = x.to(_DEVICE, self._dtypes[self.engine.get_tensor_dtype(name)]).contiguous()
-            if not self.context.set_input_shape(name, tuple(x.shape)):
-                raise ConfigError("TensorRT refused the input shape", subject=f"input {name!r}",
-                                  got=str(tuple(x.shape)), expected="a shape within the engine's optimization profile "
-                                  "(static dims as exported, batch 1..max_batch)")
-            self.context.set_tensor_address(name, x.data_ptr())
+            for name, t in fed.items():
+                t = t.to(_DEVICE, self._dtypes[self.engine.get_tensor_dtype(name)]).contiguous()
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    raise ConfigError("TensorRT refused the input shape", subject=f"input {name!r}",
+                                      got=str(tuple(t.shape)), expected="a shape within the engine's optimization "
+                                      "profile (static dims as exported, batch 1..max_batch)")
+                self.context.set_tensor_address(name, t.data_ptr())
+                kept.append(t)
             outs = []
             for o in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(o))
@@ -114,11 +115,11 @@ class TrtEngine(Engine):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendUnavailable("TensorRT execution failed", subject="--backend tensorrt")
         caller.wait_stream(self.stream)          # the caller sees the outputs in its stream order
-        self._keep = x            # the input must live until the stream has run
+        self._keep = kept         # the inputs must live until the stream has run
         return outs[0]
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        out = self.run_tensor(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        out = self.run_tensor({k: torch.from_numpy(v) for k, v in float_feeds(self.inputs, images).items()})
         self.stream.synchronize()
         return out.float().cpu().numpy()
 

@@ -11,7 +11,8 @@ from ...core.records import EngineInfo
 from ...core.runtime import tf32
 from ..graph.interpreter import TorchGraphExecutor
 from ..graph.onnx_graph import OnnxGraph
-from .base import Engine
+from ...core.types import Inputs
+from .base import Engine, float_feeds
 
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -41,6 +42,7 @@ class TorchEngine(Engine):
             consts[k] = v
         self.executor.consts = consts
         self.input_name = graph.inputs[0].name
+        self.input_names = [gi.name for gi in graph.inputs]
         self.info = info
         self._graphs: dict[tuple, tuple] = {}
 
@@ -50,7 +52,7 @@ class TorchEngine(Engine):
 
     def _device_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.fast else x
+        return x.contiguous(memory_format=torch.channels_last) if self.fast and x.dim() == 4 else x
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Device tensor in, device tensor out (no host copies): what benchmarks time."""
@@ -77,12 +79,14 @@ class TorchEngine(Engine):
             return static_out
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if isinstance(images, Inputs):           # several inputs: through the interpreter (no CUDA graph)
+            return self.run_all(images)[0]
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         return self.run_tensor(x).float().cpu().numpy()
 
     def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """Every output, through the interpreter (no CUDA graph: it captures the first output only)."""
-        x = self._device_input(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        fed = {k: self._device_input(torch.from_numpy(v)) for k, v in float_feeds(self.input_names, images).items()}
         with tf32(self.tf32):
-            out = self.executor.run({self.input_name: x})
+            out = self.executor.run(fed)
         return tuple(v.float().cpu().numpy() for v in out.values())

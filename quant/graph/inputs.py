@@ -7,6 +7,7 @@ import logging
 import numpy as np
 
 from ...core.errors import DataError, ModelError
+from ...core.types import feeds
 from ...datasets import PRESETS
 from .onnx_graph import OnnxGraph
 
@@ -19,23 +20,20 @@ _ONNX_TYPE_NAMES = {2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 4:
 
 def check_model_input(graph: OnnxGraph, *, batch_size: int | None = None, flag: str = "--batch-size",
                       image=None) -> int | None:
-    """Before any data is read: one input, a float dtype (we feed normalised float32), a shape the images can take.
+    """Before any data is read: float inputs (we feed normalised float32), a shape the images can take.
 
-    Returns the batch size to feed: ``batch_size``, or the model's fixed batch when its input fixes
-    one (said once, as a warning, when that overrides ``flag``)."""
-    if len(graph.inputs) != 1:
-        raise ModelError("the model has more than one input", subject=str(graph.path or "model"),
-                         got=", ".join(repr(i.name) for i in graph.inputs),
-                         expected="a single image input (only single-input models are supported; images are fed "
-                                  f"to the first input, {graph.inputs[0].name!r})")
+    A model with several inputs is fed from named arrays (one per input: :func:`data_inputs`), so only
+    their dtypes are checked here. Returns the batch size to feed: ``batch_size``, or the model's fixed
+    batch when its input fixes one (said once, as a warning, when that overrides ``flag``)."""
+    for gi in graph.inputs:
+        if gi.elem_type not in FLOAT_INPUT_TYPES:
+            raise ModelError("the model input is not a float tensor", subject=f"model input {gi.name!r}",
+                             got=_ONNX_TYPE_NAMES.get(gi.elem_type, f"ONNX type {gi.elem_type}"),
+                             expected="float32 (the pipeline feeds normalised float32 images)",
+                             hint="export the model without the integer pre-processing (e.g. a uint8 input plus "
+                                  "Cast), or calibrate the float graph after it")
     gi = graph.inputs[0]
-    if gi.elem_type not in FLOAT_INPUT_TYPES:
-        raise ModelError("the model input is not a float tensor", subject=f"model input {gi.name!r}",
-                         got=_ONNX_TYPE_NAMES.get(gi.elem_type, f"ONNX type {gi.elem_type}"),
-                         expected="float32 (the pipeline feeds normalised float32 images)",
-                         hint="export the model without the integer pre-processing (e.g. a uint8 input plus Cast), "
-                              "or calibrate the float graph after it")
-    if image is not None:              # the Preprocess that will make the images: they must be the input
+    if image is not None and len(graph.inputs) == 1:   # the Preprocess that will make the images: they must be the input
         dims = tuple(gi.shape)
         c, crop = image.channels, image.crop
         want = ("?", c, crop, crop)
@@ -71,13 +69,21 @@ def check_preset_fits(graph: OnnxGraph, preset: str, source) -> None:
                               "feed a model-ready float array of the input's shape (.npy/.npz/.h5)"))
 
 
-def check_input_shape(graph: OnnxGraph, images: np.ndarray, source_name: str,
-                       hint: str = "pick the model's preprocessing preset (--preset) or data of the right size") -> None:
-    gi = graph.inputs[0]
-    want = gi.shape
-    got = images.shape
-    ok = len(want) == len(got) and all(not isinstance(w, int) or w in (0, g) for w, g in zip(want[1:], got[1:]))
-    if not ok:
-        raise DataError("input shape mismatch", subject=f"model input {gi.name!r} vs data {source_name}",
-                        got=f"batches of shape {tuple(got)}", expected=f"{tuple(want)}",
-                        hint=hint)
+def data_inputs(graph: OnnxGraph) -> tuple[str, ...] | None:
+    """The input names the data must provide by name (``open_source(inputs=...)``): a model with several
+    inputs takes one array per input name; None for a model with one input (any source feeds it)."""
+    return tuple(gi.name for gi in graph.inputs) if len(graph.inputs) > 1 else None
+
+
+def check_input_shape(graph: OnnxGraph, images, source_name: str,
+                      hint: str = "pick the model's preprocessing preset (--preset) or data of the right size") -> None:
+    """A batch (an array, or :class:`Inputs` for several inputs) has the shape of every model input it
+    feeds; the error names the input and both shapes."""
+    fed = feeds([gi.name for gi in graph.inputs], images)
+    for gi in graph.inputs:
+        want, got = gi.shape, fed[gi.name].shape
+        ok = len(want) == len(got) and all(not isinstance(w, int) or w in (0, g) for w, g in zip(want[1:], got[1:]))
+        if not ok:
+            raise DataError("input shape mismatch", subject=f"model input {gi.name!r} vs data {source_name}",
+                            got=f"batches of shape {tuple(got)}", expected=f"{tuple(want)}",
+                            hint=hint)

@@ -13,6 +13,7 @@ import onnx
 import torch
 
 from ...core.errors import ModelError
+from ...core.types import resize_rows
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.n
         chunk = rows(lo, min(lo + batch, n))
         k = len(chunk)
         if fixed is not None and k < fixed:
-            chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
+            chunk = resize_rows(chunk, fixed)
         out = run(chunk)
         outs.append(tuple(np.asarray(o)[:k] for o in out) if isinstance(out, tuple) else np.asarray(out)[:k])
     if outs and isinstance(outs[0], tuple):       # a run that returns every output: concatenated per output

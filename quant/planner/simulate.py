@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...core.numerics import fake_quant
-from ...core.types import RangeSet
+from ...core.types import RangeSet, feeds
 from ..artifacts.placement import Placement, Quantizer, place_quantizers, weight_scales
 from ..artifacts.plan import quantizable_nodes
 from ..artifacts.qdq import check_ranges
@@ -70,16 +70,19 @@ class QuantSim:
     def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
         return self.run_all(x, int8)[0]
 
-    def run_all(self, x: torch.Tensor, int8: set[str]) -> tuple[torch.Tensor, ...]:
-        """Every output of the graph, in its output order, with ``int8`` layers quantized."""
-        out = self.ex.run({self.graph.inputs[0].name: x}, edges=self.edges(int8))
+    def run_all(self, x: torch.Tensor | dict, int8: set[str]) -> tuple[torch.Tensor, ...]:
+        """Every output of the graph, in its output order, with ``int8`` layers quantized (``x``: the one
+        input's tensor, or a tensor per input name)."""
+        fed = x if isinstance(x, dict) else {self.graph.inputs[0].name: x}
+        out = self.ex.run(fed, edges=self.edges(int8))
         return tuple(out.values())
 
     def _batched(self, x: np.ndarray, int8: set[str], batch: int, every: bool):
         dev = self.ex.device
 
         def run(chunk):
-            outs = self.run_all(torch.from_numpy(chunk).to(dev), int8)
+            fed = feeds([gi.name for gi in self.graph.inputs], chunk)
+            outs = self.run_all({k: torch.from_numpy(v).to(dev) for k, v in fed.items()}, int8)
             host = tuple(o.float().cpu().numpy() for o in (outs if every else outs[:1]))
             return host if every else host[0]
         return run_batched(run, lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
