@@ -320,7 +320,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
-            engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
+            engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device,
+                                    example=pixels[:1])
             times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,

@@ -182,7 +182,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
             vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
-        engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
+        engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device, example=x[:1])
         run = engine.run_all if user_metric is not None else engine.run
         measured = metric(run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
         validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,

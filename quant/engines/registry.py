@@ -23,7 +23,7 @@ from ...core.errors import BackendUnavailable, ConfigError
 from ...core.records import EngineInfo
 from ...core.runtime import resolve_device
 from ...core.targets import BACKENDS
-from ...core.types import RangeSet
+from ...core.types import RangeSet, feeds
 from ..artifacts.plan import PrecisionPlan
 from ..artifacts.qdq import build_qdq_model
 from ..graph.onnx_graph import OnnxGraph
@@ -47,9 +47,10 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
           torch_precision: str | None = None, device: str = "auto",
-          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit") -> Engine:
+          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit", example=None) -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
-    to the torch backend's non-INT8 execution. Every INT8 engine runs the one Q/DQ model we ship."""
+    to the torch backend's non-INT8 execution. ``example``: a batch of the data (an array or
+    :class:`Inputs`), whose sizes fix the TensorRT profile's dynamic dims besides the batch. Every INT8 engine runs the one Q/DQ model we ship."""
     if backend not in BACKENDS:
         raise ConfigError("unknown backend", subject="--backend", got=repr(backend), expected=" | ".join(BACKENDS))
     needs_ranges = bool(plan.nodes("int8"))
@@ -87,4 +88,5 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
             info = replace(info, description=info.description + ", channels-last, CUDA graphs")
         return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast)
 
-    return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode)
+    shapes = None if example is None else {k: v.shape for k, v in feeds([gi.name for gi in graph.inputs], example).items()}
+    return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode, example_shapes=shapes)

@@ -124,18 +124,23 @@ class TrtEngine(Engine):
         return out.float().cpu().numpy()
 
 
-def profile_shapes(name: str, shape: tuple, max_batch: int) -> tuple[tuple, tuple, tuple]:
+def profile_shapes(name: str, shape: tuple, max_batch: int, example: tuple | None = None) -> tuple[tuple, tuple, tuple]:
     """(min, opt, max) of one input: static dims as they are (TensorRT requires min = opt = max = d
-    there), a dynamic batch 1 .. max_batch//4 .. max_batch; other dynamic dims cannot be guessed."""
+    there), a dynamic batch 1 .. max_batch//4 .. max_batch; other dynamic dims (H/W of a fully
+    convolutional export) take the data's ``example`` shape (min = opt = max: the size evaluated)."""
     dims = [int(d) for d in shape]
     lo, opt, hi = list(dims), list(dims), list(dims)
     for i, d in enumerate(dims):
         if d != -1:
             continue
-        if i != 0:
+        if i == 0:
+            lo[0], opt[0], hi[0] = 1, max(1, max_batch // 4), max_batch
+        elif example is not None and len(example) == len(dims):
+            lo[i] = opt[i] = hi[i] = int(example[i])
+        else:
             raise ConfigError("input has a dynamic dimension other than the batch", subject=f"input {name!r}",
-                              got=str(tuple(dims)), hint="export the model with static C/H/W")
-        lo[0], opt[0], hi[0] = 1, max(1, max_batch // 4), max_batch
+                              got=str(tuple(dims)), hint="export the model with static C/H/W, or give data that "
+                                                        "fixes it (evaluate/sweep take the data's size)")
     return tuple(lo), tuple(opt), tuple(hi)
 
 
@@ -172,6 +177,7 @@ def _int8_ready(trt, layer, ranged: set[str], constants: set[str]) -> bool:
 
 def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None, *, out_dir: Path | None,
                      mode: str = "explicit", max_batch: int = 256, workspace_gib: float = 4.0,
+                     example_shapes: dict[str, tuple] | None = None,
                      cache: TrtCache | None = None):
     if mode not in MODES:
         raise ConfigError("unknown TensorRT mode", subject="--trt-mode", got=repr(mode), expected=" | ".join(MODES))
@@ -227,7 +233,8 @@ def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         inp = network.get_input(i)
-        profile.set_shape(inp.name, *profile_shapes(inp.name, tuple(inp.shape), max_batch))
+        ex = example_shapes.get(inp.name) if example_shapes else None
+        profile.set_shape(inp.name, *profile_shapes(inp.name, tuple(inp.shape), max_batch, ex))
     config.add_optimization_profile(profile)
     timing_path = Path(out_dir) / "timing.cache" if out_dir is not None else None
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path and timing_path.is_file() else b"")

@@ -209,6 +209,18 @@ def s_static_batch():
     return build_facts(plan=plan({}), model=tiny_model(batch=4), run_batch=4)
 
 
+def s_dynamic_hw():
+    model = tiny_model()
+    for i, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    facts = build_facts(plan=plan({}), model=model, example_shapes={"input": (1, 3, 8, 8)})
+    try:
+        trt_backend.build_trt_engine(OnnxGraph(model), plan({}), RANGES, out_dir=None, max_batch=64)
+    except Exception as err:
+        facts["no_example"] = f"{type(err).__name__}: {err}"
+    return facts
+
+
 def s_two_inputs():
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 8, 8])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3, 8, 8])
