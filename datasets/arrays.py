@@ -314,7 +314,7 @@ class NamedArraySource(ImageSource):
                 found = {k: f[k][()] for k in label_keys if k in shapes}
         label_key = next((k for k in label_keys if k in shapes), None)
         names = set(shapes) - {label_key}
-        missing, extra = sorted(set(self.input_names) - names), sorted(names - set(self.input_names))
+        missing, extra = [n for n in self.input_names if n not in names], sorted(names - set(self.input_names))
         if missing or extra:
             raise DataError("the arrays do not match the model's inputs", subject=self.path,
                             got="arrays " + ", ".join(map(repr, sorted(names))) + (f" (+ labels {label_key!r})" if label_key else ""),

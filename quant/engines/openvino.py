@@ -174,6 +174,7 @@ class OpenVinoEngine(Engine):
     asynchronous request queue) for batches, LATENCY (one request over all cores) for small ones."""
 
     def __init__(self, model: onnx.ModelProto, info_fields: dict):
+        ov = _ov()
         self.model = model
         self.input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         self.model_bytes = model.ByteSize()
