@@ -429,6 +429,45 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_debug(args) -> int:
+    from trtquant.quant.debug import DebugSettings, debug, debug_outputs
+    from trtquant.reports.debug_render import fmt_db
+
+    _require_input_file("--ranges", args.ranges)
+    _check_precision(args.precision)
+    if args.ranges:
+        for flag in sorted({"method", "calib_images"} & _explicit_flags(args)):
+            raise ConfigError(f"--{flag.replace('_', '-')} has no effect with --ranges",
+                              subject=f"--{flag.replace('_', '-')} with --ranges {args.ranges}",
+                              hint="it applies when debug calibrates; drop it or drop --ranges")
+    out = args.out or f"debug-{Path(args.onnx).stem if args.onnx else args.model}"
+    _check_out_dir(out, debug_outputs(), args.force)
+    settings = DebugSettings(precision=args.precision, model=args.model, onnx=args.onnx, weights=args.weights,
+                             preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
+                             seed=args.seed, ranges=args.ranges, method=args.method, calib_images=args.calib_images,
+                             batch_size=args.batch_size, device=args.device, worst=args.worst, jump_db=args.jump_db)
+    doc = debug(settings, out, progress=not args.no_progress)
+    j, s = doc.first_jump, doc.suggestion
+    print(f"debugged {doc.plan.name} on {doc.data.images} images ({doc.batches} batch(es) of {doc.batch_size}), "
+          f"{len(doc.tensors)} tensors; {doc.calibration}")
+    for n in doc.notes:
+        print(f"note    {n}")
+    if j is None:
+        print(f"jump    none: no node adds error below {doc.jump_db:g} dB while dominating what it inherits")
+    else:
+        row = next(r for r in doc.tensors if r.tensor == j.tensor)
+        print(f"jump    {j.node} ({row.op}): adds {fmt_db(j.added_sqnr_db)} dB (weight alone "
+              f"{fmt_db(row.weight_sqnr_db) or 'n/a'}, activation alone {fmt_db(row.activation_sqnr_db) or 'n/a'}: "
+              f"{j.cause}), inherits {fmt_db(j.inherited_sqnr_db)} dB, output {fmt_db(j.sqnr_db)} dB")
+    print(f"worst   {', '.join(s.fp16_layers) or 'none'}")
+    print(f"fp16    first output {fmt_db(s.output_sqnr_db)} dB -> {fmt_db(s.suggested_output_sqnr_db)} dB SQNR with "
+          f"those {len(s.fp16_layers)} layer(s) FP16 (simulated)")
+    if s.layer_precisions:
+        print(f"trtexec --precisionConstraints=obey --layerPrecisions={s.layer_precisions}")
+    print(f"wrote   {out}/debug.json, debug.html, plan.json ({doc.timings['total_s']:.1f} s)")
+    return 0
+
+
 EXIT_CODES = "exit codes: 0 ok; 2 bad input or a failed step (one-line message on stderr); 1 an internal error (a bug)."
 
 
@@ -620,6 +659,33 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
     w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=cmd_sweep)
+
+    g = sub.add_parser("debug", help="divergence debugger: where each tensor of the INT8/mixed model leaves FP32",
+                       description="Run FP32 and the quantized model (simulated with the shipped quantizers) side by "
+                                   "side and report, for every tensor in graph order, SQNR and cosine to FP32, the "
+                                   "error the node adds by itself vs inherits, split into weight and activation "
+                                   "quantization; name the first node where the error jumps; write debug.json, "
+                                   "debug.html and plan.json (the worst layers kept FP16) into --out.",
+                       epilog=EXIT_CODES, formatter_class=HelpFormatter)
+    g.add_argument("--precision", "--plan", dest="precision", default="int8",
+                   help="the model to debug: int8 | PLAN.json (FP16 layers simulated in FP32)")
+    _model_flags(g, "the model to debug")
+    _data_flags(g, num_help="images analysed (default: 64, two batches of 32)")
+    g.add_argument("--batch-size", type=COUNT, default=32, help="images per batch (memory: about twice the widest "
+                                                                "cut of the graph for one batch)")
+    g.add_argument("--ranges", default=None, type=PATH,
+                   help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
+    g.add_argument("--method", default="entropy", help="range method when calibrating here")
+    g.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
+    g.add_argument("--worst", type=COUNT, default=3, help="layers the suggested plan keeps in FP16")
+    g.add_argument("--jump-db", type=_typed("a number (dB)", float), default=20.0,
+                   help="a node jumps when the SQNR it adds alone is below this (and below what it inherits)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--seed", type=SEED, default=0, help="subset seed")
+    g.add_argument("--out", default=None, type=PATH, help="output directory (default: ./debug-MODEL)")
+    g.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.set_defaults(func=cmd_debug)
     return p
 
 

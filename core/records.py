@@ -4,9 +4,10 @@ Every record type derives from :class:`Record`. ``to_obj()`` gives the JSON obje
 the JSON key order; ``None`` fields and empty collections left at their default are left out unless a
 field is declared ``_KEEP``) and
 ``from_obj()`` reads one back, checking every field against its annotation, so a results file that
-a report can render is one that :meth:`Record.from_obj` accepts. The two documents are
-:class:`Evaluation` (``results.json``, ``trtquant-results/1``) and :class:`Sweep` (``sweep.json``,
-``trtquant-sweep/1``); :func:`read_document` is the one reader of both.
+a report can render is one that :meth:`Record.from_obj` accepts. The documents are
+:class:`Evaluation` (``results.json``, ``trtquant-results/1``), :class:`Sweep` (``sweep.json``,
+``trtquant-sweep/1``) and :class:`Debug` (``debug.json``, ``trtquant-debug/1``); :func:`read_document`
+is the one reader of them all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .fileio import json_text, read_json_document
 
 RESULTS_FORMAT = "trtquant-results/1"
 SWEEP_FORMAT = "trtquant-sweep/1"
+DEBUG_FORMAT = "trtquant-debug/1"
 
 _KEEP = {"keep": True}     # emitted even when None or empty
 
@@ -402,7 +404,79 @@ class Sweep(Record):
         return {"format": obj.pop("format"), **obj}
 
 
-def document_text(doc: Evaluation | Sweep) -> str:
+# ---- the divergence debugger ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorDivergence(Record):
+    """One ONNX tensor of the quantized model against FP32's (``quant/debug.py`` defines each number).
+    SQNRs in dB: ``inf`` = no error; ``weight_sqnr_db``/``activation_sqnr_db`` are None for a node
+    without such a quantizer of its own."""
+    tensor: str
+    node: str
+    op: str
+    sqnr_db: float                       # accumulated: the quantized run's tensor vs FP32's
+    cosine: float                        # mean per-image cosine of the same
+    added_sqnr_db: float                 # the node on FP32 inputs with its own quantizers
+    inherited_sqnr_db: float             # the node on the quantized run's inputs without its own quantizers
+    weight_sqnr_db: float | None = None
+    activation_sqnr_db: float | None = None
+    quantizers: tuple[str, ...] = ()     # its own quantizers, e.g. "weight conv.w", "layer input x"
+    layer: str | None = None             # the plan layer whose FP16 choice removes them
+
+
+@dataclass(frozen=True)
+class DebugJump(Record):
+    """The first node where the error jumps, and why (the criterion of ``quant/debug.py``)."""
+    node: str
+    tensor: str
+    added_sqnr_db: float
+    inherited_sqnr_db: float
+    sqnr_db: float
+    cause: str                           # "weight" | "activation" | "weight and activation"
+    layer: str | None = None
+
+
+@dataclass(frozen=True)
+class DebugSuggestion(Record):
+    """The debugged plan with its worst layers kept FP16, simulated (FP16 computed in FP32)."""
+    fp16_layers: tuple[str, ...] = field(metadata=_KEEP)
+    layer_precisions: str
+    output_sqnr_db: float                # first model output, the debugged plan
+    suggested_output_sqnr_db: float      # first model output, the suggested plan
+    plan_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Debug(Record):
+    """``debug.json``: every tensor's divergence from FP32, the first jump, the suggested FP16 layers."""
+    FORMAT: ClassVar[str] = DEBUG_FORMAT
+    WHAT: ClassVar[str] = "debug results file"
+    model: ModelRef
+    data: DataRef
+    plan: PlanSummary
+    calibration: str
+    criterion: str
+    jump_db: float
+    batches: int
+    batch_size: int
+    tensors: tuple[TensorDivergence, ...] = field(metadata=_KEEP)
+    first_jump: DebugJump | None = field(metadata=_KEEP)
+    suggestion: DebugSuggestion
+    notes: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    format: str = DEBUG_FORMAT
+
+    def __post_init__(self):
+        if self.format != DEBUG_FORMAT:
+            raise RecordError("format", self.format, repr(DEBUG_FORMAT))
+
+    def to_obj(self) -> dict:
+        obj = super().to_obj()
+        return {"format": obj.pop("format"), **obj}
+
+
+def document_text(doc: Evaluation | Sweep | Debug) -> str:
     """The JSON file of a document (the one layout of our JSON files)."""
     return json_text(doc.to_obj())
 
@@ -420,6 +494,6 @@ def parse_document(cls, obj, path: str | Path = "results.json"):
 
 
 def read_document(cls, path: str | Path):
-    """The one reader of :class:`Evaluation` and :class:`Sweep` files."""
+    """The one reader of :class:`Evaluation`, :class:`Sweep` and :class:`Debug` files."""
     obj = read_json_document(Path(path), fmt=cls.FORMAT, what=cls.WHAT, error=CacheFormatError)
     return parse_document(cls, obj, path)

@@ -448,10 +448,14 @@ class TorchGraphExecutor:
             watch: set[str] | None = None,
             transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
             edges: Mapping[str, Mapping[int, Callable[[torch.Tensor], torch.Tensor]]] | None = None,
+            tap: Callable[[int, list, tuple], None] | None = None,
             ) -> dict[str, torch.Tensor]:
         """Run the graph. ``observe(name, value)`` sees each watched tensor; ``transform(name, value)``
         may replace a float tensor before its consumers read it; ``edges[node][i](value)`` replaces
-        what input ``i`` of ``node`` reads, for that consumer only (quantizers sit on edges)."""
+        what input ``i`` of ``node`` reads, for that consumer only (quantizers sit on edges);
+        ``tap(i, inputs, outputs)`` sees every executed node ``self.nodes[i]``: its inputs as the graph
+        gives them (before ``edges``) and its outputs (a second computation can follow the run node by
+        node with :meth:`run_node`)."""
         env: dict[str, torch.Tensor] = dict(self.consts)
         for gi in self.graph.inputs:
             if gi.name not in feeds:
@@ -460,25 +464,16 @@ class TorchGraphExecutor:
             if observe and (watch is None or gi.name in watch):
                 observe(gi.name, x)
             env[gi.name] = transform(gi.name, x) if transform else x
-        opset = self.graph.opset
         with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
             for i, (node, a, inputs) in enumerate(self.nodes):
                 args = [env[n] if n else None for n in inputs]
+                given = list(args) if tap else None
                 if edges and node.name in edges:
                     for idx, fn in edges[node.name].items():
                         args[idx] = fn(args[idx])
-                while args and args[-1] is None:
-                    args.pop()
-                try:
-                    if node.op_type == "Softmax":
-                        out = _softmax(args[0], opset, **a)
-                    else:
-                        out = OPS[node.op_type](*args, **a)
-                except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError, TypeError) as err:
-                    raise ModelError("cannot execute node", subject=f"node {node.name!r} ({node.op_type})",
-                                     got=f"{type(err).__name__}: {err}"[:300],
-                                     hint="check the input shape; or use --executor onnxruntime") from err
-                outs = out if isinstance(out, (tuple, list)) else (out,)
+                outs = self.run_node(i, args)
+                if tap:
+                    tap(i, given, outs)
                 for name, val in zip(node.output, outs):
                     if not name:
                         continue
@@ -492,3 +487,21 @@ class TorchGraphExecutor:
                     if name and self._last_use.get(name) == i and name not in self.consts:
                         env.pop(name, None)
         return {o: env[o] for o in self.graph.outputs}
+
+    def run_node(self, i: int, args: list) -> tuple:
+        """Node ``self.nodes[i]`` on ``args`` (its inputs in order, None where absent): its outputs, as
+        :meth:`run` computes them (call it inside :meth:`run`, or under ``torch.inference_mode()``)."""
+        node, a, _ = self.nodes[i]
+        args = list(args)
+        while args and args[-1] is None:
+            args.pop()
+        try:
+            if node.op_type == "Softmax":
+                out = _softmax(args[0], self.graph.opset, **a)
+            else:
+                out = OPS[node.op_type](*args, **a)
+        except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError, TypeError) as err:
+            raise ModelError("cannot execute node", subject=f"node {node.name!r} ({node.op_type})",
+                             got=f"{type(err).__name__}: {err}"[:300],
+                             hint="check the input shape; or use --executor onnxruntime") from err
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
