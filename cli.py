@@ -430,7 +430,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_debug(args) -> int:
-    from trtquant.quant.debug import DebugSettings, debug, debug_outputs
+    from trtquant.quant.debug import debug, debug_outputs
+    from trtquant.quant.settings import DebugSettings
     from trtquant.reports.debug_render import fmt_db
 
     _require_input_file("--ranges", args.ranges)

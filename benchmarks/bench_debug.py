@@ -33,10 +33,12 @@ def main():
     logging.basicConfig(level=logging.ERROR)
     from trtquant.core.cache import write_ranges_json
     from trtquant.core.runtime import resolve_device
-    from trtquant.quant.calibrate import CalibrationConfig, open_capped, ranges_from_stats, statistics
-    from trtquant.quant.debug import DebugSettings, debug
-    from trtquant.quant.models import resolve_model
-    from trtquant.quant.sweep import QuantSim
+    from trtquant.datasets.sources import open_capped
+    from trtquant.quant.debug import debug
+    from trtquant.quant.graph.models import resolve_model
+    from trtquant.quant.planner.simulate import QuantSim
+    from trtquant.quant.settings import CalibrationConfig, DebugSettings
+    from trtquant.quant.statistics import ranges_from_stats, statistics
 
     dev = resolve_device("auto")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

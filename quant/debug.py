@@ -50,57 +50,29 @@ import torch
 from tqdm import tqdm
 
 from ..core import metrics
-from ..core.errors import ConfigError, DataError, ModelError, PlanError
+from ..core.errors import DataError, ModelError, PlanError
 from ..core.fileio import OutputSet, check_output_dir, contains_marker, json_format
 from ..core.numerics import fake_quant
 from ..core.records import (DEBUG_FORMAT, DataRef, Debug, DebugJump, DebugSuggestion, LayerChoice, ModelRef,
                             PlanSummary, TensorDivergence, document_text)
 from ..core.runtime import resolve_device
-from ..core.types import RangeSet
+from ..core.types import RangeSet, concat_rows, feeds
+from ..datasets.sources import open_capped
 from ..reports.debug_render import debug_html
-from .build import _check_ranges_model
-from .cache_tools import load_ranges
-from .calibrate import CalibrationConfig, _check_input_shape, check_preset_fits, open_capped, ranges_from_stats, statistics
-from .graph import OnnxGraph, unsupported_ops
-from .models import DataSpec, ModelSpec
-from .placement import ACTIVATION_OPS, Placement, Quantizer
-from .plan import PLAN_FORMAT, LayerPrecision, PrecisionPlan, resolve_plan
-from .sweep import QuantSim, layer_precisions_flag
+from .artifacts.placement import ACTIVATION_OPS, Placement, Quantizer
+from .artifacts.plan import PLAN_FORMAT, LayerPrecision, PrecisionPlan, resolve_plan
+from .artifacts.ranges import load_ranges
+from .artifacts.trtexec import layer_precisions_flag
+from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
+from .graph.interpreter import unsupported_ops
+from .graph.onnx_graph import OnnxGraph
+from .planner.simulate import QuantSim
+from .settings import DEFAULT_DEBUG_IMAGES, CalibrationConfig, DebugSettings
+from .statistics import ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMAGES = 64                   # two batches of 32
-DEFAULT_JUMP_DB = 20.0
 CAUSE_SHARE = 0.9                     # one quantizer kind "causes" the added error at >= 90 % of its noise power
-
-
-@dataclass(frozen=True)
-class DebugSettings(ModelSpec, DataSpec):
-    """Every debug setting (model and data: the shared specs; num_images counts analysed images,
-    default ``DEFAULT_IMAGES``)."""
-
-    precision: str = "int8"              # int8 | PLAN.json: the model to debug (FP16 layers simulated in FP32)
-    ranges: str | None = None            # ranges JSON / cache / Q/DQ ONNX instead of calibrating
-    method: str = "entropy"              # range method when calibrating here
-    calib_images: int = 256
-    batch_size: int = 32
-    device: str = "auto"
-    worst: int = 3                       # layers the suggested plan keeps in FP16
-    jump_db: float = DEFAULT_JUMP_DB
-
-    def __post_init__(self):
-        for flag, value in (("--batch-size", self.batch_size), ("--worst", self.worst),
-                            ("--calib-images", self.calib_images), ("--num-images", self.num_images)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError("invalid count", subject=flag, got=repr(value), expected="an integer >= 1")
-        if not (isinstance(self.jump_db, (int, float)) and math.isfinite(self.jump_db)):
-            raise ConfigError("invalid jump threshold", subject="--jump-db", got=repr(self.jump_db),
-                              expected="a finite number of dB, e.g. 20")
-        if self.ranges is None:
-            CalibrationConfig(method=self.method)          # an unknown --method fails here, before any work
-        if self.precision in ("fp32", "fp16"):
-            raise ConfigError("nothing to debug: no layer is quantized", subject=f"--precision {self.precision}",
-                              expected="int8 or a plan JSON with INT8 layers")
 
 
 def debug_outputs() -> dict:
@@ -209,7 +181,7 @@ def analyse(sim: QuantSim, int8: set[str], chunks, *, progress: bool = True) -> 
     keep = set(graph.outputs)
     sums: dict[str, _Sums] = {}
     refs, quants = [], []
-    input_name = graph.inputs[0].name
+    names = [gi.name for gi in graph.inputs]
 
     def quantized_args(args: list, mine, kind: str | None) -> list:
         args = list(args)
@@ -221,9 +193,9 @@ def analyse(sim: QuantSim, int8: set[str], chunks, *, progress: bool = True) -> 
     bar = tqdm(total=len(chunks) * len(ex.nodes), unit="node", desc="debug", file=sys.stderr, disable=not progress)
     with bar:
         for chunk in chunks:
-            x = torch.from_numpy(chunk).to(ex.device)
+            fed = {k: torch.from_numpy(v).to(ex.device) for k, v in feeds(names, chunk).items()}
             images = len(chunk)
-            shadow: dict[str, torch.Tensor] = {input_name: x}     # the FP32 model's live tensors
+            shadow: dict[str, torch.Tensor] = dict(fed)           # the FP32 model's live tensors
 
             def tap(i: int, given: list, outs: tuple) -> None:
                 node, _, inputs = ex.nodes[i]
@@ -273,7 +245,7 @@ def analyse(sim: QuantSim, int8: set[str], chunks, *, progress: bool = True) -> 
                         shadow.pop(name, None)
                 bar.update(1)
 
-            out = ex.run({input_name: x}, edges=sim.edges(int8), tap=tap)
+            out = ex.run(fed, edges=sim.edges(int8), tap=tap)
             first = graph.outputs[0]
             refs.append(shadow[first].float().cpu().numpy())
             quants.append(out[first].float().cpu().numpy())
@@ -345,7 +317,6 @@ def debug_ranges(settings: DebugSettings, graph: OnnxGraph, device: torch.device
     """The ranges as ``sweep``/``evaluate`` get them: ``--ranges FILE``, or calibrated here with ``--method``."""
     if settings.ranges:
         ranges, _, _ = load_ranges(settings.ranges)
-        _check_ranges_model(ranges, graph, settings.ranges)
         return ranges, f"ranges from {settings.ranges}"
     cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                             method=settings.method, device=settings.device)
@@ -385,14 +356,15 @@ def debug(settings: DebugSettings, out, *, progress: bool = True) -> Debug:
     pre = rm.preprocess()
 
     def subset(limit, seed):
-        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir)
+        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir,
+                           inputs=data_inputs(graph))
 
     missing = unsupported_ops(graph)
     if missing:
         raise ModelError("operators not supported by the PyTorch executor", subject=str(graph.path or "model"),
                          got=", ".join(missing), hint="debug runs the model node by node with PyTorch, so it needs a "
                                                       "model of the operators it supports")
-    source = subset(settings.num_images or DEFAULT_IMAGES, settings.seed)
+    source = subset(settings.num_images or DEFAULT_DEBUG_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
     t_calib = time.perf_counter()
     ranges, calib_note = debug_ranges(settings, graph, device, subset, progress)
@@ -400,15 +372,18 @@ def debug(settings: DebugSettings, out, *, progress: bool = True) -> Debug:
     sim = QuantSim(graph, ranges, device)          # checks the ranges cover every quantizer, before the data pass
     sim.placement(int8)
     batches = list(source.batches(settings.batch_size, progress=progress))
-    x = np.concatenate([b.images for b in batches])
-    _check_input_shape(graph, x[:1], source.name, hint="use data of the model's input size (debug preprocesses "
+    x = concat_rows([b.images for b in batches])
+    check_input_shape(graph, x[:1], source.name, hint="use data of the model's input size (debug preprocesses "
                                                        "with the model's own preset)")
     notes: list[str] = []
+    if ranges.model_fingerprint and ranges.model_fingerprint != graph.fingerprint():
+        notes.append(f"the ranges were made for another export of this graph (model fingerprint "
+                     f"{ranges.model_fingerprint[:12]}, this one {graph.fingerprint()[:12]})")
     if plan.nodes("fp16"):
         notes.append(f"{len(plan.nodes('fp16'))} FP16 layer(s) of the plan simulated in FP32 (FP16's error is "
                      "orders of magnitude below INT8's)")
     chunks = _chunks(x, settings.batch_size, graph.fixed_batch, notes)
-    x = np.concatenate(chunks)
+    x = concat_rows(chunks)
     log.info("debugging %s (%s) on %d images in %d batch(es); %s", rm.name, plan.name, len(x), len(chunks), calib_note)
     t_analysis = time.perf_counter()
     res = analyse(sim, int8, chunks, progress=progress)

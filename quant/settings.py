@@ -1,8 +1,9 @@
 """Every verb's settings, with each default defined once: the shared ``ModelSpec``/``DataSpec`` and the
-settings of calibrate, evaluate and sweep built on them (validated in ``__post_init__``)."""
+settings of calibrate, evaluate, sweep and debug built on them (validated in ``__post_init__``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..calibrators.algorithms import make_algorithm
@@ -118,6 +119,39 @@ class SweepSettings(ModelSpec, DataSpec):
     trt_version: str | None = None
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
     metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
+
+
+DEFAULT_DEBUG_IMAGES = 64
+"""Without --num-images, debug analyses this many images (two batches of 32)."""
+
+
+@dataclass(frozen=True)
+class DebugSettings(ModelSpec, DataSpec):
+    """Every debug setting (model and data: the shared specs; num_images counts analysed images, default
+    ``DEFAULT_DEBUG_IMAGES``)."""
+
+    precision: str = "int8"              # int8 | PLAN.json: the model to debug (FP16 layers simulated in FP32)
+    ranges: str | None = None            # ranges JSON / cache / Q/DQ ONNX instead of calibrating
+    method: str = "entropy"              # range method when calibrating here
+    calib_images: int = 256
+    batch_size: int = 32
+    device: str = "auto"
+    worst: int = 3                       # layers the suggested plan keeps in FP16
+    jump_db: float = 20.0                # a node jumps when it adds error below this (quant/debug.py)
+
+    def __post_init__(self):
+        for flag, value in (("--batch-size", self.batch_size), ("--worst", self.worst),
+                            ("--calib-images", self.calib_images), ("--num-images", self.num_images)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError("invalid count", subject=flag, got=repr(value), expected="an integer >= 1")
+        if not (isinstance(self.jump_db, (int, float)) and math.isfinite(self.jump_db)):
+            raise ConfigError("invalid jump threshold", subject="--jump-db", got=repr(self.jump_db),
+                              expected="a finite number of dB, e.g. 20")
+        if self.ranges is None:
+            CalibrationConfig(method=self.method)          # an unknown --method fails here, before any work
+        if self.precision in ("fp32", "fp16"):
+            raise ConfigError("nothing to debug: no layer is quantized", subject=f"--precision {self.precision}",
+                              expected="int8 or a plan JSON with INT8 layers")
 
 
 @dataclass(frozen=True)

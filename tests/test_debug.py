@@ -20,11 +20,12 @@ from trtquant.core import metrics
 from trtquant.core.cache import read_ranges_json, write_ranges_json
 from trtquant.core.records import Debug, read_document
 from trtquant.core.types import RangeSet, TensorRange
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
-from trtquant.quant.debug import DebugSettings, debug
-from trtquant.quant.graph import OnnxGraph
-from trtquant.quant.plan import PrecisionPlan, preset_plan
-from trtquant.quant.sweep import QuantSim
+from trtquant.quant.artifacts.plan import PrecisionPlan, preset_plan
+from trtquant.quant.calibrate import calibrate
+from trtquant.quant.debug import debug
+from trtquant.quant.graph.onnx_graph import OnnxGraph
+from trtquant.quant.planner.simulate import QuantSim
+from trtquant.quant.settings import CalibrationConfig, DebugSettings
 
 IMAGES = 8
 
