@@ -27,6 +27,8 @@ from trtquant.quant.graph.onnx_graph import OnnxGraph
 from trtquant.quant.planner.simulate import QuantSim
 from trtquant.quant.settings import CalibrationConfig, DebugSettings
 
+from test_multi_input import two_input_model
+
 IMAGES = 8
 
 
@@ -299,3 +301,18 @@ def test_mobilenet_v2_names_a_broken_layer_first(mobilenet_ranges, tmp_path, cap
     assert j.node in printed and "--layerPrecisions=" in printed
     assert len(doc.tensors) == 100 and doc.data.images == 4 and doc.suggestion.fp16_layers[0] == j.node
     assert doc.suggestion.suggested_output_sqnr_db > doc.suggestion.output_sqnr_db
+
+
+def test_a_model_with_two_inputs_is_fed_by_name(tmp_path):
+    """Each input's first layer reads FP32's own input: nothing inherited; the join inherits both branches."""
+    model = two_input_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "two.npz", image=rng.normal(0, 1, (IMAGES, 3, 8, 8)).astype(np.float32),
+             aux=rng.normal(0, 1, (IMAGES, 5)).astype(np.float32))
+    doc = debug(DebugSettings(onnx=str(model), data=str(tmp_path / "two.npz"), method="minmax", batch_size=4,
+                              device="cpu"), tmp_path / "out", progress=False)
+    rows = rows_by_node(doc)
+    assert doc.batches == 2 and doc.data.images == IMAGES
+    assert rows["conv"].inherited_sqnr_db == math.inf and rows["aux_fc"].inherited_sqnr_db == math.inf
+    assert math.isfinite(rows["join"].inherited_sqnr_db) and math.isfinite(rows["head"].inherited_sqnr_db)
+    assert rows["head"].sqnr_db == pytest.approx(doc.suggestion.output_sqnr_db, abs=1e-4)
