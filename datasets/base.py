@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -56,13 +57,15 @@ class Batch:
 
     def __post_init__(self) -> None:
         images = self.images
-        if (not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8)
+        if _is_device_pixels(images):
+            pass                                  # decoded on the GPU (datasets/gpu_decode.py)
+        elif (not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8)
                 or not (images.ndim == 4 if images.dtype == np.uint8 else 2 <= images.ndim <= 5)):
             raise DataError("invalid batch images", subject="Batch.images",
                             got=f"{type(images).__name__} {getattr(images, 'dtype', '')} "
                                 f"shape {getattr(images, 'shape', '')}",
                             expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
-        if not images.flags.c_contiguous:
+        elif not images.flags.c_contiguous:
             object.__setattr__(self, "images", np.ascontiguousarray(images))
         n = images.shape[0]
         object.__setattr__(self, "ids", tuple(self.ids))
@@ -78,6 +81,12 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+
+def _is_device_pixels(images: Any) -> bool:
+    """uint8 NCHW pixels in a torch tensor (on the GPU: ``datasets/gpu_decode.py``)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
 
 
 class _BadItem(Exception):
@@ -184,7 +193,7 @@ class ImageSource(abc.ABC):
         return self._fingerprint
 
     def batches(self, batch_size: int, *, workers: int | None = None, progress: bool = True,
-                pixels: bool = False) -> Iterator[Batch]:
+                pixels: bool = False, decoder: Any = None) -> Iterator[Batch]:
         """A new deterministic pass in batches of ``batch_size`` (the last may be smaller).
 
         ``pixels=True``: images come as uint8 resized/cropped pixels (4x less data, and the float
@@ -194,11 +203,15 @@ class ImageSource(abc.ABC):
         Items are decoded by ``workers`` threads (default ``min(16, cpu_count)``) while the
         caller consumes the current batch (up to 2 batches ahead). Batches that lost
         skipped items are smaller; a pass where every item fails raises DataError.
+
+        ``decoder`` (with ``pixels=True``; e.g. ``gpu_decode.GpuJpegDecoder``): ``decoder.read(source,
+        position, payload, pixels)`` runs in the threads instead of ``_decode`` and
+        ``decoder.stack(source, items)`` assembles a batch (on the GPU) instead of ``np.stack``.
         """
         batch_size = _check_int(batch_size, "--batch-size", minimum=1, what="batch size")
         workers = default_workers() if workers is None else _check_int(workers, "--workers", minimum=1,
                                                                           what="number of decoding threads")
-        return self._pass(batch_size, workers, bool(progress), bool(pixels))
+        return self._pass(batch_size, workers, bool(progress), bool(pixels), decoder if pixels else None)
 
     # -- hooks for subclasses -----------------------------------------------------------
     def _preprocess_key(self) -> dict | None:
@@ -224,13 +237,15 @@ class ImageSource(abc.ABC):
         Raises :class:`_BadItem` for a corrupt item."""
 
     # -- the pass -----------------------------------------------------------------------
-    def _pass(self, batch_size: int, workers: int, progress: bool, pixels: bool = False) -> Iterator[Batch]:
+    def _pass(self, batch_size: int, workers: int, progress: bool, pixels: bool = False,
+              decoder: Any = None) -> Iterator[Batch]:
         n = len(self._ids)
         self.skipped = []
         self.converted = {}
         chunks = iter([range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)])
         pending: collections.deque[tuple[range, list[Future]]] = collections.deque()
         n_ok = 0
+        decode = self._decode if decoder is None else functools.partial(decoder.read, self)
         with contextlib.ExitStack() as stack:
             handle = stack.enter_context(self._opened())
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers,
@@ -242,7 +257,7 @@ class ImageSource(abc.ABC):
                 chunk = next(chunks, None)
                 if chunk is not None:
                     payloads = self._fetch(handle, chunk)
-                    pending.append((chunk, [pool.submit(self._decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]))
+                    pending.append((chunk, [pool.submit(decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]))
 
             try:
                 for _ in range(1 + PREFETCH_BATCHES):
@@ -265,9 +280,19 @@ class ImageSource(abc.ABC):
                     bar.update(len(chunk))
                     if not kept:
                         continue
+                    if decoder is None:
+                        images = np.stack(arrays)
+                    else:
+                        images, lost = decoder.stack(self, arrays)    # lost: [(index in kept, _BadItem)]
+                        for i, bad in lost:
+                            self._bad_item(self._ids[kept[i]], bad)
+                        gone = {i for i, _ in lost}
+                        kept = [p for i, p in enumerate(kept) if i not in gone]
+                        if not kept:
+                            continue
                     n_ok += len(kept)
                     labels = None if self._labels is None else self._labels[kept]
-                    yield Batch(images=np.stack(arrays), labels=labels, ids=tuple(self._ids[p] for p in kept))
+                    yield Batch(images=images, labels=labels, ids=tuple(self._ids[p] for p in kept))
             finally:
                 for _, futures in pending:
                     for fut in futures:

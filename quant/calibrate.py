@@ -25,6 +25,7 @@ from ..core.fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
 from ..core.types import CalibrationStats, RangeSet, TensorRange
 from ..datasets import PRESETS, open_source
+from ..datasets.gpu_decode import DECODE_MODES, make_decoder
 from .models import DataSpec, ModelSpec
 from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
@@ -53,6 +54,7 @@ class CalibrationConfig(ModelSpec, DataSpec):
     h5_labels: str = "labels"
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
     layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
+    decode: str = "auto"                 # auto | cpu | gpu: JPEGs decoded by nvJPEG on a CUDA device (gpu_decode.py)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -78,13 +80,16 @@ class CalibrationConfig(ModelSpec, DataSpec):
         if not (0 < self.percentile <= 100):
             raise ConfigError("invalid percentile", subject="--percentile", got=str(self.percentile),
                               expected="0 < P <= 100")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError("unknown decode mode", subject="--decode", got=repr(self.decode),
+                              expected=" | ".join(DECODE_MODES))
         self.algorithm()  # validates --method and its settings
 
     def data_settings_changed(self) -> list[str]:
         """The model/data flags set away from their defaults (they have no effect with --from-stats)."""
         default = CalibrationConfig()
         names = ("model", "weights", "preset", "data", "data_dir", "num_images", "seed", "batch_size", "device",
-                 "executor", "num_bins", "workers", "on_bad_image", "h5_images", "h5_labels", "layout")
+                 "executor", "num_bins", "workers", "on_bad_image", "h5_images", "h5_labels", "layout", "decode")
         return ["--" + n.replace("_", "-") for n in names if getattr(self, n) != getattr(default, n)]
 
     def algorithm(self):
@@ -203,7 +208,9 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     waits = {"data_wait_s": 0.0, "model_and_stats_s": 0.0}
     # uint8 pixels from the decoding threads; the float normalisation runs on the device (bit-identical
     # to the NumPy path, 4x less host->device traffic, and no float work under the GIL)
-    batches = iter(source.batches(fixed or cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True))
+    decoder = make_decoder(cfg.decode, source, device)     # JPEGs decoded and resized on the GPU (or None)
+    batches = iter(source.batches(fixed or cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True,
+                                  decoder=decoder))
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -219,13 +226,14 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
             continue
         if not checked:
             _check_input_shape(graph, batch.images, source.name)
-            if batch.images.dtype != np.uint8 and batch.images.size and float(np.abs(batch.images).max()) > 32:
+            if (isinstance(batch.images, np.ndarray) and batch.images.dtype != np.uint8 and batch.images.size
+                    and float(np.abs(batch.images).max()) > 32):
                 log.warning("%s: model-ready float images reach |x| = %.1f: they look like un-normalised 0..255 "
                             "pixels (preprocessed ImageNet images stay within about 3). Save uint8 pixels instead, "
                             "or normalise the array", source.name, float(np.abs(batch.images).max()))
             checked = True
-        x = torch.from_numpy(batch.images)
-        if device.type == "cuda":
+        x = batch.images if isinstance(batch.images, torch.Tensor) else torch.from_numpy(batch.images)
+        if device.type == "cuda" and not x.is_cuda:
             if staging is None or staging.numel() < x.numel():
                 staging = torch.empty(x.numel(), dtype=x.dtype).pin_memory()
             pinned = staging[:x.numel()].view(x.shape)
@@ -243,6 +251,9 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
                                                              f"{input_name!r})", hint="calibrate on more images")
     if images == 0:
         raise DataError("no images could be read", subject=source.name, hint="every image was skipped as unreadable")
+    if decoder is not None:
+        log.info("%s: %d image(s) decoded on the GPU (nvJPEG), %d on the CPU", source.name, decoder.gpu_images,
+                 decoder.cpu_images)
     return collector.histograms(), images, executor.kind, waits
 
 
