@@ -200,32 +200,46 @@ DEFAULT_AGG = 2
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(agg: int, threads: int, capability: tuple[int, int]) -> Kernel | None:
+def _compile(agg: int, threads: int, device_index: int) -> Kernel | None:
+    """Compile for the device, then check one launch against torch.histc and aminmax (a kernel that cannot
+    launch here, or gives another answer, is never used: the collector falls back)."""
     compile_kernel = getattr(torch.cuda, "_compile_kernel", None)
     if compile_kernel is None:
-        log.info("torch %s has no torch.cuda._compile_kernel (NVRTC): the fused statistics kernel is off",
+        log.info("torch %s has no torch.cuda._compile_kernel (NVRTC): the batched statistics kernel is off",
                  torch.__version__)
         return None
+    dev = torch.device("cuda", device_index)
+    cap = torch.cuda.get_device_capability(dev)
     t = time.perf_counter()
     try:
-        fn = compile_kernel(kernel_source=_SOURCE, kernel_name="trtquant_stats",
-                            compute_capability=f"{capability[0]}{capability[1]}",
-                            nvcc_options=[f"-DAGG={agg}", f"-DTHREADS={threads}", "-std=c++17"])
-    except Exception as err:   # NVRTC missing, too old for the GPU, ...: fall back, never fail calibration
-        log.warning("the CUDA statistics kernel did not compile (%s: %s): using the slower fallback",
+        with torch.cuda.device(dev):
+            fn = compile_kernel(kernel_source=_SOURCE, kernel_name="trtquant_stats",
+                                compute_capability=f"{cap[0]}{cap[1]}",
+                                nvcc_options=[f"-DAGG={agg}", f"-DTHREADS={threads}", "-std=c++17"])
+        k = Kernel(fn=fn, agg=agg, compile_s=time.perf_counter() - t)
+        x = torch.linspace(-3.0, 5.0, 10_001, device=dev)
+        x[1::7] = 0.0
+        lohi, (h,) = _launch(k, [x], [64], [-4.0], [4.0], CHUNK)
+        ok = (torch.equal(h.long(), torch.histc(x, 64, -4.0, 4.0).long())
+              and lohi.tolist() == [[-3.0, 5.0]])
+    except Exception as err:   # NVRTC missing or too old for the GPU, another launcher API, ...: never fail
+        log.warning("the CUDA statistics kernel is not usable here (%s: %s): using the slower fallback",
                     type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return None
-    return Kernel(fn=fn, agg=agg, compile_s=time.perf_counter() - t)
+    if not ok:
+        log.warning("the CUDA statistics kernel disagrees with torch.histc on its self-test: using the fallback")
+        return None
+    return k
 
 
 def kernel(device: torch.device, agg: int | None = None) -> Kernel | None:
     """The compiled kernel for ``device`` (None where NVRTC is unavailable; ``TRTQUANT_FUSED_KERNEL=0`` too)."""
     if os.environ.get("TRTQUANT_FUSED_KERNEL", "1") == "0" or device.type != "cuda":
         return None
-    cap = torch.cuda.get_device_capability(device)
-    if cap < (7, 0):           # __match_any_sync
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) < (7, 0):           # __match_any_sync
         return None
-    return _compile(DEFAULT_AGG if agg is None else agg, THREADS, cap)
+    return _compile(DEFAULT_AGG if agg is None else agg, THREADS, index)
 
 
 def available(t: torch.Tensor) -> bool:
@@ -254,6 +268,11 @@ def statistics(tensors: Sequence[torch.Tensor], nbins: Sequence[int], lo: Sequen
     k = kernel(dev, agg)
     if k is None:
         raise RuntimeError("the CUDA statistics kernel is not available on this device")
+    return _launch(k, tensors, nbins, lo, hi, chunk)
+
+
+def _launch(k: Kernel, tensors, nbins, lo, hi, chunk) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    dev = tensors[0].device
     flats, rows, offsets = [], [], []
     first = hist_size = 0
     for x, nb, a, b in zip(tensors, nbins, lo, hi):
