@@ -14,9 +14,10 @@ How it reaches memory speed (``torch.histc`` and a per-element global-atomic ker
   its own copy of the histogram in shared memory; the copy is added to the global histogram once, one
   atomic per non-empty bin, when the block ends;
 * **hot bins without contended atomics**: exact zeros (half of a tensor after ReLU) never touch the
-  histogram, they are counted in registers and added once per block; for the rest, lanes of a warp
-  that fall in the same bin (ReLU6's clipped 6.0, the bins next to 0) are merged by
-  ``__match_any_sync`` into one shared-memory atomic that adds the number of lanes;
+  histogram, they are counted in registers and added once per block; the other values go to plain
+  shared-memory atomics. Merging the lanes of a warp that share a bin (``AGG=2``, ``__match_any_sync``:
+  one atomic adding the lane count; ``AGG=1``, lanes that share lane 0's bin) is compiled in but off:
+  on an H200 (MobileNetV2, batch 256) plain atomics read 2.38 TB/s, lane-0 merging 1.66, match_any 0.65;
 * **one launch for a whole group of tensors**: a block finds its tensor by a binary search over the
   group's chunk offsets, so the ~100 activations of a forward cost a handful of launches, not ~700 small
   kernels and a host synchronisation per tensor;
@@ -42,7 +43,7 @@ import torch
 log = logging.getLogger(__name__)
 
 THREADS = 512
-CHUNK = 1 << 17                  # elements per block (512 KiB of float32)
+CHUNK = 1 << 19                  # elements per block (2 MiB of float32; 128K and 512K measured within 2%)
 MAX_SMEM_BYTES = 46 * 1024       # dynamic shared memory: with the static 1.25 KiB below the 48 KiB that needs no opt-in
 _DESC_FIELDS = 6
 
@@ -196,7 +197,7 @@ class Kernel:
     compile_s: float
 
 
-DEFAULT_AGG = 2
+DEFAULT_AGG = 0                  # measured on an H200: plain shared atomics 2.38 TB/s, lane-0 ballot 1.66, match_any 0.65
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,13 +234,21 @@ def _compile(agg: int, threads: int, device_index: int) -> Kernel | None:
 
 
 def kernel(device: torch.device, agg: int | None = None) -> Kernel | None:
-    """The compiled kernel for ``device`` (None where NVRTC is unavailable; ``TRTQUANT_FUSED_KERNEL=0`` too)."""
-    if os.environ.get("TRTQUANT_FUSED_KERNEL", "1") == "0" or device.type != "cuda":
+    """The compiled kernel for ``device`` (None where NVRTC is unavailable; ``TRTQUANT_FUSED_KERNEL=0`` too).
+
+    Called for every observed tensor: after the first call per device it is one dictionary lookup (asking
+    torch for the device's capability costs ~0.2 ms, 20 ms per forward of 100 tensors)."""
+    if device.type != "cuda":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) < (7, 0):           # __match_any_sync
+    return _kernel_for(index, DEFAULT_AGG if agg is None else agg, os.environ.get("TRTQUANT_FUSED_KERNEL", "1") != "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_for(index: int, agg: int, enabled: bool) -> Kernel | None:
+    if not enabled or torch.cuda.get_device_capability(index) < (7, 0):           # __match_any_sync
         return None
-    return _compile(DEFAULT_AGG if agg is None else agg, THREADS, index)
+    return _compile(agg, THREADS, index)
 
 
 def available(t: torch.Tensor) -> bool:

@@ -205,8 +205,10 @@ class ImageSource(abc.ABC):
         skipped items are smaller; a pass where every item fails raises DataError.
 
         ``decoder`` (with ``pixels=True``; e.g. ``gpu_decode.GpuJpegDecoder``): ``decoder.read(source,
-        position, payload, pixels)`` runs in the threads instead of ``_decode`` and
-        ``decoder.stack(source, items)`` assembles a batch (on the GPU) instead of ``np.stack``.
+        position, payload, pixels)`` runs in the threads instead of ``_decode``, and
+        ``decoder.stack(source, items) -> (images, lost, ready)`` assembles each batch (on the GPU) instead of
+        ``np.stack``, on one more thread, a batch ahead; ``ready()`` (or None) runs on the consumer's thread
+        before the batch is handed over.
         """
         batch_size = _check_int(batch_size, "--batch-size", minimum=1, what="batch size")
         workers = default_workers() if workers is None else _check_int(workers, "--workers", minimum=1,
@@ -243,58 +245,77 @@ class ImageSource(abc.ABC):
         self.skipped = []
         self.converted = {}
         chunks = iter([range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)])
-        pending: collections.deque[tuple[range, list[Future]]] = collections.deque()
+        pending: collections.deque[tuple[range, list[Future], Future | None]] = collections.deque()
         n_ok = 0
         decode = self._decode if decoder is None else functools.partial(decoder.read, self)
         with contextlib.ExitStack() as stack:
             handle = stack.enter_context(self._opened())
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers,
                                                           thread_name_prefix="trtquant-decode"))
+            # a device decoder assembles each batch on its own thread, one batch ahead of the consumer
+            stacker = None if decoder is None else stack.enter_context(
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtquant-stack"))
             bar = stack.enter_context(tqdm(total=n, unit="img", file=sys.stderr, disable=not progress,
                                            desc=self.name, dynamic_ncols=True))
+
+            def collect(chunk: range, futures: list[Future]):
+                arrays, kept, bads, modes = [], [], [], []
+                for pos, fut in zip(chunk, futures):
+                    try:
+                        arr, mode = fut.result()
+                    except _BadItem as bad:
+                        bads.append((pos, bad))
+                        continue
+                    arrays.append(arr)
+                    kept.append(pos)
+                    if mode is not None:
+                        modes.append(mode)
+                return arrays, kept, bads, modes
+
+            def assemble(chunk: range, futures: list[Future]):
+                arrays, kept, bads, modes = collect(chunk, futures)
+                if not kept:
+                    return None, kept, bads, modes, None
+                images, lost, ready = decoder.stack(self, arrays)    # lost: [(index in kept, _BadItem)]
+                gone = {i for i, _ in lost}
+                bads = sorted(bads + [(kept[i], bad) for i, bad in lost], key=lambda b: b[0])
+                return images, [p for i, p in enumerate(kept) if i not in gone], bads, modes, ready
 
             def submit_next() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
                     payloads = self._fetch(handle, chunk)
-                    pending.append((chunk, [pool.submit(decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]))
+                    futures = [pool.submit(decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]
+                    pending.append((chunk, futures, None if stacker is None else stacker.submit(assemble, chunk,
+                                                                                                 futures)))
 
             try:
                 for _ in range(1 + PREFETCH_BATCHES):
                     submit_next()
                 while pending:
-                    chunk, futures = pending.popleft()
-                    arrays: list[np.ndarray] = []
-                    kept: list[int] = []
-                    for pos, fut in zip(chunk, futures):
-                        try:
-                            arr, mode = fut.result()
-                        except _BadItem as bad:
-                            self._bad_item(self._ids[pos], bad)
-                            continue
-                        arrays.append(arr)
-                        kept.append(pos)
-                        if mode is not None:
-                            self.converted[mode] = self.converted.get(mode, 0) + 1
+                    chunk, futures, job = pending.popleft()
+                    if job is None:
+                        arrays, kept, bads, modes = collect(chunk, futures)
+                        images, ready = (np.stack(arrays) if kept else None), None
+                    else:
+                        images, kept, bads, modes, ready = job.result()
+                    for pos, bad in bads:
+                        self._bad_item(self._ids[pos], bad)
+                    for mode in modes:
+                        self.converted[mode] = self.converted.get(mode, 0) + 1
                     submit_next()
                     bar.update(len(chunk))
                     if not kept:
                         continue
-                    if decoder is None:
-                        images = np.stack(arrays)
-                    else:
-                        images, lost = decoder.stack(self, arrays)    # lost: [(index in kept, _BadItem)]
-                        for i, bad in lost:
-                            self._bad_item(self._ids[kept[i]], bad)
-                        gone = {i for i, _ in lost}
-                        kept = [p for i, p in enumerate(kept) if i not in gone]
-                        if not kept:
-                            continue
+                    if ready is not None:
+                        ready()                     # the consumer's stream waits for the batch's device work
                     n_ok += len(kept)
                     labels = None if self._labels is None else self._labels[kept]
                     yield Batch(images=images, labels=labels, ids=tuple(self._ids[p] for p in kept))
             finally:
-                for _, futures in pending:
+                for _, futures, job in pending:
+                    if job is not None:
+                        job.cancel()
                     for fut in futures:
                         fut.cancel()
         self._log_pass_summary(n, n_ok)
