@@ -89,8 +89,11 @@ def _need_batched_kernel():
         pytest.skip("the NVRTC statistics kernel is unavailable (torch.cuda._compile_kernel)")
 
 
-@pytest.mark.parametrize("agg", [0, 1, 2])
-def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg):
+VARIANTS = [(0, 0), (0, 1), (1, 0), (2, 0)]      # (warp aggregation, reciprocal division) compiled variants
+
+
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv):
     """One launch over all 101 activations equals torch.histc (same float32 bin formula) and aminmax, exactly."""
     _need_batched_kernel()
     acts = {}
@@ -100,7 +103,7 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
     tensors = [acts[n] for n in names]
     bins = [(4096, 1000, 2 * 2048 + 6)[j % 3] for j in range(len(names))]     # as the collector's grown ranges
     hi = [float(v.abs().max()) * 1.01 for v in tensors]
-    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, chunk=1 << 14)
+    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, chunk=1 << 14)
     for j, (n, v) in enumerate(zip(names, tensors)):
         mn, mx = torch.aminmax(v)
         assert float(lohi[j, 0]) == float(mn) and float(lohi[j, 1]) == float(mx), n
@@ -109,7 +112,8 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
         assert moved == 0, f"{n}: {moved} of {v.numel()} values in another bin than torch.histc's"
 
 
-def test_batched_kernel_edge_cases():
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_edge_cases(agg, fastdiv):
     """Zeros and -0.0, values at hi and outside, NaN, negative-only and one-element tensors, unaligned views
     and tails, many tensors of different bin counts in one launch: equal to torch.histc and aminmax."""
     _need_batched_kernel()
@@ -122,13 +126,15 @@ def test_batched_kernel_edge_cases():
     relu6 = (torch.randn(3_000_000, device="cuda", generator=g) * 3).clamp(0, 6)   # hot bins at 0 and 6
     nan = torch.randn(10_000, device="cuda", generator=g)
     nan[123] = float("nan")
-    cases = [(a, 4096, -2.5, 2.5), (a[1:], 1000, -2.5, 2.5), (torch.full((5,), 2.5, device="cuda"), 7, -2.5, 2.5),
+    e = torch.linspace(-2.5, 2.5, 4097, device="cuda")      # bin edges and their float neighbours
+    edges = torch.cat([e, torch.nextafter(e, torch.full_like(e, 9.0)), torch.nextafter(e, torch.full_like(e, -9.0))])
+    cases = [(edges, 4096, -2.5, 2.5), (edges * 0.37, 3001, -1.1, 0.9), (a, 4096, -2.5, 2.5), (a[1:], 1000, -2.5, 2.5), (torch.full((5,), 2.5, device="cuda"), 7, -2.5, 2.5),
              (relu6, 4096, -6.0, 6.0), (-relu6[:777_777] - 0.5, 2048, -7.0, 7.0),
              (torch.tensor([1.5], device="cuda"), gpu_stats.max_bins(), -3.0, 3.0), (a[3:100_003], 333, -1.0, 2.0),
              (nan, 64, -4.0, 4.0)]
     for chunk in (1 << 10, gpu_stats.CHUNK):
         lohi, hists = gpu_stats.statistics([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
-                                           [c[3] for c in cases], chunk=chunk)
+                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, chunk=chunk)
         for j, (t, bins, lo, hi) in enumerate(cases):
             ref = torch.histc(t, bins, lo, hi)
             assert torch.equal(hists[j].long(), ref.long()), (j, chunk)
