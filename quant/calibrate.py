@@ -25,7 +25,7 @@ from ..core.fileio import OutputSet, looks_like_npz_stats
 from .graph import EXECUTORS, OnnxGraph, make_executor
 from ..core.types import CalibrationStats, RangeSet, TensorRange
 from ..datasets import PRESETS, open_source
-from ..datasets.gpu_decode import DECODE_MODES, make_decoder
+from ..datasets.gpu_decode import DECODE_BATCH, DECODE_MODES, make_decoder, rebatch
 from .models import DataSpec, ModelSpec
 from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
@@ -209,8 +209,10 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     # uint8 pixels from the decoding threads; the float normalisation runs on the device (bit-identical
     # to the NumPy path, 4x less host->device traffic, and no float work under the GIL)
     decoder = make_decoder(cfg.decode, source, device)     # JPEGs decoded and resized on the GPU (or None)
-    batches = iter(source.batches(fixed or cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True,
-                                  decoder=decoder))
+    size = fixed or cfg.batch_size
+    batches = iter(source.batches(size, workers=cfg.workers, progress=progress, pixels=True) if decoder is None else
+                   rebatch(source.batches(max(size, DECODE_BATCH), workers=cfg.workers, progress=progress,
+                                          pixels=True, decoder=decoder), size))
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)

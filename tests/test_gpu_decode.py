@@ -129,3 +129,15 @@ def test_make_decoder_modes(tmp_path):
     grey = open_source(str(tmp_path), preprocess=PRESETS["grayscale"])
     if torch.cuda.is_available():
         assert gd.make_decoder("auto", grey, torch.device("cuda")) is None
+
+
+def test_rebatch_keeps_order_and_sizes():
+    from trtquant.datasets.base import Batch
+
+    parts = [Batch(images=torch.arange(n * 2, dtype=torch.uint8).reshape(n, 2, 1, 1) + 10 * i,
+                   labels=np.arange(n) + 100 * i, ids=tuple(f"{i}-{j}" for j in range(n))) for i, n in enumerate([5, 3, 7])]
+    out = list(gd.rebatch(iter(parts), 4))
+    assert [len(b) for b in out] == [4, 4, 4, 3]
+    assert sum((b.ids for b in out), ()) == sum((p.ids for p in parts), ())
+    assert torch.equal(torch.cat([b.images for b in out]), torch.cat([p.images for p in parts]))
+    assert np.array_equal(np.concatenate([b.labels for b in out]), np.concatenate([p.labels for p in parts]))
