@@ -468,9 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")
     d.add_argument("--batch-size", type=COUNT, default=32, help="images per batch of the statistics pass")
     d.add_argument("--workers", type=COUNT, default=None, help="decoding threads (default: min(16, CPUs))")
-    d.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where JPEGs are decoded and resized: auto = on the GPU (nvJPEG) when the device is CUDA, "
-                        "the CPU path (Pillow) for other images and devices")
+    d.add_argument("--decode", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="where JPEGs are decoded and resized: cpu (Pillow, the reference pixels), gpu (nvJPEG + "
+                        "Pillow's resampling on the GPU; other files still on the CPU), auto (gpu on a CUDA device)")
     d.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="unreadable images: skip and count them, or stop with an error")
     d.add_argument("--layout", choices=("NHWC", "NCHW", "NHW", "HWC", "CHW"), default=None,

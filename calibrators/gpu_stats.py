@@ -5,7 +5,7 @@ For every tensor ``x_t`` of a group the kernel computes, reading each element on
 * ``min(x_t)``, ``max(x_t)`` (NaN ignored) and the number of NaNs (the caller turns a NaN count > 0
   into NaN bounds, as ``torch.aminmax`` would give);
 * the histogram ``torch.histc(x_t, nbins_t, lo_t, hi_t)`` as exact int32 counts: ``v`` goes to bin
-  ``int((v - lo) * nbins / (hi - lo))`` in float32 with IEEE division (histc's CUDA formula), ``v == hi``
+  ``int((v - lo) * nbins / (hi - lo))`` in float32, correctly rounded (histc's CUDA formula), ``v == hi``
   to the last bin, values outside ``[lo, hi]`` (and NaN) are not counted.
 
 How it reaches memory speed (``torch.histc`` and a per-element global-atomic kernel do not):
@@ -17,11 +17,19 @@ How it reaches memory speed (``torch.histc`` and a per-element global-atomic ker
   histogram, they are counted in registers and added once per block; the other values go to plain
   shared-memory atomics. Merging the lanes of a warp that share a bin (``AGG=2``, ``__match_any_sync``:
   one atomic adding the lane count; ``AGG=1``, lanes that share lane 0's bin) is compiled in but off:
-  on an H200 (MobileNetV2, batch 256) plain atomics read 2.38 TB/s, lane-0 merging 1.66, match_any 0.65;
+  on an H200 (MobileNetV2, batch 256, IEEE division) plain atomics read 2.3 TB/s, lane-0 merging 1.6,
+  match_any 0.63;
 * **one launch for a whole group of tensors**: a block finds its tensor by a binary search over the
   group's chunk offsets, so the ~100 activations of a forward cost a handful of launches, not ~700 small
   kernels and a host synchronisation per tensor;
-* 16-byte vector loads with two loads in flight per thread.
+* 16-byte vector loads with two loads in flight per thread; the bin's division by ``hi - lo`` as a product with
+  the correctly rounded reciprocal plus one FMA correction (``FASTDIV``; the same bins as IEEE division, tested
+  against histc on bin edges and their neighbours; 2.54 TB/s vs 2.30 with the division on the H200).
+
+Measured on an H200 (MobileNetV2 batch 256: 101 tensors, 3.4 G values, 13.5 GB; benchmarks/bench_histogram.py):
+5.3 ms for all tensors in one launch, 2.54 TB/s read (a device copy: 4.28 TB/s read + write), 17.7x faster
+than ``aminmax`` + ``histc`` per tensor, 9.6x faster than the per-tensor Triton kernel; the statistics pass
+(forward + statistics + per-batch fold) costs 1.32x the plain forward (``histc``: 5.75x).
 
 Compiled once per process with ``torch.cuda._compile_kernel`` (NVRTC, shipped with PyTorch's CUDA
 wheels); where that is missing or fails, :func:`available` is False and the collector falls back to the
@@ -209,7 +217,7 @@ class Kernel:
 
 
 DEFAULT_FASTDIV = 1                 # measured on an H200: 2.56 TB/s vs 2.18 with IEEE division; bins identical
-DEFAULT_AGG = 0                  # measured on an H200: plain shared atomics 2.38 TB/s, lane-0 ballot 1.66, match_any 0.65
+DEFAULT_AGG = 0                  # measured on an H200: plain shared atomics 2.3 TB/s, lane-0 ballot 1.6, match_any 0.63
 
 
 @functools.lru_cache(maxsize=None)

@@ -54,7 +54,7 @@ class CalibrationConfig(ModelSpec, DataSpec):
     h5_labels: str = "labels"
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
     layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
-    decode: str = "auto"                 # auto | cpu | gpu: JPEGs decoded by nvJPEG on a CUDA device (gpu_decode.py)
+    decode: str = "cpu"                  # cpu | gpu | auto (gpu on a CUDA device): nvJPEG decoding (gpu_decode.py)
 
     def __post_init__(self):
         if self.batch_size < 1:
