@@ -169,7 +169,7 @@ def cmd_calibrate(args) -> int:
         device=args.device, executor=args.executor, method=args.method, percentile=args.percentile,
         num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
         cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
-        calibrator=args.calibrator, layout=args.layout)
+        calibrator=args.calibrator, layout=args.layout, decode=args.decode)
     res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
                     from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
                     progress=not args.no_progress)
@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")
     d.add_argument("--batch-size", type=COUNT, default=32, help="images per batch of the statistics pass")
     d.add_argument("--workers", type=COUNT, default=None, help="decoding threads (default: min(16, CPUs))")
+    d.add_argument("--decode", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="where JPEGs are decoded and resized: cpu (Pillow, the reference pixels), gpu (nvJPEG + "
+                        "Pillow's resampling on the GPU; other files still on the CPU), auto (gpu on a CUDA device)")
     d.add_argument("--on-bad-image", choices=("skip", "error"), default="skip",
                    help="unreadable images: skip and count them, or stop with an error")
     d.add_argument("--layout", choices=("NHWC", "NCHW", "NHW", "HWC", "CHW"), default=None,

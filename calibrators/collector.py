@@ -16,6 +16,7 @@ rarely afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CalibrationError
-from . import gpu_hist
+from . import gpu_hist, gpu_stats
 from ..core.types import TensorHistogram
 
 # torch.histc accumulates in the input's float32: a bin count above 2**24 would stop increasing.
@@ -81,6 +82,11 @@ class HistogramCollector:
         self.device = torch.device(device)
         self._state = {n: _TensorState() for n in self.names}
         self.batches = 0
+        # the batched CUDA kernel (gpu_stats.py): tensors of a pass are histogrammed in groups of about
+        # `group_bytes`, on a side stream that overlaps the forward's next layers (`overlap`)
+        self.group_bytes = 1 << 30
+        self.overlap = True
+        self._side_stream: torch.cuda.Stream | None = None
 
     def begin(self, only: Iterable[str] | None = None, *, batch_ids: Sequence[str] = ()) -> "Pass":
         return Pass(self, set(self.names if only is None else only), list(batch_ids))
@@ -113,6 +119,9 @@ class Pass:
         self._order: list[str] = []
         self._hists: list[torch.Tensor | None] = []
         self._numels: list[int] = []
+        self._queue: list[tuple[int, torch.Tensor, int, float]] = []   # (slot, tensor, 2 * bins, hi) for gpu_stats
+        self._queued_bytes = 0
+        self._stream_used = False
 
     def observe(self, name: str, y: torch.Tensor) -> None:
         if name not in self.names:
@@ -123,6 +132,15 @@ class Pass:
         st = self.c._state[name]
         self._order.append(name)
         self._numels.append(y.numel())
+        if (st.width > 0 and self.c.with_histograms and self.c.fused_kernel and 0 < y.numel() < 2 ** 31
+                and 2 * st.nbins <= gpu_stats.max_bins() and gpu_stats.available(y)):
+            self._maxes.append(None)            # filled when the group is launched (_flush)
+            self._hists.append(None)
+            self._queue.append((len(self._maxes) - 1, y, 2 * st.nbins, st.hi))
+            self._queued_bytes += 4 * y.numel()
+            if self._queued_bytes >= self.c.group_bytes:
+                self._flush()
+            return
         if st.width > 0 and y.numel() and self.c.with_histograms and self.c.fused_kernel and gpu_hist.available(y):
             lohi, h = gpu_hist.lohi_and_histogram(y, st.nbins, st.hi)   # one read of y for everything
             self._maxes.append(lohi)
@@ -137,8 +155,36 @@ class Pass:
         else:
             self._hists.append(None)
 
+    def _flush(self) -> None:
+        """Launch the batched statistics kernel over the queued tensors (on the side stream when overlapping)."""
+        if not self._queue:
+            return
+        tensors = [q[1] for q in self._queue]
+        dev = tensors[0].device
+        main = torch.cuda.current_stream(dev)
+        side = None
+        if self.c.overlap:
+            if self.c._side_stream is None or self.c._side_stream.device != dev:
+                self.c._side_stream = torch.cuda.Stream(dev)
+            side = self.c._side_stream
+            side.wait_stream(main)               # the activations are ready
+            self._stream_used = True
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            lohi, hists = gpu_stats.statistics(tensors, [q[2] for q in self._queue], [-q[3] for q in self._queue],
+                                               [q[3] for q in self._queue])
+        if side is not None:
+            for t in tensors:                   # the forward may free them: keep them until the kernel has read them
+                t.record_stream(side)
+        for j, (slot, _, _, _) in enumerate(self._queue):
+            self._maxes[slot] = lohi[j]
+            self._hists[slot] = hists[j]
+        self._queue, self._queued_bytes = [], 0
+
     def commit(self) -> set[str]:
         """Fold this batch in; return the tensors that must be histogrammed again with a grown range."""
+        self._flush()
+        if self._stream_used:
+            torch.cuda.current_stream(self.c._side_stream.device).wait_stream(self.c._side_stream)
         if not self._order:
             return set()
         lohi = torch.stack(self._maxes).double().cpu().numpy()   # the one host sync of the batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -57,15 +58,20 @@ class Batch:
 
     def __post_init__(self) -> None:
         images = self.images
-        for name, arr in (images.arrays.items() if isinstance(images, Inputs) else [("Batch.images", images)]):
-            if (not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.uint8)
-                    or not (arr.ndim == 4 if arr.dtype == np.uint8 else 1 <= arr.ndim <= 5)
-                    or (arr.ndim == 1 and not isinstance(images, Inputs))):
-                raise DataError("invalid batch images", subject=name,
-                                got=f"{type(arr).__name__} {getattr(arr, 'dtype', '')} "
-                                    f"shape {getattr(arr, 'shape', '')}",
-                                expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
-        if isinstance(images, Inputs):
+        if _is_device_pixels(images):
+            pass                                  # decoded on the GPU (datasets/gpu_decode.py)
+        else:
+            for name, arr in (images.arrays.items() if isinstance(images, Inputs) else [("Batch.images", images)]):
+                if (not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.uint8)
+                        or not (arr.ndim == 4 if arr.dtype == np.uint8 else 1 <= arr.ndim <= 5)
+                        or (arr.ndim == 1 and not isinstance(images, Inputs))):
+                    raise DataError("invalid batch images", subject=name,
+                                    got=f"{type(arr).__name__} {getattr(arr, 'dtype', '')} "
+                                        f"shape {getattr(arr, 'shape', '')}",
+                                    expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
+        if _is_device_pixels(images):
+            pass
+        elif isinstance(images, Inputs):
             if not all(a.flags.c_contiguous for a in images.arrays.values()):
                 object.__setattr__(self, "images", Inputs({k: np.ascontiguousarray(a) for k, a in images.arrays.items()}))
         elif not images.flags.c_contiguous:
@@ -84,6 +90,17 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+
+def _is_device_pixels(images: Any) -> bool:
+    """uint8 NCHW pixels in a torch tensor (on the GPU: ``datasets/gpu_decode.py``)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+
+
+def _stack(items: list):
+    """Decoded items -> a batch: arrays stacked, or items of several named inputs as :class:`Inputs`."""
+    return Inputs.stack(items) if isinstance(items[0], dict) else np.stack(items)
 
 
 class _BadItem(Exception):
@@ -190,7 +207,7 @@ class ImageSource(abc.ABC):
         return self._fingerprint
 
     def batches(self, batch_size: int, *, workers: int | None = None, progress: bool = True,
-                pixels: bool = False) -> Iterator[Batch]:
+                pixels: bool = False, decoder: Any = None) -> Iterator[Batch]:
         """A new deterministic pass in batches of ``batch_size`` (the last may be smaller).
 
         ``pixels=True``: images come as uint8 resized/cropped pixels (4x less data, and the float
@@ -200,11 +217,17 @@ class ImageSource(abc.ABC):
         Items are decoded by ``workers`` threads (default ``min(16, cpu_count)``) while the
         caller consumes the current batch (up to 2 batches ahead). Batches that lost
         skipped items are smaller; a pass where every item fails raises DataError.
+
+        ``decoder`` (with ``pixels=True``; e.g. ``gpu_decode.GpuJpegDecoder``): ``decoder.read(source,
+        position, payload, pixels)`` runs in the threads instead of ``_decode``, and
+        ``decoder.stack(source, items) -> (images, lost, ready)`` assembles each batch (on the GPU) instead of
+        ``np.stack``, on one more thread, a batch ahead; ``ready()`` (or None) runs on the consumer's thread
+        before the batch is handed over.
         """
         batch_size = _check_int(batch_size, "--batch-size", minimum=1, what="batch size")
         workers = default_workers() if workers is None else _check_int(workers, "--workers", minimum=1,
                                                                           what="number of decoding threads")
-        return self._pass(batch_size, workers, bool(progress), bool(pixels))
+        return self._pass(batch_size, workers, bool(progress), bool(pixels), decoder if pixels else None)
 
     # -- hooks for subclasses -----------------------------------------------------------
     def _preprocess_key(self) -> dict | None:
@@ -230,53 +253,83 @@ class ImageSource(abc.ABC):
         Raises :class:`_BadItem` for a corrupt item."""
 
     # -- the pass -----------------------------------------------------------------------
-    def _pass(self, batch_size: int, workers: int, progress: bool, pixels: bool = False) -> Iterator[Batch]:
+    def _pass(self, batch_size: int, workers: int, progress: bool, pixels: bool = False,
+              decoder: Any = None) -> Iterator[Batch]:
         n = len(self._ids)
         self.skipped = []
         self.converted = {}
         chunks = iter([range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)])
-        pending: collections.deque[tuple[range, list[Future]]] = collections.deque()
+        pending: collections.deque[tuple[range, list[Future], Future | None]] = collections.deque()
         n_ok = 0
+        decode = self._decode if decoder is None else functools.partial(decoder.read, self)
         with contextlib.ExitStack() as stack:
             handle = stack.enter_context(self._opened())
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers,
                                                           thread_name_prefix="trtquant-decode"))
+            # a device decoder assembles each batch on its own thread, one batch ahead of the consumer
+            stacker = None if decoder is None else stack.enter_context(
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtquant-stack"))
             bar = stack.enter_context(tqdm(total=n, unit="img", file=sys.stderr, disable=not progress,
                                            desc=self.name, dynamic_ncols=True))
+
+            def collect(chunk: range, futures: list[Future]):
+                arrays, kept, bads, modes = [], [], [], []
+                for pos, fut in zip(chunk, futures):
+                    try:
+                        arr, mode = fut.result()
+                    except _BadItem as bad:
+                        bads.append((pos, bad))
+                        continue
+                    arrays.append(arr)
+                    kept.append(pos)
+                    if mode is not None:
+                        modes.append(mode)
+                return arrays, kept, bads, modes
+
+            def assemble(chunk: range, futures: list[Future]):
+                arrays, kept, bads, modes = collect(chunk, futures)
+                if not kept:
+                    return None, kept, bads, modes, None
+                images, lost, ready = decoder.stack(self, arrays)    # lost: [(index in kept, _BadItem)]
+                gone = {i for i, _ in lost}
+                bads = sorted(bads + [(kept[i], bad) for i, bad in lost], key=lambda b: b[0])
+                return images, [p for i, p in enumerate(kept) if i not in gone], bads, modes, ready
 
             def submit_next() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
                     payloads = self._fetch(handle, chunk)
-                    pending.append((chunk, [pool.submit(self._decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]))
+                    futures = [pool.submit(decode, pos, p, pixels) for pos, p in zip(chunk, payloads)]
+                    pending.append((chunk, futures, None if stacker is None else stacker.submit(assemble, chunk,
+                                                                                                 futures)))
 
             try:
                 for _ in range(1 + PREFETCH_BATCHES):
                     submit_next()
                 while pending:
-                    chunk, futures = pending.popleft()
-                    arrays: list[np.ndarray] = []
-                    kept: list[int] = []
-                    for pos, fut in zip(chunk, futures):
-                        try:
-                            arr, mode = fut.result()
-                        except _BadItem as bad:
-                            self._bad_item(self._ids[pos], bad)
-                            continue
-                        arrays.append(arr)
-                        kept.append(pos)
-                        if mode is not None:
-                            self.converted[mode] = self.converted.get(mode, 0) + 1
+                    chunk, futures, job = pending.popleft()
+                    if job is None:
+                        arrays, kept, bads, modes = collect(chunk, futures)
+                        images, ready = (_stack(arrays) if kept else None), None
+                    else:
+                        images, kept, bads, modes, ready = job.result()
+                    for pos, bad in bads:
+                        self._bad_item(self._ids[pos], bad)
+                    for mode in modes:
+                        self.converted[mode] = self.converted.get(mode, 0) + 1
                     submit_next()
                     bar.update(len(chunk))
                     if not kept:
                         continue
+                    if ready is not None:
+                        ready()                     # the consumer's stream waits for the batch's device work
                     n_ok += len(kept)
                     labels = None if self._labels is None else self._labels[kept]
-                    stacked = Inputs.stack(arrays) if isinstance(arrays[0], dict) else np.stack(arrays)
-                    yield Batch(images=stacked, labels=labels, ids=tuple(self._ids[p] for p in kept))
+                    yield Batch(images=images, labels=labels, ids=tuple(self._ids[p] for p in kept))
             finally:
-                for _, futures in pending:
+                for _, futures, job in pending:
+                    if job is not None:
+                        job.cancel()
                     for fut in futures:
                         fut.cancel()
         self._log_pass_summary(n, n_ok)

@@ -122,15 +122,13 @@ class Preprocess:
         w, h = rgb.size
         if w < 1 or h < 1:
             raise DataError("empty image", got=f"size {w}x{h}", expected="at least 1x1 pixels")
-        new_w, new_h = self._resized_size(w, h)
+        new_w, new_h, top, left = self.geometry(w, h)
         if (new_w, new_h) != (w, h):
             rgb = rgb.resize((new_w, new_h), Image.BILINEAR)
         pixels = np.asarray(rgb)                 # (H, W, 3) or (H, W) uint8
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         c = self.crop
-        top = int(round((new_h - c) / 2.0))
-        left = int(round((new_w - c) / 2.0))
         return np.ascontiguousarray(pixels[top:top + c, left:left + c].transpose(2, 0, 1))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
@@ -191,6 +189,11 @@ class Preprocess:
         d = {"resize": self.resize, "crop": self.crop, "interpolation": "bilinear",
              "mean": list(self.mean), "std": list(self.std)}
         return d if self.channels == 3 else {**d, "channels": self.channels}   # RGB: as before (fingerprints)
+
+    def geometry(self, w: int, h: int) -> tuple[int, int, int, int]:
+        """``(new_w, new_h, top, left)``: the resized size of a ``w`` x ``h`` image and the crop's offsets in it."""
+        new_w, new_h = self._resized_size(w, h)
+        return new_w, new_h, int(round((new_h - self.crop) / 2.0)), int(round((new_w - self.crop) / 2.0))
 
     # -- helpers ------------------------------------------------------------------------
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from ..core.cache import TRT_ALGORITHMS, trt_version_int
 
 from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError
+from ..datasets.gpu_decode import DECODE_MODES
 from .graph.executors import EXECUTORS
 from .graph.models import ResolvedModel, resolve_model
 
@@ -65,6 +66,7 @@ class CalibrationConfig(ModelSpec, DataSpec):
     h5_labels: str = "labels"
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
     layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
+    decode: str = "cpu"                  # cpu | gpu | auto (gpu on a CUDA device): nvJPEG decoding (gpu_decode.py)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -90,13 +92,16 @@ class CalibrationConfig(ModelSpec, DataSpec):
         if not (0 < self.percentile <= 100):
             raise ConfigError("invalid percentile", subject="--percentile", got=str(self.percentile),
                               expected="0 < P <= 100")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError("unknown decode mode", subject="--decode", got=repr(self.decode),
+                              expected=" | ".join(DECODE_MODES))
         self.algorithm()  # validates --method and its settings
 
     def data_settings_changed(self) -> list[str]:
         """The model/data flags set away from their defaults (they have no effect with --from-stats)."""
         default = CalibrationConfig()
         names = ("model", "weights", "preset", "data", "data_dir", "num_images", "seed", "batch_size", "device",
-                 "executor", "num_bins", "workers", "on_bad_image", "h5_images", "h5_labels", "layout")
+                 "executor", "num_bins", "workers", "on_bad_image", "h5_images", "h5_labels", "layout", "decode")
         return ["--" + n.replace("_", "-") for n in names if getattr(self, n) != getattr(default, n)]
 
     def algorithm(self):

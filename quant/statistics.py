@@ -15,6 +15,7 @@ from ..core.cache import DEFAULT_TRT_VERSION, ZERO_TENSOR_AMAX, trt_version_int
 from ..core.errors import DataError
 from ..core.runtime import installed_trt_version
 from ..core.types import CalibrationStats, Inputs, RangeSet, TensorRange
+from ..datasets.gpu_decode import DECODE_BATCH, make_decoder, rebatch
 from .graph.executors import make_executor
 from .graph.inputs import check_input_shape
 from .graph.onnx_graph import OnnxGraph
@@ -41,7 +42,11 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
     waits = {"data_wait_s": 0.0, "model_and_stats_s": 0.0}
     # uint8 pixels from the decoding threads; the float normalisation runs on the device (bit-identical
     # to the NumPy path, 4x less host->device traffic, and no float work under the GIL)
-    batches = iter(source.batches(fixed or cfg.batch_size, workers=cfg.workers, progress=progress, pixels=True))
+    decoder = make_decoder(cfg.decode, source, device)     # JPEGs decoded and resized on the GPU (or None)
+    size = fixed or cfg.batch_size
+    batches = iter(source.batches(size, workers=cfg.workers, progress=progress, pixels=True) if decoder is None else
+                   rebatch(source.batches(max(size, DECODE_BATCH), workers=cfg.workers, progress=progress,
+                                          pixels=True, decoder=decoder), size))
     while True:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -69,8 +74,8 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
             images += len(batch.images)
             waits["model_and_stats_s"] += time.perf_counter() - t1
             continue
-        x = torch.from_numpy(batch.images)
-        if device.type == "cuda":
+        x = batch.images if isinstance(batch.images, torch.Tensor) else torch.from_numpy(batch.images)
+        if device.type == "cuda" and not x.is_cuda:
             if staging is None or staging.numel() < x.numel():
                 staging = torch.empty(x.numel(), dtype=x.dtype).pin_memory()
             pinned = staging[:x.numel()].view(x.shape)
@@ -88,6 +93,9 @@ def collect_stats(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torc
                                                              f"{input_name!r})", hint="calibrate on more images")
     if images == 0:
         raise DataError("no images could be read", subject=source.name, hint="every image was skipped as unreadable")
+    if decoder is not None:
+        log.info("%s: %d image(s) decoded on the GPU (nvJPEG), %d on the CPU", source.name, decoder.gpu_images,
+                 decoder.cpu_images)
     return collector.histograms(), images, executor.kind, waits
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from trtquant.calibrators import gpu_hist
+from trtquant.calibrators import gpu_hist, gpu_stats
 from trtquant.calibrators.collector import HistogramCollector, collect_batch
 from trtquant.quant.settings import CalibrationConfig
 from trtquant.quant.calibrate import calibrate
@@ -40,7 +40,9 @@ def test_cuda_statistics_equal_cpu(mobilenet, sample_images):
 def test_cuda_calibration_matches_cpu(tmp_path, method, settings):
     cfg = dict(method=method, **settings)
     cpu = calibrate(CalibrationConfig(device="cpu", **cfg), cache_path=tmp_path / "c.bin", progress=False)
-    gpu = calibrate(CalibrationConfig(device="cuda", **cfg), cache_path=tmp_path / "g.bin", progress=False)
+    # the same pixels on both (nvJPEG decodes slightly differently: test_calibration_with_gpu_decoding_...)
+    gpu = calibrate(CalibrationConfig(device="cuda", decode="cpu", **cfg), cache_path=tmp_path / "g.bin",
+                    progress=False)
     assert gpu.device.startswith("cuda")
     close = 0
     for name, r in cpu.ranges.ranges.items():
@@ -83,6 +85,84 @@ def test_fused_and_torch_paths_give_the_same_statistics(mobilenet, sample_images
         assert np.abs(fused[name].counts - plain[name].counts).sum() <= 1e-4 * fused[name].numel, name
 
 
+def _need_batched_kernel():
+    if not gpu_stats.available(torch.zeros(1, device="cuda")):
+        pytest.skip("the NVRTC statistics kernel is unavailable (torch.cuda._compile_kernel)")
+
+
+VARIANTS = [(0, 0), (0, 1), (1, 0), (2, 0)]      # (warp aggregation, reciprocal division) compiled variants
+
+
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv):
+    """One launch over all 101 activations equals torch.histc (same float32 bin formula) and aminmax, exactly."""
+    _need_batched_kernel()
+    acts = {}
+    TorchGraphExecutor(mobilenet.graph, "cuda").run({"input": torch.from_numpy(sample_images[0]).cuda()},
+                                                     observe=lambda n, v: acts.__setitem__(n, v))
+    names = list(acts)
+    tensors = [acts[n] for n in names]
+    bins = [(4096, 1000, 2 * 2048 + 6)[j % 3] for j in range(len(names))]     # as the collector's grown ranges
+    hi = [float(v.abs().max()) * 1.01 for v in tensors]
+    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, chunk=1 << 14)
+    for j, (n, v) in enumerate(zip(names, tensors)):
+        mn, mx = torch.aminmax(v)
+        assert float(lohi[j, 0]) == float(mn) and float(lohi[j, 1]) == float(mx), n
+        ref = torch.histc(v, bins[j], -hi[j], hi[j])
+        moved = int((ref.long() - hists[j].long()).abs().sum())
+        assert moved == 0, f"{n}: {moved} of {v.numel()} values in another bin than torch.histc's"
+
+
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_edge_cases(agg, fastdiv):
+    """Zeros and -0.0, values at hi and outside, NaN, negative-only and one-element tensors, unaligned views
+    and tails, many tensors of different bin counts in one launch: equal to torch.histc and aminmax."""
+    _need_batched_kernel()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(1_000_003, device="cuda", generator=g)
+    a[:1000] = 0.0
+    a[1000:1100] = -0.0
+    a[5000:6000] = 2.5                                   # == hi: the last bin
+    a[7000:7100] = 3.0                                   # above hi: not counted
+    relu6 = (torch.randn(3_000_000, device="cuda", generator=g) * 3).clamp(0, 6)   # hot bins at 0 and 6
+    nan = torch.randn(10_000, device="cuda", generator=g)
+    nan[123] = float("nan")
+    e = torch.linspace(-2.5, 2.5, 4097, device="cuda")      # bin edges and their float neighbours
+    edges = torch.cat([e, torch.nextafter(e, torch.full_like(e, 9.0)), torch.nextafter(e, torch.full_like(e, -9.0))])
+    cases = [(edges, 4096, -2.5, 2.5), (edges * 0.37, 3001, -1.1, 0.9), (a, 4096, -2.5, 2.5), (a[1:], 1000, -2.5, 2.5), (torch.full((5,), 2.5, device="cuda"), 7, -2.5, 2.5),
+             (relu6, 4096, -6.0, 6.0), (-relu6[:777_777] - 0.5, 2048, -7.0, 7.0),
+             (torch.tensor([1.5], device="cuda"), gpu_stats.max_bins(), -3.0, 3.0), (a[3:100_003], 333, -1.0, 2.0),
+             (nan, 64, -4.0, 4.0)]
+    for chunk in (1 << 10, gpu_stats.CHUNK):
+        lohi, hists = gpu_stats.statistics([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
+                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, chunk=chunk)
+        for j, (t, bins, lo, hi) in enumerate(cases):
+            ref = torch.histc(t, bins, lo, hi)
+            assert torch.equal(hists[j].long(), ref.long()), (j, chunk)
+            if j == len(cases) - 1:
+                assert torch.isnan(lohi[j]).all()
+            else:
+                mn, mx = torch.aminmax(t)
+                assert float(lohi[j, 0]) == float(mn) and float(lohi[j, 1]) == float(mx), (j, chunk)
+
+
+def test_overlapped_and_same_stream_statistics_are_identical(mobilenet, sample_images):
+    _need_batched_kernel()
+    ex = TorchGraphExecutor(mobilenet.graph, "cuda")
+    out = []
+    for overlap, group in ((True, 1 << 30), (False, 1 << 30), (True, 1 << 20)):
+        col = HistogramCollector(mobilenet.graph.calibration_tensors, device="cuda")
+        col.overlap, col.group_bytes = overlap, group
+        for chunk in np.array_split(sample_images[0], 3):
+            t = torch.from_numpy(chunk).cuda()
+            collect_batch(col, lambda observe, watch: ex.run({"input": t}, observe=observe, watch=watch))
+        out.append(col.histograms())
+    for name in out[0]:
+        for other in out[1:]:
+            assert out[0][name].amax == other[name].amax
+            assert np.array_equal(out[0][name].counts, other[name].counts), name
+
+
 @pytest.mark.parametrize("precision,min_sqnr", [("tf32", 30), ("fp16", 30), ("bf16", 18)])
 def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, min_sqnr):
     from trtquant.quant.engines.registry import build
@@ -113,3 +193,41 @@ def test_simulated_int8_on_cuda_equals_cpu(mobilenet, sample_images, tmp_path):
     gpu = build("torch", mobilenet.graph, plan, ranges, device="cuda").run(x)
     assert (cpu.argmax(1) == gpu.argmax(1)).mean() >= 0.9
     assert sqnr_db(torch.from_numpy(cpu), torch.from_numpy(gpu)) > 15
+
+
+def test_gpu_decode_matches_the_cpu_path(tmp_path):
+    """nvJPEG + the Pillow-exact resampler vs Pillow, on the 20 bundled (progressive) JPEGs and on baseline
+    re-encodings of them (the hardware decoder's path): every image goes through nvJPEG, and the pixels differ
+    only by the decoder's IDCT/upsampling (numbers in the README)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from trtquant.datasets import PRESETS, open_source
+    from trtquant.datasets import gpu_decode as gd
+
+    pre = PRESETS["imagenet"]
+    bundled = open_source("imagenet_sample", preprocess=pre)
+    folder = tmp_path / "n01440764"
+    folder.mkdir()
+    for p in bundled.ids:
+        with Image.open(p) as im:
+            im.convert("RGB").save(folder / (Path(p).stem + ".jpg"), quality=90)
+    for src in (bundled, open_source(str(tmp_path), preprocess=pre)):
+        dec = gd.make_decoder("gpu", src, torch.device("cuda"))
+        cpu = np.concatenate([b.images for b in src.batches(8, pixels=True, progress=False)])
+        gpu = torch.cat([b.images for b in src.batches(8, pixels=True, progress=False, decoder=dec)]).cpu().numpy()
+        assert dec.gpu_images == len(src) and dec.cpu_images == 0
+        diff = np.abs(cpu.astype(np.int16) - gpu.astype(np.int16))
+        ndiff = np.abs(pre.normalize(cpu) - pre.normalize(gpu))
+        print(f"\n{src.name}: max |diff| {diff.max()} levels ({ndiff.max():.4f} normalised), mean {diff.mean():.4f}, "
+              f"99.9th pct {np.percentile(diff, 99.9):.0f}, {(diff > 0).mean() * 100:.2f}% differ")
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 4 and diff.max() <= 48, src.name
+
+
+def test_calibration_with_gpu_decoding_matches_cpu_decoding(tmp_path):
+    kw = dict(device="cuda", method="percentile", percentile=99.99)
+    cpu = calibrate(CalibrationConfig(decode="cpu", **kw), cache_path=tmp_path / "c.bin", progress=False)
+    gpu = calibrate(CalibrationConfig(decode="gpu", **kw), cache_path=tmp_path / "g.bin", progress=False)
+    close = sum(abs(gpu.ranges.ranges[n].amax - r.amax) <= 0.01 * r.amax for n, r in cpu.ranges.ranges.items())
+    assert close >= 0.95 * len(cpu.ranges.ranges)
