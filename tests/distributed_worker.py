@@ -33,6 +33,7 @@ def main(folder: str, out: str) -> None:
     _import_checkout()
     from trtquant.core import metrics
     from trtquant.core.errors import DataError
+    from trtquant.core.types import Inputs
     from trtquant.datasets import PRESETS, open_source
     from trtquant.quant import distributed as D
 
@@ -61,6 +62,11 @@ def main(folder: str, out: str) -> None:
     one = D.shard_range(4, 4, r, 3)
     assert bitwise(D.all_gather_rows(ctx, f32[one.start:one.stop] if r != 1 else None), f32[:4])
     assert D.all_gather_rows(ctx, None) is None
+    # a model's several inputs: an array per input, gathered input by input (rank 2: none)
+    both = Inputs({"image": full["u8"], "aux": full["f64"]})
+    got = D.all_gather_rows(ctx, both[mine.start:mine.stop] if r != 2 else None)
+    assert got.names == ("image", "aux") and bitwise(got.arrays["image"], full["u8"][:14])
+    assert bitwise(got.arrays["aux"], full["f64"][:14])
 
     # exact integer sums; float sums refused (their value would depend on the order)
     assert D.all_sum(ctx, np.array([r, 2**40 + r, 1])).tolist() == [3, 3 * 2**40 + 3, 3]
