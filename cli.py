@@ -347,6 +347,8 @@ def cmd_evaluate(args) -> int:
                 else "no configuration had finished, so nothing was kept for --resume")
         raise Interrupted("evaluation interrupted", subject=str(args.out),
                           hint=f"earlier results were left untouched; {kept}") from None
+    if not _is_root():
+        return 0                            # under torchrun rank 0 prints the summary
     doc = res.doc
     for r in doc.results:
         if not r.ok:
@@ -410,6 +412,8 @@ def cmd_sweep(args) -> int:
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin, metric=args.metric)
     doc = sweep(settings, out, progress=not args.no_progress)
+    if not _is_root():
+        return 0                            # under torchrun rank 0 prints the summary
     s, v, fmt = doc.search, doc.validation, sweep_target(doc).format
     print(f"target  {doc.target.text}: {doc.target.meaning}")
     for n in doc.notes:
@@ -467,6 +471,13 @@ def cmd_debug(args) -> int:
         print(f"trtexec --precisionConstraints=obey --layerPrecisions={s.layer_precisions}")
     print(f"wrote   {out}/debug.json, debug.html, plan.json ({doc.timings['total_s']:.1f} s)")
     return 0
+
+
+def _is_root() -> bool:
+    """Rank 0 of a torchrun launch, or a process on its own (the one that prints)."""
+    from trtquant.quant.distributed import env_context
+
+    return env_context().is_root
 
 
 EXIT_CODES = "exit codes: 0 ok; 2 bad input or a failed step (one-line message on stderr); 1 an internal error (a bug)."
@@ -718,6 +729,21 @@ def _save_traceback() -> str | None:
         return None
 
 
+def _quiet_rank() -> bool:
+    """A rank other than 0 of a torchrun launch (its errors are rank 0's too: rank 0 prints them)."""
+    try:
+        return not _is_root()
+    except QuantError:
+        return False
+
+
+def _leave_group() -> None:
+    """Leave the process group of a torchrun launch, if evaluate/sweep joined one."""
+    module = sys.modules.get("trtquant.quant.distributed")
+    if module is not None:
+        module.leave()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -729,10 +755,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except QuantError as err:
+        if _quiet_rank():                   # every rank of a torchrun launch raises it: rank 0 says it
+            return 2
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; earlier outputs were left untouched", file=sys.stderr)
+        if not _quiet_rank():
+            print("error: interrupted; earlier outputs were left untouched", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: {_os_error(err)}", file=sys.stderr)
@@ -745,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         return 1
+    finally:
+        _leave_group()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -30,32 +31,104 @@ def _f64(x) -> np.ndarray:
     return np.asarray(x.detach().cpu().double() if hasattr(x, "detach") else x, dtype=np.float64)
 
 
+def _sqnr(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) in dB; +inf for no noise."""
+    return float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+
+
 def sqnr_db(reference, approx) -> float:
     """Signal-to-quantization-noise ratio, 10 log10(sum ref^2 / sum (ref - approx)^2), in dB (NumPy or torch)."""
     ref, approx = _f64(reference), _f64(approx)
-    noise = float(((ref - approx) ** 2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise))
+    return _sqnr(float((ref ** 2).sum()), float(((ref - approx) ** 2).sum()))
 
 
-def mean_cosine(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Mean over samples of the cosine similarity of each sample's output (flattened)."""
+def sample_cosine(reference: np.ndarray, approx: np.ndarray) -> np.ndarray:
+    """Per sample (axis 0): the cosine similarity of its output (flattened); 1 where either is all zero."""
     a = reference.astype(np.float64).reshape(len(reference), -1)
     b = approx.astype(np.float64).reshape(len(approx), -1)
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)))
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
+
+
+def mean_cosine(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Mean over samples of the cosine similarity of each sample's output (flattened)."""
+    return float(np.mean(sample_cosine(reference, approx)))
+
+
+FIDELITY_TERMS = ("signal", "noise", "cosine", "max_abs")
+"""The columns of :func:`fidelity_terms`: per sample sum ref^2, sum (ref - approx)^2, cosine, max |ref - approx|."""
+
+
+def fidelity_terms(reference, approx) -> np.ndarray:
+    """Per sample (axis 0) of one output, float64 rows ``(n, 4)`` of :data:`FIDELITY_TERMS`.
+
+    Every fidelity summary is a function of these rows (:func:`fidelity_from_terms`), and each row
+    depends on its sample alone, so the rows of image shards concatenated in image order summarise to
+    exactly the numbers of one pass over every image (a sum of per-shard dB, or of per-shard energies in
+    another order, would not)."""
+    ref, app = _f64(reference), _f64(approx)
+    if ref.shape != app.shape:
+        raise ValueError(f"output shapes differ: {ref.shape} vs {app.shape}")
+    r, e = ref.reshape(len(ref), -1), (ref - app).reshape(len(ref), -1)
+    return np.stack([(r ** 2).sum(1), (e ** 2).sum(1), sample_cosine(ref, app),
+                     np.abs(e).max(1, initial=0.0)], axis=1)
+
+
+def fidelity_from_terms(terms: np.ndarray) -> dict[str, float]:
+    """The fidelity of one output over every sample, from its :func:`fidelity_terms` rows:
+    SQNR = 10 log10(sum signal / sum noise) dB, cosine = the mean per-sample cosine, max |error| = the
+    largest per-sample one, relative L2 error = sqrt(sum noise / sum signal)."""
+    terms = np.asarray(terms, dtype=np.float64).reshape(-1, len(FIDELITY_TERMS))
+    signal, noise = float(terms[:, 0].sum()), float(terms[:, 1].sum())
+    norm, err = float(np.sqrt(signal)), float(np.sqrt(noise))
+    return {"sqnr_db": _sqnr(signal, noise), "cosine": float(np.mean(terms[:, 2])),
+            "max_abs": float(terms[:, 3].max(initial=0.0)),
+            "rel_error": err / norm if norm > 0 else (0.0 if err == 0 else float("inf"))}
 
 
 def output_fidelity(reference: np.ndarray, approx: np.ndarray) -> dict[str, float]:
     """One output against its reference: SQNR (dB), mean per-sample cosine, max |error|, relative L2 error."""
-    ref, app = _f64(reference), _f64(approx)
-    if ref.shape != app.shape:
-        raise ValueError(f"output shapes differ: {ref.shape} vs {app.shape}")
-    norm = float(np.sqrt((ref ** 2).sum()))
-    err = float(np.sqrt(((ref - app) ** 2).sum()))
-    return {"sqnr_db": sqnr_db(ref, app), "cosine": mean_cosine(ref, app),
-            "max_abs": float(np.abs(ref - app).max()) if ref.size else 0.0,
-            "rel_error": err / norm if norm > 0 else (0.0 if err == 0 else float("inf"))}
+    return fidelity_from_terms(fidelity_terms(reference, approx))
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """One engine's scores per image against the FP32 reference, in image order (what evaluate and sweep
+    reduce: every number they report is a mean of per-image values or a function of per-image energies).
+    Shards of images give the scores of their images; :meth:`concat` in image order gives exactly the
+    scores, hence the summaries, of one pass over every image."""
+
+    agreement: np.ndarray                 # bool: top-1 agrees with FP32; float for a dense output: agreeing fraction
+    fidelity: tuple[np.ndarray, ...]      # per output compared: fidelity_terms rows
+    top1: np.ndarray | None = None        # bool: the label is the top-1 class (labelled data)
+    top5: np.ndarray | None = None        # bool: the label is among the 5 highest
+
+    def __len__(self) -> int:
+        return len(self.agreement)
+
+    @staticmethod
+    def concat(parts: Sequence["ImageScores | None"]) -> "ImageScores | None":
+        """The scores of consecutive image shards, in order (None: a shard without images)."""
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None
+
+        def cat(get):
+            return None if get(parts[0]) is None else np.concatenate([get(p) for p in parts])
+        return ImageScores(cat(lambda p: p.agreement),
+                           tuple(np.concatenate(f) for f in zip(*(p.fidelity for p in parts))),
+                           cat(lambda p: p.top1), cat(lambda p: p.top5))
+
+
+def image_scores(reference_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+                 labels: np.ndarray | None = None) -> ImageScores:
+    """Per image: agreement of the first output with the reference's, fidelity terms of every output
+    given (paired with the reference's), and top-1/top-5 correctness when ``labels`` are given."""
+    logits, ref = outputs[0], reference_outputs[0]
+    return ImageScores(agreement(logits, ref), tuple(fidelity_terms(r, o) for r, o in zip(reference_outputs, outputs)),
+                       None if labels is None else topk_correct(logits, labels, 1),
+                       None if labels is None else topk_correct(logits, labels, 5))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import copy
 import contextlib
 import functools
 import hashlib
@@ -195,6 +196,18 @@ class ImageSource(abc.ABC):
     def labels(self) -> np.ndarray | None:
         """int64 labels of the selected items (-1 unknown), or None (a copy)."""
         return None if self._labels is None else self._labels.copy()
+
+    def subset(self, positions: Sequence[int]) -> "ImageSource":
+        """This source restricted to ``positions`` (increasing) of its selected items: one process's
+        shard of a data-parallel run. Decoding, labels and preprocessing are this source's; a pass over
+        the subset decodes and reports (``skipped``) only its items."""
+        pos = np.asarray(positions, dtype=np.int64)
+        sub = copy.copy(self)
+        sub._rows = self._rows[pos]
+        sub._ids = tuple(self._ids[p] for p in pos)
+        sub._labels = None if self._labels is None else self._labels[pos]
+        sub.skipped, sub.converted, sub._fingerprint = [], {}, None
+        return sub
 
     def fingerprint(self) -> str:
         """sha256 hex of the source kind, selected ids, per-item size/content and preprocessing."""

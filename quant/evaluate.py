@@ -42,9 +42,10 @@ from ..core.records import (
 )
 from ..core.runtime import cpu_int8_instructions, installed_trt_version, resolve_device
 from ..core.targets import Target, parse_target
-from ..core.types import Inputs, RangeSet, concat_rows, resize_rows
+from ..core.types import Inputs, RangeSet, resize_rows
 from ..datasets.sources import open_capped
 from ..reports import render
+from . import distributed
 from .artifacts.plan import resolve_plan
 from .artifacts.qdq import build_qdq_model
 from .artifacts.trtexec import trtexec_commands, trtexec_shapes
@@ -104,13 +105,14 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     return specs
 
 
-def environment(device: str) -> dict:
+def environment(device: str, processes: int = 1) -> dict:
     import onnx
     import onnxruntime
 
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-           "device": device, "cpu": platform.processor() or platform.machine(), "argv": sys.argv}
+           "device": device, "cpu": platform.processor() or platform.machine(), "argv": sys.argv,
+           "processes": processes, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     env["tensorrt"] = installed_trt_version()
@@ -225,6 +227,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         previous = _load_previous(partial_path, settings.key()) or _load_previous(results_path, settings.key())
 
     user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
+    ctx = distributed.join(settings.device)     # several processes under torchrun: each takes a shard of the images
+    progress = progress and ctx.is_root
     device = resolve_device(settings.device)
     rm = settings.resolve()
     graph = rm.graph
@@ -238,11 +242,12 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
     t_load = time.perf_counter()
-    batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
+    shard = distributed.load_images(ctx, source, settings.batch_size, batch_size=settings.batch_size,
+                                    progress=progress, pixels=True)
     load_s = time.perf_counter() - t_load
-    pixels = concat_rows([b.images for b in batches])
+    pixels = shard.images                         # this rank's rows shard.lo..hi of every image (all of them alone)
     check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
-    labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
+    labels = shard.labels
     has_labels = labels is not None and bool((labels >= 0).any())
     if has_labels and getattr(source, "label_space", None) == "folder":
         log.warning("%s: class folders are not ImageNet WordNet ids, so their labels are not the model's classes: "
@@ -261,11 +266,16 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         uint8 = not isinstance(pixels, Inputs) and pixels.dtype == np.uint8
         return preprocess.normalize(pixels[lo:hi]) if uint8 else pixels[lo:hi]
 
+    head = distributed.head_rows(ctx, shard, pixels, settings.batch_size)     # the first batch: what rank 0 times
+
+    def first(k: int) -> np.ndarray:
+        uint8 = not isinstance(head, Inputs) and head.dtype == np.uint8
+        return preprocess.normalize(head[:k]) if uint8 else head[:k]
+
     doc = Evaluation(
-        settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device)),
+        settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device), ctx.world_size),
         model=ModelRef(rm.name, graph.fingerprint(), onnx=str(rm.onnx_path)),
-        data=DataRef(source.name, source.fingerprint(), int(len(pixels)), has_labels,
-                     tuple(tuple(s) for s in source.skipped)),
+        data=DataRef(source.name, source.fingerprint(), shard.count, has_labels, shard.skipped),
         metric="top-1" if has_labels else "agreement with FP32 top-1", results=(), timings={"load_images_s": load_s})
 
     # ranges for every INT8 method from one statistics pass over a seeded calibration subset
@@ -274,19 +284,25 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         calib_cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                       num_images=settings.calib_images, seed=settings.seed + 1, device=settings.device)
         calib_src = subset(settings.calib_images, settings.seed + 1)
-        t = time.perf_counter()
-        stats = statistics(graph, calib_src, calib_cfg, device, progress=progress)
-        doc = replace(doc, calibration=CalibrationInfo(stats.num_images, stats.data_fingerprint, time.perf_counter() - t,
+
+        def calibrate_once():                   # on rank 0 only (its histograms' bin width is set by its first batch)
+            t = time.perf_counter()
+            return statistics(graph, calib_src, calib_cfg, device, progress=progress), time.perf_counter() - t
+        stats, calib_s = distributed.on_root(ctx, calibrate_once)
+        doc = replace(doc, calibration=CalibrationInfo(stats.num_images, stats.data_fingerprint, calib_s,
                                                        len(set(calib_src.ids) & set(source.ids))))
 
     rows: list[EngineResult] = []
 
     def save():
+        if not ctx.is_root:
+            return
         out.mkdir(exist_ok=True)
         atomic_write_text(partial_path, document_text(doc.with_results(rows)))
 
-    reference_logits = None
-    reference_outputs: tuple[np.ndarray, ...] = ()
+    reference_outputs: tuple[np.ndarray, ...] = ()     # this rank's FP32 outputs
+    reference_all: tuple[np.ndarray, ...] | None = None  # every image's, on rank 0 (a user metric reads them)
+    reference_scores = None
     # every output when the model has several or a user metric reads them; else the first (a CUDA graph's)
     every_output = len(graph.outputs) > 1 or user_metric is not None
     artifact_blobs: dict[Path, bytes | str] = {}
@@ -320,31 +336,45 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
-            engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device,
-                                    example=pixels[:1])
-            times["build_s"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
-                                  len(pixels), settings.batch_size, fixed)
-            logits = outputs[0]
-            times["accuracy_pass_s"] = time.perf_counter() - t1
+
+            def build_and_run():                # every rank its shard; an error on any rank is raised by all
+                engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp,
+                                        device=settings.device, example=head[:1])
+                times["build_s"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
+                                      len(pixels), settings.batch_size, fixed) if len(pixels) else None
+                times["accuracy_pass_s"] = time.perf_counter() - t1
+                return engine, outputs
+            engine, outputs = distributed.together(ctx, build_and_run)
             t2 = time.perf_counter()
             if spec.name == "fp32":
-                reference_logits, reference_outputs = logits, outputs
-            user_value = (metrics.call_user_metric(user_metric, settings.metric, reference_outputs, outputs,
-                                                   labels if has_labels else None) if user_metric else None)
+                reference_outputs = outputs
+            # per-image scores of every rank, in image order: every accuracy and fidelity number below is theirs
+            scores = distributed.gather_scores(ctx, lambda: None if outputs is None else metrics.image_scores(
+                reference_outputs, outputs, shard.local_labels if has_labels else None))
+            if spec.name == "fp32":
+                reference_scores = scores
+            user_value = None
+            if user_metric:                     # once, on rank 0, with every image's outputs
+                every = distributed.gather_outputs(ctx, outputs, len(graph.outputs))
+                if spec.name == "fp32":
+                    reference_all = every
+                user_value = distributed.on_root(ctx, lambda: metrics.call_user_metric(
+                    user_metric, settings.metric, reference_all, every, labels if has_labels else None))
+            if not ctx.is_root:                 # rank 0 times the engine and writes the row
+                continue
             lat_batch = fixed or 1                     # batch-1 latency, or the model's fixed batch
-            lat = _timed(engine, resize_rows(images(0, lat_batch), lat_batch), settings.latency_iters)
-            full = resize_rows(images(0, settings.batch_size), settings.batch_size)  # tiled to a full batch
+            lat = _timed(engine, resize_rows(first(lat_batch), lat_batch), settings.latency_iters)
+            full = resize_rows(first(settings.batch_size), settings.batch_size)  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
             art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
             artifact_blobs.update(art.pop("blobs"))
-            ref = reference_logits
-            fidelity = tuple(OutputFidelity(name, **metrics.output_fidelity(r_out, o_out))
-                             for name, r_out, o_out in zip(graph.outputs, reference_outputs, outputs))
-            ref_ok = metrics.topk_correct(ref, labels, 1) if has_labels else np.ones(len(ref), bool)
-            cand_ok = metrics.topk_correct(logits, labels, 1) if has_labels else metrics.agreement(logits, ref)
+            fidelity = tuple(OutputFidelity(name, **metrics.fidelity_from_terms(terms))
+                             for name, terms in zip(graph.outputs, scores.fidelity))
+            ref_ok = reference_scores.top1 if has_labels else np.ones(len(scores), bool)
+            cand_ok = scores.top1 if has_labels else scores.agreement
             d = metrics.paired_bootstrap_drop(ref_ok, cand_ok, samples=settings.bootstrap, seed=settings.seed)
             row = EngineResult(
                 spec.name, settings.backend, **times, engine=engine.info,
@@ -355,10 +385,10 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 artifacts=art["files"],
                 peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
                 trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
-                                               trtexec_shapes(graph, pixels))),
-                top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
-                top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
-                agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=fidelity[0].sqnr_db,
+                                               trtexec_shapes(graph, head))),
+                top1=float(scores.top1.mean()) if has_labels else None,
+                top5=float(scores.top5.mean()) if has_labels else None,
+                agreement=float(scores.agreement.mean()), sqnr_db=fidelity[0].sqnr_db,
                 cosine=fidelity[0].cosine, drop_pp=Drop(float(d.points), (float(d.lo), float(d.hi)), bool(d.within_noise)),
                 outputs=fidelity, metric=user_value)
         except (QuantError, RuntimeError) as err:
@@ -368,28 +398,30 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             log.warning("%s failed: %s", spec.name, err)
         rows.append(row)
         save()
-    doc = doc.with_results(rows)
-    doc = replace(doc, recommendation=recommend(doc, parse_target(settings.target)))
+    def finish():                               # rank 0 (every rank gets its document, or raises its error)
+        final = doc.with_results(rows)
+        final = replace(final, recommendation=recommend(final, parse_target(settings.target)))
 
-    # the complete set, moved into place together; the progress file goes only after that
-    out.mkdir(exist_ok=True)
-    with OutputSet(force=True) as outputs:
-        names = {"report.md": render.markdown(doc), "report.html": render.html_report(doc),
-                 "results.json": document_text(doc)}
-        for name, text in names.items():
-            outputs.add(out / name, flag="--out")
-            outputs.stage(out / name, text)
-        for path, data in artifact_blobs.items():
-            path.parent.mkdir(exist_ok=True)
-            outputs.add(path, flag="--out")
-            outputs.stage(path, data)
-        outputs.commit()
-    try:
-        partial_path.unlink()
-    except FileNotFoundError:
-        pass
-    files = {name: str(out / name) for name in names}
-    return EvaluationResult(doc=doc, out=out, files=files)
+        # the complete set, moved into place together; the progress file goes only after that
+        out.mkdir(exist_ok=True)
+        with OutputSet(force=True) as outputs:
+            names = {"report.md": render.markdown(final), "report.html": render.html_report(final),
+                     "results.json": document_text(final)}
+            for name, text in names.items():
+                outputs.add(out / name, flag="--out")
+                outputs.stage(out / name, text)
+            for path, data in artifact_blobs.items():
+                path.parent.mkdir(exist_ok=True)
+                outputs.add(path, flag="--out")
+                outputs.stage(path, data)
+            outputs.commit()
+        try:
+            partial_path.unlink()
+        except FileNotFoundError:
+            pass
+        return final, {name: str(out / name) for name in names}
+    doc, files = distributed.on_root(ctx, finish)
+    return EvaluationResult(doc=doc, out=out, files=files if ctx.is_root else {})
 
 
 def graph_num_classes(graph) -> int | None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..core import metrics
 from ..core.cache import TrtCache
 from ..core.errors import ConfigError
@@ -40,10 +38,10 @@ from ..core.records import (
     document_text,
 )
 from ..core.runtime import resolve_device
-from ..core.types import concat_rows
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
 from ..datasets.sources import open_capped
 from ..reports.sweep_render import sweep_report_texts
+from . import distributed
 from .artifacts.plan import LayerPrecision, PrecisionPlan
 from .artifacts.qdq import build_qdq_model
 from .artifacts.ranges import load_ranges
@@ -68,6 +66,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
         raise ConfigError("a --metric is judged by a drop target", subject=f"--target-drop {target.text}",
                           expected="a drop of your metric, e.g. 0.5% (absolute, of a metric in [0, 1]) or rel:1%",
                           hint="fidelity and agreement targets do not read --metric")
+    ctx = distributed.join(settings.device)     # several processes under torchrun: each takes a shard of the images
+    progress = progress and ctx.is_root
     device = resolve_device(settings.device)
     rm = settings.resolve()
     graph = rm.graph
@@ -79,11 +79,11 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
-    batches = list(source.batches(64, progress=progress))
-    x = concat_rows([b.images for b in batches])
+    shard = distributed.load_images(ctx, source, graph.fixed_batch or 64, batch_size=64, progress=progress)
+    x = shard.images                              # this rank's rows shard.lo..hi of every image (all of them alone)
     check_input_shape(graph, x[:1], source.name,
                        hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
-    labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
+    labels = shard.labels
     labelled = labels is not None and bool((labels >= 0).any())
     notes = []
     if not labelled and target.kind in ("abs", "rel") and user_metric is None:
@@ -95,66 +95,92 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     else:
         cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                 method=settings.method, device=settings.device)
-        stats = statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg, device, progress=progress)
+        stats = distributed.on_root(ctx, lambda: statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg,
+                                                            device, progress=progress))   # rank 0's, for every rank
         ranges = ranges_from_stats(stats, cfg)
         calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"
 
     sim = QuantSim(graph, ranges, device)
     all_int8 = set(sim.layers)
+
+    def evaluate_plan(int8) -> tuple | None:     # what the search runs: this rank's outputs of a plan (None: no images)
+        return distributed.together(ctx, lambda: (sim.outputs(x, int8) if user_metric is not None else
+                                                  (sim.logits(x, int8),)) if len(x) else None)
+
     # the FP32 pass, once: every output where the user's metric reads them, else the first
-    evaluate_plan = sim.outputs if user_metric is not None else sim.logits   # what the search runs
-    ref_outputs = sim.outputs(x, set()) if user_metric is not None else None
-    ref = ref_outputs[0] if ref_outputs is not None else sim.logits(x, set())
+    ref_outputs = evaluate_plan(set())
+    ref = None if ref_outputs is None else ref_outputs[0]
     by_top1 = labelled and target.kind in ("abs", "rel")    # agreement and fidelity targets need no labels
+
+    def scores(outputs):
+        """Every image's scores of a plan (each rank's shard gathered in image order)."""
+        return distributed.gather_scores(ctx, lambda: None if outputs is None else metrics.image_scores(
+            ref_outputs, outputs[:1], shard.local_labels if by_top1 else None))
+
+    # metric(this rank's outputs) -> the same number on every rank, that of one process over every image
     if user_metric is not None:
         user_labels = labels if labelled else None
+        ref_every = distributed.gather_outputs(ctx, ref_outputs, len(graph.outputs))
 
-        def metric(outputs):
-            return metrics.call_user_metric(user_metric, settings.metric, ref_outputs, outputs, user_labels)
+        def metric(outputs):                    # once, on rank 0, with every image's outputs
+            every = distributed.gather_outputs(ctx, outputs, len(graph.outputs))
+            return distributed.on_root(ctx, lambda: metrics.call_user_metric(user_metric, settings.metric, ref_every,
+                                                                             every, user_labels))
 
         fp32_metric = metric(ref_outputs)
     elif target.kind == "sqnr":
         fp32_metric = None                                      # FP32 against itself: no noise
 
-        def metric(logits):
-            return min(float(metrics.sqnr_db(ref, logits)), 300.0)     # identical outputs: "inf" capped for JSON
+        def metric(outputs):
+            sqnr = metrics.fidelity_from_terms(scores(outputs).fidelity[0])["sqnr_db"]
+            return min(float(sqnr), 300.0)                      # identical outputs: "inf" capped for JSON
     elif target.kind == "cosine":
         fp32_metric = 1.0
 
-        def metric(logits):
-            return float(metrics.mean_cosine(ref, logits))
+        def metric(outputs):
+            return float(metrics.fidelity_from_terms(scores(outputs).fidelity[0])["cosine"])
     else:
-        fp32_metric = float(metrics.topk_correct(ref, labels, 1).mean()) if by_top1 else 1.0
+        def metric(outputs):
+            s = scores(outputs)
+            return float(s.top1.mean()) if by_top1 else float(s.agreement.mean())
 
-        def metric(logits):
-            return (float(metrics.topk_correct(logits, labels, 1).mean()) if by_top1
-                    else float(metrics.agreement(logits, ref).mean()))
+        fp32_metric = metric(ref_outputs) if by_top1 else 1.0
 
     # sensitivity on the proxy subset: one FP32 pass (ref) reused, two views per layer
     t_sens = time.perf_counter()
-    xp, refp = x[:settings.proxy_images], ref[:settings.proxy_images]
+    xp, refp = distributed.head_rows(ctx, shard, x, settings.proxy_images), distributed.head_rows(
+        ctx, shard, ref, settings.proxy_images)               # the first images, on every rank
     base_sqnr = metrics.sqnr_db(refp, sim.logits(xp, all_int8))
-    alone, regain, partial_rank = {}, {}, False
-    for layer in sim.layers:
-        if settings.time_budget_s is not None and time.perf_counter() - t_start > settings.time_budget_s:
-            partial_rank = True
-            break
-        alone[layer] = metrics.sqnr_db(refp, sim.logits(xp, {layer}))
-        regain[layer] = metrics.sqnr_db(refp, sim.logits(xp, all_int8 - {layer})) - base_sqnr
+
+    def rank_layers():                          # the layers are shared out between the ranks
+        alone, regain, partial_rank = {}, {}, False
+        for i in distributed.shard_range(len(sim.layers), 1, ctx.rank, ctx.world_size):
+            layer = sim.layers[i]
+            if settings.time_budget_s is not None and time.perf_counter() - t_start > settings.time_budget_s:
+                partial_rank = True
+                break
+            alone[layer] = metrics.sqnr_db(refp, sim.logits(xp, {layer}))
+            regain[layer] = metrics.sqnr_db(refp, sim.logits(xp, all_int8 - {layer})) - base_sqnr
+        return alone, regain, partial_rank
+    ranked = distributed.exchange(ctx, rank_layers)
+    alone = {n: a[n] for n in sim.layers for a, _, _ in ranked if n in a}        # in layer order, as one process
+    regain = {n: r[n] for n in sim.layers for _, r, _ in ranked if n in r}
+    partial_rank = any(p for _, _, p in ranked)
     sens_s = time.perf_counter() - t_sens
     if partial_rank:
         notes.append(f"time budget spent during the sensitivity pass: {len(regain)} of {len(sim.layers)} layers ranked")
     order = sorted(regain, key=lambda k: -regain[k])
 
     t_search = time.perf_counter()
-    remaining = None if settings.time_budget_s is None else max(0.0, settings.time_budget_s - (time.perf_counter() - t_start))
+    remaining = distributed.on_root(ctx, lambda: None if settings.time_budget_s is None else
+                                    max(0.0, settings.time_budget_s - (time.perf_counter() - t_start)))
     if settings.margin_pp < 0:
         raise ConfigError("invalid margin", subject="--margin", got=str(settings.margin_pp), expected=">= 0 pp")
     if settings.margin_pp:
         notes.append(f"searched with a margin of {settings.margin_pp:g} pp below the target")
-    result = greedy_search(order, lambda fp16: metric(evaluate_plan(x, all_int8 - set(fp16))),
+    result = greedy_search(order, lambda fp16: metric(evaluate_plan(all_int8 - set(fp16))),
                            lambda acc: target.met(fp32_metric, acc, settings.margin_pp), time_budget_s=remaining,
-                           fmt=target.format)
+                           clock=distributed.clock(ctx, time.perf_counter), fmt=target.format)
     search_s = time.perf_counter() - t_search
     plan = plan_from_search(graph, result.fp16, regain, target, name=f"sweep-{rm.name}")
     final_sim = result.path[-1].accuracy if result.path else float("nan")
@@ -168,7 +194,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     version, algo = cache_header(CalibrationConfig(trt_version=settings.trt_version))
     cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
-    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, x))
+    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, xp))
     trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
                      f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
@@ -182,15 +208,20 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
             vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
-        engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device, example=x[:1])
-        run = engine.run_all if user_metric is not None else engine.run
-        measured = metric(run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
+
+        def build_and_run():                    # every rank its shard
+            engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device,
+                                    example=xp[:1])
+            run = engine.run_all if user_metric is not None else (lambda c: (engine.run(c),))
+            return engine, (run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch) if len(x) else None)
+        engine, local = distributed.together(ctx, build_and_run)
+        measured = metric(local)
         validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,
                                 engine.info.simulated, target.met(fp32_metric, measured), note=vnote)
         if not validation.meets_target:
             notes.append(f"the real engine measures {target.format(measured)} against {target.format(final_sim)} "
                          f"simulated and misses the target" + ("" if target.kind in FIDELITY_KINDS else
-                         f": on {len(x)} images one flip is {100 / len(x):.2f} pp; use more images or search with --margin"))
+                         f": on {shard.count} images one flip is {100 / shard.count:.2f} pp; use more images or search with --margin"))
     except metrics.MetricError:
         raise                     # the user's metric failed on the engine's outputs: their input, exit 2
     except Exception as err:  # validation must not lose the plan: report why it failed
@@ -199,7 +230,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
 
     doc = Sweep(
         model=ModelRef(rm.name, graph.fingerprint()),
-        data=DataRef(source.name, source.fingerprint(), int(len(x)), labelled),
+        data=DataRef(source.name, source.fingerprint(), shard.count, labelled),
         target=TargetRef(target.text, target.kind, target.value, target.describe()),
         metric=(f"metric {settings.metric}" if user_metric is not None else
                 target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1")), fp32_metric=fp32_metric,
@@ -212,13 +243,16 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
         validation=validation, trtexec=tuple(trt_lines),
         timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
         files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")})
-    # every output together, after everything above succeeded (an error or Ctrl-C leaves the earlier set);
-    # the CLI checked the paths and their kinds before any work
-    out.mkdir(exist_ok=True)
-    with OutputSet(force=True) as outputs:
-        for name, data in (("plan.json", plan.to_json()), ("model_qdq.onnx", qdq.SerializeToString()),
-                           ("calib.bin", cache_text), ("sweep.json", document_text(doc)), *sweep_report_texts(doc).items()):
-            outputs.add(out / name, flag="--out")
-            outputs.stage(out / name, data)
-        outputs.commit()
-    return doc
+
+    def write():                                # rank 0; every rank returns its document (or raises its error)
+        # every output together, after everything above succeeded (an error or Ctrl-C leaves the earlier set);
+        # the CLI checked the paths and their kinds before any work
+        out.mkdir(exist_ok=True)
+        with OutputSet(force=True) as outputs:
+            for name, data in (("plan.json", plan.to_json()), ("model_qdq.onnx", qdq.SerializeToString()),
+                               ("calib.bin", cache_text), ("sweep.json", document_text(doc)), *sweep_report_texts(doc).items()):
+                outputs.add(out / name, flag="--out")
+                outputs.stage(out / name, data)
+            outputs.commit()
+        return doc
+    return distributed.on_root(ctx, write)
