@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibrators.algorithms import make_algorithm
+from ..calibrators.auto import Auto, make_method
 from ..calibrators.collector import HistogramCollector, collect_batch
 from ..core.runtime import installed_trt_version, resolve_device
 from ..core.cache import (DEFAULT_TRT_VERSION, TRT_ALGORITHMS, ZERO_TENSOR_AMAX, TrtCache, 
@@ -26,6 +26,7 @@ from .graph import EXECUTORS, OnnxGraph, make_executor
 from ..core.types import CalibrationStats, RangeSet, TensorRange
 from ..datasets import PRESETS, open_source
 from .models import DataSpec, ModelSpec
+from .auto_method import AutoPass, choose_ranges
 from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class CalibrationConfig(ModelSpec, DataSpec):
     h5_labels: str = "labels"
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
     layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
+    auto_images: int = Auto.images       # --method auto: calibration images of its layer-error pass
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -88,8 +90,9 @@ class CalibrationConfig(ModelSpec, DataSpec):
         return ["--" + n.replace("_", "-") for n in names if getattr(self, n) != getattr(default, n)]
 
     def algorithm(self):
-        settings = {"percentile": self.percentile} if self.method == "percentile" else {}
-        return make_algorithm(self.method, **settings)
+        settings = {"percentile": self.percentile} if self.method == "percentile" else \
+            {"images": self.auto_images} if self.method == Auto.name else {}
+        return make_method(self.method, **settings)
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,12 +256,21 @@ def statistics(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.d
     return CalibrationStats(hists, graph.fingerprint(), source.fingerprint(), images, cfg.num_bins)
 
 
-def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeSet:
+def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *, auto_pass: AutoPass | None = None) -> RangeSet:
+    """The method's range for every tensor of ``stats``; ``--method auto`` also runs ``auto_pass`` (the model
+    and its calibration images) to measure each candidate (:mod:`.auto_method`)."""
     algo = cfg.algorithm()
-    ranges, zero = {}, []
-    # NumPy releases the GIL in the vectorized searches: one thread per core over the tensors
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        amaxes = list(pool.map(algo.compute, stats.histograms.values()))
+    ranges, zero, choices = {}, [], {}
+    if isinstance(algo, Auto):
+        if auto_pass is None:
+            raise ConfigError("--method auto needs the model and calibration images", subject="--method auto",
+                              hint="it runs the INT8 layers on a few calibration batches: give the model and data")
+        choices = choose_ranges(stats, algo, auto_pass)
+        amaxes = [choices[n].method.amax if n in choices else 0.0 for n in stats.histograms]
+    else:
+        # NumPy releases the GIL in the vectorized searches: one thread per core over the tensors
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            amaxes = list(pool.map(algo.compute, stats.histograms.values()))
     for name, amax in zip(stats.histograms, amaxes):
         if amax <= 0:
             zero.append(name)
@@ -270,7 +282,8 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeS
     return RangeSet(ranges=ranges, method=algo.name, settings=algo.settings(),
                     model_fingerprint=stats.model_fingerprint, data_fingerprint=stats.data_fingerprint,
                     num_images=stats.num_images, meta={"zero_tensors": zero, "num_bins": stats.num_bins,
-                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}})
+                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}},
+                    methods=choices)
 
 
 def _cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
@@ -312,6 +325,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         ignored = cfg.data_settings_changed() + (["--onnx-out"] if onnx_out is not None else []) \
             + (["--calibrator tensorrt"] if cfg.calibrator != "ours" else [])
         ignored = [f for f in ignored if f != "--model" or cfg.onnx is None]
+        if cfg.method == Auto.name:          # auto runs the model on the data: only the statistics' flags are moot
+            ignored = [f for f in ignored if f in ("--num-bins", "--executor", "--calibrator tensorrt")]
         if ignored:
             raise ConfigError("flags that have no effect with --from-stats", subject=", ".join(ignored),
                               got="--from-stats recomputes ranges without running the model or reading data",
@@ -320,7 +335,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         trt_version_int(cfg.trt_version)
     timings = {}
     skipped: tuple = ()
-    onnx_path = None
+    onnx_path = auto_pass = None
     executor_kind = "stats-file"
     device = torch.device("cpu")
     try:
@@ -333,22 +348,24 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                       got=f"model fingerprint {stats.model_fingerprint[:12]}", expected=fp[:12],
                                       hint="re-run calibrate on this model")
             images = stats.num_images
+            if cfg.method == Auto.name:      # the auto pass runs the statistics' model on the calibration images
+                cfg, rm, source, device = _model_and_source(cfg)
+                onnx_path = rm.onnx_path
+                if rm.graph.fingerprint() != stats.model_fingerprint:
+                    raise ConfigError("statistics are from another model", subject=f"--from-stats {from_stats}",
+                                      got=f"model fingerprint {stats.model_fingerprint[:12]}"
+                                          + (f" ({stats.meta['model']})" if stats.meta.get("model") else ""),
+                                      expected=f"{rm.graph.fingerprint()[:12]} ({rm.name})",
+                                      hint="--method auto runs the model: pass the one the statistics were collected "
+                                           "on (--onnx MODEL.onnx or --model NAME) and its calibration data")
+                if source.fingerprint() != stats.data_fingerprint:
+                    log.warning("--from-stats %s: the statistics were collected on other images than %s; the auto "
+                                "pass measures the candidates on the latter", from_stats, source.name)
+                auto_pass = AutoPass(rm.graph, source, device, cfg.batch_size, cfg.workers, progress)
         else:
-
-            device = resolve_device(cfg.device)
-            rm = cfg.resolve()
-            cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
+            cfg, rm, source, device = _model_and_source(cfg)
             onnx_path = rm.onnx_path
-            preprocess = rm.preprocess()
-            extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
-                         layout=cfg.layout)
-            if cfg.num_images is None:
-                source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
-                                     data_dir=cfg.data_dir, **extra)
-            else:
-                source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
-                                     seed=cfg.seed, **extra)
-            check_preset_fits(rm.graph, rm.preset, source)
+            preprocess = source.preprocess
             timings["setup_s"] = time.perf_counter() - t0
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)
@@ -367,8 +384,9 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                            "preprocess": preprocess.as_dict(), "device": str(device),
                                            "histograms": need_hist,
                                            "skipped": [list(s) for s in skipped]})
+            auto_pass = AutoPass(rm.graph, source, device, cfg.batch_size, cfg.workers, progress)
         t2 = time.perf_counter()
-        ranges = ranges_from_stats(stats, cfg)
+        ranges = ranges_from_stats(stats, cfg, auto_pass=auto_pass)
         timings["ranges_s"] = time.perf_counter() - t2
         version, algorithm = _cache_header(cfg)
         cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)
@@ -387,6 +405,25 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     timings["total_s"] = time.perf_counter() - t0
     return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=onnx_path, images=images,
                              skipped=skipped, timings=timings, device=str(device), executor=executor_kind)
+
+
+def _model_and_source(cfg: CalibrationConfig):
+    """``(cfg with the batch the model takes, the resolved model, its calibration source, device)``, all
+    checked before any image is read."""
+    device = resolve_device(cfg.device)
+    rm = cfg.resolve()
+    cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
+    preprocess = rm.preprocess()
+    extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
+                 layout=cfg.layout)
+    if cfg.num_images is None:
+        source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
+                             data_dir=cfg.data_dir, **extra)
+    else:
+        source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
+                             seed=cfg.seed, **extra)
+    check_preset_fits(rm.graph, rm.preset, source)
+    return cfg, rm, source, device
 
 
 def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings) -> CalibrationResult:

@@ -32,7 +32,8 @@ from .qdq import build_qdq_model
 from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
                             ModelRef, OutputFidelity, PlanSummary, Recommendation, Throughput, document_text, parse_document)
 from . import backends
-from ..calibrators.algorithms import ALGORITHMS
+from ..calibrators.auto import METHODS
+from .auto_method import AutoPass
 from .models import DataSpec, ModelSpec
 from .plan import resolve_plan
 from .graph import run_batched
@@ -53,7 +54,7 @@ def results_outputs() -> dict:
 
 
 FLOAT_CONFIGS = tuple(backends.TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
-CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in ALGORITHMS)     # int8:<every range algorithm>
+CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in METHODS)     # int8:<every --method, auto included>
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if item in FLOAT_CONFIGS:
             specs.append(ConfigSpec(item, item))
-        elif item.startswith("int8:") and item[5:] in ALGORITHMS:
+        elif item.startswith("int8:") and item[5:] in METHODS:
             specs.append(ConfigSpec(item, "fp32", method=item[5:]))
         elif item == "int8":
             specs.append(ConfigSpec("int8:entropy", "fp32", method="entropy"))
@@ -318,7 +319,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             else:
                 plan = resolve_plan("fp16" if spec.precision == "fp16" and settings.backend != "torch" else "fp32", graph)
             if plan.nodes("int8"):
-                ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"))
+                ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"),
+                                           auto_pass=AutoPass(graph, calib_src, device, progress=progress))
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None

@@ -47,6 +47,7 @@ from ..core.fileio import OutputSet, check_output_dir
 from ..core.records import (DataRef, ModelRef, SearchRecord, SearchStep, SensitivityRow, Sweep, TargetRef, Validation,
                             document_text)
 from .models import DataSpec, ModelSpec
+from .auto_method import AutoPass
 from .qdq import build_qdq_model
 from ..reports.sweep_render import sweep_report_texts
 
@@ -277,8 +278,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     else:
         cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                 method=settings.method, device=settings.device)
-        stats = statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg, device, progress=progress)
-        ranges = ranges_from_stats(stats, cfg)
+        calib_source = subset(settings.calib_images, settings.seed + 1)
+        stats = statistics(graph, calib_source, cfg, device, progress=progress)
+        ranges = ranges_from_stats(stats, cfg, auto_pass=AutoPass(graph, calib_source, device, progress=progress))
         calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"
 
     sim = QuantSim(graph, ranges, device)
