@@ -6,7 +6,7 @@ measured by one extra pass over a few calibration batches (``quant/auto_method.p
 holds the pure part: the candidates, the objective's definition and the argmin.
 
 For a tensor ``t`` with histogram ``H`` the candidates are ``a_k = A_k(H)`` for
-``A_k in (entropy, mse, percentile p for p in percentiles, minmax)``. With
+``A_k in (entropy, minmax, mse, percentile p for p in percentiles)`` (in this order). With
 ``Q_a(x) = clip(round(x / s), -128, 127) s``, ``s = fp32(a) / 127`` (the shipped scale, ``core.numerics``),
 calibration batches ``b`` and ``L(t)`` the INT8 layers that read ``t`` (``quant.placement``)::
 
@@ -39,8 +39,8 @@ LAYER_OUTPUT, TENSOR, TENSOR_HISTOGRAM = "layer output", "tensor", "tensor (hist
 
 @dataclass(frozen=True)
 class Auto:
-    """The per-tensor choice among ``entropy``, ``mse``, ``percentile`` at each of ``percentiles`` and
-    ``minmax``, by ``E_t`` (module docstring) measured on ``images`` calibration images.
+    """The per-tensor choice among ``entropy``, ``minmax``, ``mse`` and ``percentile`` at each of
+    ``percentiles``, by ``E_t`` (module docstring) measured on ``images`` calibration images.
 
     The cache is served through TensorRT's entropy calibrator, so its header says ``EntropyCalibration2``.
     """
@@ -63,7 +63,7 @@ class Auto:
 
     def algorithms(self) -> tuple:
         """The candidate algorithms, in tie-break order."""
-        return (Entropy(), MSE(), *(Percentile(float(p)) for p in self.percentiles), MinMax())
+        return (Entropy(), MinMax(), MSE(), *(Percentile(float(p)) for p in self.percentiles))
 
     def candidates(self, hist: TensorHistogram) -> tuple[RangeCandidate, ...]:
         """Every candidate's amax for one tensor (pure functions of its histogram; errors not yet measured)."""
