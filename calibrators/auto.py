@@ -84,21 +84,22 @@ def histogram_errors(hist: TensorHistogram, amaxes: Sequence[float]) -> np.ndarr
         G(u) = round(u/D) D^3 / 12 + r(u)^3 / 3          for u <= a
         G(u) = 127 D^3 / 12 + (u - a)^3 / 3               for u > a
 
-    so ``E_t(a) = sum_k (b_k / w) (G(e_{k+1}) - G(e_k)) / sum_k (b_k / w) (e_{k+1}^3 - e_k^3) / 3`` over bin
-    edges ``e_k``. (Negative values clip at -128 D rather than -127 D: ignored, a half step at one end.)
+    so ``E_t(a) = sum_k rho_k (G(e_{k+1}) - G(e_k)) / sum_k rho_k (e_{k+1}^3 - e_k^3) / 3`` over bin
+    edges ``e_k`` with densities ``rho_k = b_k / (e_{k+1} - e_k)``. (Negative values clip at -128 D rather than -127 D: ignored, a half step at one end.)
     """
     counts = np.asarray(hist.counts, dtype=np.float64)
     w = float(hist.bin_width)
     if w <= 0 or hist.amax <= 0:
         return np.zeros(len(amaxes))
     edges = np.arange(len(counts) + 1, dtype=np.float64) * w
-    edges[-1] = min(edges[-1], max(float(hist.amax), edges[-2]))
+    if edges[-2] < hist.amax < edges[-1]:
+        edges[-1] = float(hist.amax)            # the last bin's values lie in [e_{N-1}, m]
     a = np.asarray(amaxes, dtype=np.float64)[:, None]
     d = a / 127.0
     k = np.round(np.minimum(edges[None, :], a) / d)
     r = np.minimum(edges[None, :], a) - k * d
     g = k * d ** 3 / 12.0 + r ** 3 / 3.0 + np.maximum(edges[None, :] - a, 0.0) ** 3 / 3.0
-    density = counts / w
+    density = counts / np.diff(edges)                # values per unit length within each bin
     err = (np.diff(g, axis=1) * density[None, :]).sum(axis=1)
     energy = float((np.diff(edges ** 3) / 3.0 * density).sum())
     return err / (energy if energy > 0 else 1.0)

@@ -30,7 +30,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.numerics import fake_quant
 from ..core.types import CalibrationStats, MethodChoice, TensorRange
 from .graph import OPS, OnnxGraph, TorchGraphExecutor
-from .placement import place_quantizers, weight_scales
+from .placement import Placement, place_quantizers, weight_scales
 from .plan import quantizable_nodes
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,14 @@ class _Layer:
     quantized: tuple[tuple[str, tuple[int, ...]], ...]   # (tensor, the input indices reading it)
 
 
-def layer_consumers(graph: OnnxGraph) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
-    """``tensor -> ((INT8 layer, input indices), ...)`` for every activation the all-INT8 placement
-    quantizes; empty for one quantized only where no INT8 layer reads it (residual-Add, pooling inputs)."""
-    p = place_quantizers(graph, quantizable_nodes(graph))
+def all_int8(graph: OnnxGraph) -> Placement:
+    """The placement of the all-INT8 plan (what ``int8:auto`` ships): the quantizers auto chooses for."""
+    return place_quantizers(graph, quantizable_nodes(graph))
+
+
+def layer_consumers(p: Placement) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
+    """``tensor -> ((INT8 layer, input indices), ...)`` for every activation ``p`` quantizes; empty for one
+    quantized only where no INT8 layer reads it (residual-Add, pooling inputs)."""
     out: dict[str, dict[str, list[int]]] = {}
     for q in p.activations():
         by_node = out.setdefault(q.tensor, {})
@@ -83,14 +87,13 @@ class _ErrorPass:
     """Accumulates ``sum_b ||f_l(Q_a(x)) - f_l(x)||^2`` per (tensor, layer, distinct amax) and
     ``sum_b ||f_l(x)||^2`` per layer; or, for a tensor without INT8 layers, its own error and energy."""
 
-    def __init__(self, ex: TorchGraphExecutor, amaxes: Mapping[str, Sequence[float]],
-                 consumers: Mapping[str, tuple[tuple[str, tuple[int, ...]], ...]]):
+    def __init__(self, ex: TorchGraphExecutor, amaxes: Mapping[str, Sequence[float]], placement: Placement):
         self.ex = ex
         dev = ex.device
         self.scales = {t: [_scale(t, a) for a in sorted(set(am))] for t, am in amaxes.items()}
         self.index = {t: {a: k for k, a in enumerate(sorted(set(am)))} for t, am in amaxes.items()}
         entries = {node.name: (node, a, inputs) for node, a, inputs in ex.nodes}
-        placement = place_quantizers(ex.graph, quantizable_nodes(ex.graph))
+        consumers = layer_consumers(placement)
         weight_axis = {q.consumers[0][0]: q.axis for q in placement.weights()}
         reads: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
         for t in amaxes:
@@ -217,7 +220,8 @@ def measure_errors(run: AutoPass, amaxes: Mapping[str, Sequence[float]], images:
     """``E_t(a)`` (see :mod:`..calibrators.auto`) for every tensor of ``amaxes`` (tensors the all-INT8
     placement quantizes) and each of its amaxes, on the first ``images`` calibration images.
     Returns ``(errors aligned with amaxes, the INT8 layers each tensor feeds, images used)``."""
-    consumers = layer_consumers(run.graph)
+    placement = all_int8(run.graph)
+    consumers = layer_consumers(placement)
     stray = [t for t in amaxes if t not in consumers]
     if stray:
         raise ConfigError("auto: tensors no quantizer reads have no pass to measure them", subject=", ".join(stray[:5]),
@@ -225,7 +229,7 @@ def measure_errors(run: AutoPass, amaxes: Mapping[str, Sequence[float]], images:
     ex = TorchGraphExecutor(run.graph, run.device,
                             unsupported_hint="--method auto re-runs the INT8 layers with PyTorch: pick one method "
                                              "(--method entropy | mse | percentile | minmax) for this model")
-    p = _ErrorPass(ex, amaxes, consumers)
+    p = _ErrorPass(ex, amaxes, placement)
     used = 0
     total = min(images, len(run.source)) if hasattr(run.source, "__len__") else images
     with tqdm(total=total, unit="img", desc="auto: layer errors", file=sys.stderr, disable=not run.progress,
@@ -245,9 +249,10 @@ def measure_errors(run: AutoPass, amaxes: Mapping[str, Sequence[float]], images:
     return p.errors(amaxes), {t: tuple(n for n, _ in consumers[t]) for t in amaxes}, used
 
 
-def choose_ranges(stats: CalibrationStats, auto: Auto, run: AutoPass) -> dict[str, MethodChoice]:
+def choose_ranges(stats: CalibrationStats, auto: Auto, run: AutoPass) -> tuple[dict[str, MethodChoice], int]:
     """Per tensor of ``stats`` (all but all-zero ones), the candidate that minimises ``E_t``: measured by the
-    pass for the tensors the Q/DQ model quantizes, from the histogram for the others."""
+    pass for the tensors the Q/DQ model quantizes, from the histogram for the others. Also returns the
+    number of images the pass ran on."""
     if run.graph.fingerprint() != stats.model_fingerprint:
         raise ConfigError("statistics are from another model", subject="--method auto",
                           got=f"model fingerprint {stats.model_fingerprint[:12]}",
@@ -258,7 +263,7 @@ def choose_ranges(stats: CalibrationStats, auto: Auto, run: AutoPass) -> dict[st
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:   # NumPy releases the GIL
         cands = dict(zip((h.name for h in hists), pool.map(auto.candidates, hists)))
     t1 = time.perf_counter()
-    quantized = set(layer_consumers(run.graph))
+    quantized = set(all_int8(run.graph).activation_tensors())
     errors, consumers, used = measure_errors(run, {t: [c.amax for c in cs] for t, cs in cands.items()
                                                    if t in quantized}, auto.images)
     choices = {}
@@ -271,4 +276,4 @@ def choose_ranges(stats: CalibrationStats, auto: Auto, run: AutoPass) -> dict[st
                                 objective=TENSOR_HISTOGRAM)
     log.info("auto: candidates %.2f s, layer errors on %d image(s) %.2f s; chosen: %s", t1 - t0, used,
              time.perf_counter() - t1, ", ".join(f"{k} {v}" for k, v in chosen_counts(choices.values()).items()))
-    return choices
+    return choices, used

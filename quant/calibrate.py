@@ -260,12 +260,12 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *, auto_p
     """The method's range for every tensor of ``stats``; ``--method auto`` also runs ``auto_pass`` (the model
     and its calibration images) to measure each candidate (:mod:`.auto_method`)."""
     algo = cfg.algorithm()
-    ranges, zero, choices = {}, [], {}
+    ranges, zero, choices, settings = {}, [], {}, algo.settings()
     if isinstance(algo, Auto):
         if auto_pass is None:
             raise ConfigError("--method auto needs the model and calibration images", subject="--method auto",
                               hint="it runs the INT8 layers on a few calibration batches: give the model and data")
-        choices = choose_ranges(stats, algo, auto_pass)
+        choices, settings["images_used"] = choose_ranges(stats, algo, auto_pass)
         amaxes = [choices[n].method.amax if n in choices else 0.0 for n in stats.histograms]
     else:
         # NumPy releases the GIL in the vectorized searches: one thread per core over the tensors
@@ -279,7 +279,7 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *, auto_p
     if zero:
         log.warning("%d tensor(s) were zero on every calibration image; wrote placeholder amax=%g: %s",
                     len(zero), ZERO_TENSOR_AMAX, ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
-    return RangeSet(ranges=ranges, method=algo.name, settings=algo.settings(),
+    return RangeSet(ranges=ranges, method=algo.name, settings=settings,
                     model_fingerprint=stats.model_fingerprint, data_fingerprint=stats.data_fingerprint,
                     num_images=stats.num_images, meta={"zero_tensors": zero, "num_bins": stats.num_bins,
                                                         **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}},

@@ -210,7 +210,7 @@ def test_histogram_error_against_numeric_integration():
         for j, (lo, hi) in enumerate([(0, 1), (1, 2), (2, 3), (3, 3.7)]):
             u = lo + (np.arange(k) + 0.5) * (hi - lo) / k
             q = np.clip(np.round(u / (a / 127)), -127, 127) * (a / 127)
-            density = h.counts[j] / 1.0                  # count per unit length (bin width 1)
+            density = h.counts[j] / (hi - lo)            # the bin's count spread over its extent
             num += density * ((q - u) ** 2).mean() * (hi - lo)
             den += density * (u ** 2).mean() * (hi - lo)
         assert e == pytest.approx(num / den, rel=1e-4)
