@@ -6,9 +6,10 @@ observes, for every INT8 layer ``l`` of the all-INT8 placement (:func:`.placemen
 its FP32 inputs and its FP32 output ``f_l(x; W_l)``; the layer is then re-run once per distinct
 candidate amax of each quantized input, with that input fake-quantized (:func:`..core.numerics.fake_quant`,
 scale ``fp32(a) / 127`` exactly as shipped) and its weight fake-quantized per channel as shipped
-(:func:`.placement.weight_scales`), and the squared output error is accumulated in float64. A tensor
-no INT8 layer reads is measured against itself. Nothing but the tensors a layer still needs is kept
-(memory ~ the graph's widest cut, as in the statistics pass).
+(:func:`.placement.fake_quant_weight`), and the squared output error is accumulated in float64. A
+quantized tensor that no INT8 layer reads (a residual-Add or pooling input) is measured against itself;
+a tensor no quantizer reads is judged from its histogram, without the pass. Nothing but the tensors a
+layer still needs is kept (memory ~ the graph's widest cut, as in the statistics pass).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.numerics import fake_quant
 from ..core.types import CalibrationStats, MethodChoice, TensorRange
 from .graph import OPS, OnnxGraph, TorchGraphExecutor
-from .placement import Placement, place_quantizers, weight_scales
+from .placement import Placement, fake_quant_weight, place_quantizers
 from .plan import quantizable_nodes
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,7 @@ class _ErrorPass:
             node, attrs, inputs = entries[name]
             w = None
             if name in weight_axis and inputs[1] in ex.consts:
-                wf = ex.consts[inputs[1]]
-                s = torch.from_numpy(weight_scales(wf.detach().float().cpu().numpy(), weight_axis[name])).to(wf.device)
-                shape = [1] * wf.dim()
-                shape[weight_axis[name]] = -1
-                w = fake_quant(wf, s.reshape(shape))
+                w = fake_quant_weight(ex.consts[inputs[1]], weight_axis[name])
             self.layers[name] = _Layer(name, node.op_type, attrs, tuple(inputs), node.output[0], w, tuple(quantized))
         self.own = [t for t in amaxes if not consumers[t]]
         self.by_output = {}

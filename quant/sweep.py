@@ -34,7 +34,7 @@ from ..core.errors import ConfigError
 from .graph import OnnxGraph, TorchGraphExecutor, run_batched
 from ..core.numerics import fake_quant
 from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
-from .placement import Placement, Quantizer, place_quantizers, weight_scales
+from .placement import Placement, Quantizer, fake_quant_weight, place_quantizers
 from .qdq import check_ranges
 from ..core.types import RangeSet
 from . import backends
@@ -79,12 +79,7 @@ class QuantSim:
     def _weight(self, q: Quantizer) -> torch.Tensor:
         key = (q.tensor, q.axis)
         if key not in self._weights:
-            w = self.ex.consts[q.tensor]
-            wn = w.detach().float().cpu().numpy()
-            s = torch.from_numpy(weight_scales(wn, q.axis)).to(w.device)
-            shape = [1] * w.dim()
-            shape[q.axis] = -1
-            self._weights[key] = fake_quant(w, s.reshape(shape))
+            self._weights[key] = fake_quant_weight(self.ex.consts[q.tensor], q.axis)
         return self._weights[key]
 
     def edges(self, int8) -> dict:
