@@ -298,3 +298,16 @@ def test_auto_settings_are_checked():
     with pytest.raises(ConfigError, match="percentile"):
         Auto(percentiles=(99.9, 101.0))
     assert CalibrationConfig(method="auto").algorithm().trt_algorithm == "EntropyCalibration2"
+
+
+def test_choose_takes_the_first_minimiser_and_never_a_non_finite_error():
+    from trtquant.calibrators.auto import choose
+    from trtquant.core.types import RangeCandidate
+
+    cands = [RangeCandidate("entropy", {}, 1.0), RangeCandidate("minmax", {}, 2.0),
+             RangeCandidate("percentile", {"percentile": 99.9}, 2.0)]
+    c = choose(cands, [float("nan"), 0.5, 0.5], objective="tensor")
+    assert c.chosen == 1 and c.method.label == "minmax" and [x.error for x in c.candidates][1:] == [0.5, 0.5]
+    assert choose(cands, [float("inf"), 3.0, 0.1], objective="tensor").method.label == "percentile 99.9"
+    with pytest.raises(ConfigError, match="one error per candidate"):
+        choose(cands, [1.0], objective="tensor")
