@@ -160,7 +160,8 @@ def _report_outputs() -> dict:
 
 
 def cmd_calibrate(args) -> int:
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     cfg = CalibrationConfig(
         model=args.model, onnx=args.onnx, weights=args.weights, preset=args.preset, data=args.data,
@@ -223,7 +224,7 @@ def _require_backend(flag: str, backend: str) -> None:
 
 
 def _check_precision(value: str) -> None:
-    from trtquant.quant.plan import PRESETS
+    from trtquant.quant.artifacts.plan import PRESETS
 
     if value in PRESETS or Path(value).is_file():
         return
@@ -268,17 +269,17 @@ def cmd_build(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from trtquant.quant import cache_tools
+    from trtquant.quant import tools
 
     explicit = _explicit_flags(args)
     if args.action == "show":
-        print("\n\n".join(cache_tools.show(f) for f in args.files))
+        print("\n\n".join(tools.show(f) for f in args.files))
         return 0
     if args.action == "diff":
         if len(args.files) != 2:
             raise ConfigError("cache diff needs two files", subject="cache diff", got=f"{len(args.files)} file(s)")
-        d = cache_tools.diff(args.files[0], args.files[1], rel_tol=args.rel_tol)
-        print(cache_tools.format_diff(d, args.files[0], args.files[1]))
+        d = tools.diff(args.files[0], args.files[1], rel_tol=args.rel_tol)
+        print(tools.format_diff(d, args.files[0], args.files[1]))
         return 0 if d.identical else 1
     if len(args.files) != 1:
         raise ConfigError("cache convert takes one input file", subject="cache convert", got=f"{len(args.files)} files",
@@ -288,7 +289,7 @@ def cmd_cache(args) -> int:
     from trtquant.core.fileio import OutputSet
 
     out = Path(args.out)
-    to = args.to or cache_tools.output_format(out)
+    to = args.to or tools.output_format(out)
     if to != "cache":
         for flag in ("trt_version", "algorithm"):
             if flag in explicit:
@@ -299,21 +300,21 @@ def cmd_cache(args) -> int:
         raise ConfigError(f"--model/--onnx have no effect when converting to {to}", subject="cache convert",
                           hint="they name the graph for --to onnx only")
     outputs = OutputSet(force=args.force)
-    outputs.add(out, flag="--out", is_same_kind=cache_tools.same_kind_test(to))
+    outputs.add(out, flag="--out", is_same_kind=tools.same_kind_test(to))
     graph = None
     if to == "onnx":
-        from trtquant.quant.models import resolve_model
+        from trtquant.quant.graph.models import resolve_model
 
         graph = resolve_model(args.model, onnx=args.onnx).graph
-    msg = cache_tools.convert(args.files[0], out, to=to, trt_version=args.trt_version, algorithm=args.algorithm,
+    msg = tools.convert(args.files[0], out, to=to, trt_version=args.trt_version, algorithm=args.algorithm,
                               graph=graph, outputs=outputs)
     print(f"wrote {out} ({to}: {msg})")
     return 0
 
 
 def cmd_lint(args) -> int:
-    from trtquant.quant.graph import OnnxGraph
-    from trtquant.quant.lint import count_qdq, lint_model
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+    from trtquant.quant.artifacts.lint import count_qdq, lint_model
 
     graph = OnnxGraph.load(args.model_path, flag="MODEL.onnx")
     findings = lint_model(graph.model)
@@ -330,7 +331,8 @@ def cmd_lint(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from trtquant.core.errors import Interrupted
-    from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs, results_outputs
+    from trtquant.quant.settings import EvalSettings
+    from trtquant.quant.evaluate import evaluate, parse_configs, results_outputs
     from trtquant.core.targets import parse_target
 
     _require_backend("--backend", args.backend)
@@ -394,7 +396,8 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     from trtquant.core.cache import looks_like_trt_cache
     from trtquant.core.fileio import contains_marker, json_format, looks_like_onnx
-    from trtquant.quant.sweep import SweepSettings, sweep
+    from trtquant.quant.settings import SweepSettings
+    from trtquant.quant.sweep import sweep
     from trtquant.reports.sweep_render import sweep_target
 
     _require_input_file("--ranges", args.ranges)

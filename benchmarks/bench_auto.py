@@ -60,12 +60,14 @@ def split_folder(data: Path, calib: int, seed: int, tmp: Path) -> tuple[Path, Pa
 def run_model(model: str, calib_dir: Path, eval_dir: Path, args, tmp: Path) -> list[str]:
     from trtquant.calibrators.auto import chosen_counts
     from trtquant.core import metrics
-    from trtquant.quant import backends
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate, ranges_from_stats
-    from trtquant.quant.graph import run_batched
-    from trtquant.quant.models import resolve_model
-    from trtquant.quant.plan import resolve_plan
     from trtquant.datasets import open_source
+    from trtquant.quant.artifacts.plan import resolve_plan
+    from trtquant.quant.calibrate import calibrate
+    from trtquant.quant.engines import registry
+    from trtquant.quant.graph.models import resolve_model
+    from trtquant.quant.graph.onnx_graph import run_batched
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.statistics import ranges_from_stats
 
     path, _, preset = model.partition(":")       # NAME, or FILE.onnx[:PRESET] (e.g. a copied export)
     spec = dict(onnx=path, preset=preset or None) if path.endswith(".onnx") else dict(model=model)
@@ -91,7 +93,7 @@ def run_model(model: str, calib_dir: Path, eval_dir: Path, args, tmp: Path) -> l
     labels = np.concatenate([b.labels for b in batches])
 
     def logits(plan, r):
-        engine = backends.build("torch", graph, plan, r, device=args.device)
+        engine = registry.build("torch", graph, plan, r, device=args.device)
         return run_batched(engine.run, lambda lo, hi: x[lo:hi], len(x), args.batch_size, graph.fixed_batch)
 
     ref = logits(resolve_plan("fp32", graph), None)

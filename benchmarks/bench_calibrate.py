@@ -48,7 +48,8 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- subprocess workers
 
 def worker_ours(args) -> dict:
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     out = Path(args.tmp)
     walls = []
@@ -67,7 +68,7 @@ def worker_ort(args) -> dict:
     from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
 
     from trtquant.datasets import PRESETS, open_source
-    from trtquant.quant.models import resolve_model
+    from trtquant.quant.graph.models import resolve_model
 
     model = resolve_model("mobilenet_v2")
     source = open_source(args.data, preprocess=PRESETS["imagenet"], num_images=args.n, seed=0)
@@ -116,8 +117,8 @@ def forward_vs_stats(data: str, n: int, batch_size: int, device_spec: str) -> di
     from trtquant.calibrators.collector import HistogramCollector, collect_batch
     from trtquant.datasets import PRESETS, open_source
     from trtquant.core.runtime import resolve_device
-    from trtquant.quant.graph import TorchGraphExecutor
-    from trtquant.quant.models import resolve_model
+    from trtquant.quant.graph.interpreter import TorchGraphExecutor
+    from trtquant.quant.graph.models import resolve_model
 
     device = resolve_device(device_spec)
     model = resolve_model("mobilenet_v2")

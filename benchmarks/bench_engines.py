@@ -85,11 +85,12 @@ def main():
 
     logging.basicConfig(level=logging.ERROR)
     from trtquant.core.runtime import cpu_int8_instructions
-    from trtquant.quant.backends import build
+    from trtquant.quant.engines.registry import build
     from trtquant.core.errors import BackendUnavailable
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
-    from trtquant.quant.models import resolve_model
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
+    from trtquant.quant.graph.models import resolve_model
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     cuda = torch.cuda.is_available()
     sync_gpu = torch.cuda.synchronize if cuda else (lambda: None)
@@ -119,9 +120,9 @@ def main():
             rows.append((name, f"OpenVINO: {err}", None))
         if args.accuracy_images and not args.random_weights:
             from trtquant.datasets import PRESETS
-            from trtquant.quant.backends import build_ort_engine
-            from trtquant.quant.calibrate import open_capped
-            from trtquant.quant.sweep import QuantSim
+            from trtquant.quant.engines.onnxruntime import build_ort_engine
+            from trtquant.datasets.sources import open_capped
+            from trtquant.quant.planner.simulate import QuantSim
 
             src = open_capped(args.data, preprocess=PRESETS[rm.preset], limit=args.accuracy_images, seed=123)
             bs = list(src.batches(64, progress=False))

@@ -25,7 +25,8 @@ def main():
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    from trtquant.quant.evaluate import EvalSettings, evaluate
+    from trtquant.quant.settings import EvalSettings
+    from trtquant.quant.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -25,8 +25,8 @@ def main():
 
     from trtquant.calibrators import gpu_hist
     from trtquant.datasets import PRESETS, open_source
-    from trtquant.quant.graph import TorchGraphExecutor
-    from trtquant.quant.models import resolve_model
+    from trtquant.quant.graph.interpreter import TorchGraphExecutor
+    from trtquant.quant.graph.models import resolve_model
 
     if not torch.cuda.is_available() or not gpu_hist.available(torch.zeros(1, device="cuda")):
         sys.exit("needs a CUDA GPU and Triton")

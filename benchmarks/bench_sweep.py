@@ -29,10 +29,12 @@ def main():
 
     logging.basicConfig(level=logging.ERROR)
     from trtquant.datasets import PRESETS, open_source
-    from trtquant.quant.cache_tools import load_ranges
+    from trtquant.quant.artifacts.ranges import load_ranges
     from trtquant.core.runtime import resolve_device
-    from trtquant.quant.models import resolve_model
-    from trtquant.quant.sweep import QuantSim, SweepSettings, sweep
+    from trtquant.quant.graph.models import resolve_model
+    from trtquant.quant.planner.simulate import QuantSim
+    from trtquant.quant.settings import SweepSettings
+    from trtquant.quant.sweep import sweep
 
     dev = resolve_device("auto")
     print(f"\nsweep benchmark | {torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'} | {args.images} images")

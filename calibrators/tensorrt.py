@@ -23,6 +23,7 @@ from ..core.cache import TrtCache, write_trt_cache
 from ..core.runtime import import_tensorrt as _import_tensorrt
 from ..core.errors import BackendUnavailable, CalibrationError, ConfigError
 from ..core.trt_versions import needs_explicit_batch, trt_version_int
+from ..core.types import feeds
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,19 @@ def import_tensorrt():
     return trt
 
 
-def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_name: str,
+def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_name: str | tuple[str, ...],
                     cache_path: str | Path | None = None, serve_cache: TrtCache | None = None,
                     device: str | None = None):
     """Build a TensorRT calibrator of the class matching ``method``.
 
-    ``batches`` yields NCHW float32 arrays (e.g. ``b.images for b in source.batches(n)``). With
+    ``batches`` yields NCHW float32 arrays (e.g. ``b.images for b in source.batches(n)``), or for a model
+    with several inputs (``input_name`` a tuple of names) :class:`Inputs` with an array per name. With
     ``serve_cache`` the calibrator hands TensorRT that cache (our own ranges) and TensorRT skips
     calibration; otherwise TensorRT calibrates and the cache it writes goes to ``cache_path``.
     """
     trt = import_tensorrt()
     device = device or _DEVICE
+    input_names = (input_name,) if isinstance(input_name, str) else tuple(input_name)
     if method not in _TRT_CLASSES:
         raise ConfigError("no TensorRT calibrator for this method", subject=f"--method {method}",
                           expected=" or ".join(_TRT_CLASSES),
@@ -115,23 +118,21 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
                 import numpy as np
                 import torch
 
-                names = list(names)
-                if len(names) != 1:   # TensorRT copies len(names) pointers from our list
-                    raise CalibrationError("TensorRT calibration feeds one input", subject=f"inputs {names}",
-                                           got=f"{len(names)} inputs", expected=f"only {input_name!r}",
-                                           hint="calibrate a multi-input model with our calibrator "
-                                                "(--calibrator ours)")
-                if names[0] != input_name:
-                    raise CalibrationError("TensorRT asked for an unknown input", subject=f"inputs {names}",
-                                           expected=repr(input_name))
+                names = list(names)   # TensorRT copies len(names) pointers from our list, in its order
+                unknown = [n for n in names if n not in input_names]
+                if unknown or len(names) != len(input_names):
+                    raise CalibrationError("TensorRT asked for other inputs than the model's", subject=f"inputs {names}",
+                                           got=", ".join(map(repr, names)),
+                                           expected=", ".join(map(repr, input_names)))
                 for arr in self._it:
-                    arr = np.ascontiguousarray(arr, dtype=np.float32)
+                    fed = feeds(list(input_names), arr)
                     if len(arr) != batch_size:   # TensorRT needs full batches: drop the ragged tail
                         self.dropped += len(arr)
                         continue
-                    self._current = torch.from_numpy(arr).to(device)
+                    self._current = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(device)
+                                     for k, v in fed.items()}
                     self.batches_fed += 1
-                    return [int(self._current.data_ptr())]
+                    return [int(self._current[n].data_ptr()) for n in names]
                 if self.dropped:
                     log.info("dropped %d images of a last partial batch (TensorRT needs full batches)", self.dropped)
                 return None
@@ -170,12 +171,13 @@ def make_calibrator(method: str, batches: Iterator, *, batch_size: int, input_na
 
 
 def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, method: str, batch_size: int,
-                                 input_shape: tuple[int, int, int], cache_path: str | Path,
+                                 input_shape: tuple | dict[str, tuple], cache_path: str | Path,
                                  serve_cache: TrtCache | None = None, workspace_gib: float = 4.0) -> TrtCache:
     """INT8 build of ``onnx_path`` with our calibrator; returns the cache TensorRT wrote.
 
     Without ``serve_cache`` TensorRT calibrates on ``batches``; with it, TensorRT takes our scales
-    from the cache and skips calibration (and writes the same cache back).
+    from the cache and skips calibration (and writes the same cache back). ``input_shape``: the
+    non-batch dims of the one input, or of every input by name for a model with several.
     """
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -188,24 +190,25 @@ def calibrate_onnx_with_tensorrt(onnx_path: str | Path, batches: Iterator, *, me
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CalibrationError("TensorRT cannot parse the ONNX model", subject=str(onnx_path), got=errors[:400])
-    if network.num_inputs != 1:
-        names = [network.get_input(i).name for i in range(network.num_inputs)]
-        raise CalibrationError("TensorRT calibration feeds one input", subject=str(onnx_path),
-                               got=f"{len(names)} inputs ({', '.join(names)})",
-                               hint="calibrate a multi-input model with our calibrator (--calibrator ours)")
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = input_shape if isinstance(input_shape, dict) else {inputs[0].name: tuple(input_shape)}
+    if sorted(shapes) != sorted(i.name for i in inputs):
+        raise CalibrationError("the network's inputs are not the data's", subject=str(onnx_path),
+                               got=", ".join(repr(i.name) for i in inputs), expected=", ".join(map(repr, shapes)))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     config.set_flag(trt.BuilderFlag.INT8)
-    inp = network.get_input(0)
-    shape = calibration_shape(inp.name, tuple(int(d) for d in inp.shape), batch_size, input_shape)
     profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, shape, shape, shape)
+    for inp in inputs:
+        shape = calibration_shape(inp.name, tuple(int(d) for d in inp.shape), batch_size, shapes[inp.name])
+        profile.set_shape(inp.name, shape, shape, shape)
     config.add_optimization_profile(profile)
     if not config.set_calibration_profile(profile):
-        raise CalibrationError("TensorRT refused the calibration profile", subject=f"input {inp.name!r}",
-                               got=str(shape))
-    calibrator = make_calibrator(method, batches, batch_size=batch_size, input_name=inp.name, cache_path=cache_path,
-                                 serve_cache=serve_cache)
+        raise CalibrationError("TensorRT refused the calibration profile", subject=", ".join(repr(i.name) for i in inputs),
+                               got=", ".join(str(profile.get_shape(i.name)) for i in inputs))
+    names = tuple(i.name for i in inputs)
+    calibrator = make_calibrator(method, batches, batch_size=batch_size, input_name=names[0] if len(names) == 1 else names,
+                                 cache_path=cache_path, serve_cache=serve_cache)
     config.int8_calibrator = calibrator
     engine = builder.build_serialized_network(network, config)
     calibrator.raise_if_failed()

@@ -225,3 +225,76 @@ class RangeSet:
 
     def amax(self) -> dict[str, float]:
         return {n: r.amax for n, r in self.ranges.items()}
+
+
+class Inputs:
+    """One batch (or a whole data set) for a model with several inputs: an array per ONNX input name, rows
+    first in each, all with the same number of rows. It slices, pads and concatenates by rows as one
+    array does, so the batching code is the same for one input and for several."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        arrays = {str(k): v for k, v in arrays.items()}
+        rows = {k: v.shape[0] if getattr(v, "ndim", 0) else None for k, v in arrays.items()}
+        if not arrays or len(set(rows.values())) != 1 or None in rows.values():
+            raise ConfigError("model inputs with different numbers of rows", subject=", ".join(arrays) or "inputs",
+                              got=", ".join(f"{k}: {n}" for k, n in rows.items()),
+                              expected="one row (image, sample) per input for every item")
+        self.arrays = arrays
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.arrays)
+
+    def __len__(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, rows) -> "Inputs":
+        return Inputs({k: v[rows] for k, v in self.arrays.items()})
+
+    def __repr__(self) -> str:
+        return "Inputs(" + ", ".join(f"{k}: {v.dtype} {tuple(v.shape)}" for k, v in self.arrays.items()) + ")"
+
+    def resized(self, n: int) -> "Inputs":
+        """``n`` rows, repeating the rows in order (what a fixed batch's padding needs)."""
+        return Inputs({k: np.resize(v, (n, *v.shape[1:])) for k, v in self.arrays.items()})
+
+    @staticmethod
+    def stack(items: list[Mapping[str, np.ndarray]]) -> "Inputs":
+        """Items (one array per input name each) -> a batch."""
+        return Inputs({k: np.stack([it[k] for it in items]) for k in items[0]})
+
+
+def concat_rows(parts: list):
+    """Concatenate batches by rows: arrays, or :class:`Inputs` input by input."""
+    if parts and isinstance(parts[0], Inputs):
+        return Inputs({k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].names})
+    return np.concatenate(parts)
+
+
+def resize_rows(x, n: int):
+    """``x`` with ``n`` rows, repeating its rows (an array or :class:`Inputs`)."""
+    return x.resized(n) if isinstance(x, Inputs) else np.resize(x, (n, *x.shape[1:]))
+
+
+def feeds(names, x) -> dict:
+    """The name -> array feed of a model whose inputs are ``names``: one array feeds the first (only) input;
+    :class:`Inputs` feed by name (every name must be there)."""
+    if isinstance(x, Inputs):
+        missing = [n for n in names if n not in x.arrays]
+        if missing:
+            raise ConfigError("data for a model input is missing", subject=", ".join(map(repr, missing)),
+                              got="arrays for " + ", ".join(map(repr, x.names)),
+                              expected="an array for every model input: " + ", ".join(map(repr, names)))
+        return {n: x.arrays[n] for n in names}
+    if len(names) > 1:
+        raise ConfigError("data for a model input is missing", subject=", ".join(map(repr, names[1:])),
+                          got=f"one array for input {names[0]!r}",
+                          expected="an array for every model input: " + ", ".join(map(repr, names)),
+                          hint="feed a model with several inputs from a .npz/.h5 with one array per input name")
+    return {names[0]: x}

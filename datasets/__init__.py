@@ -22,13 +22,14 @@ from .sources import (
     ImageSource,
     SampleSource,
     default_workers,
+    open_capped,
     open_source,
 )
 
 __all__ = [
     "Preprocess", "PRESETS",
     "Batch", "ImageSource", "SampleSource", "FolderSource", "FlatValSource", "ArraySource",
-    "open_source", "imagenet_classes", "wnid_to_index", "default_workers",
+    "open_source", "open_capped", "imagenet_classes", "wnid_to_index", "default_workers",
     "SOURCE_NAMES", "IMAGENET_VAL_ENV", "IMAGE_EXTENSIONS", "ARRAY_SUFFIXES", "BAD_IMAGE_POLICIES",
     "GROUND_TRUTH_FILES", "find_ground_truth", "read_ground_truth",
 ]

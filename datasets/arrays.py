@@ -14,7 +14,7 @@ from ..core.errors import DataError
 from .base import _DECODE_ERRORS, ImageSource, _BadItem
 from .preprocess import Preprocess
 
-__all__ = ["ArraySource", "ARRAY_SUFFIXES"]
+__all__ = ["ArraySource", "NamedArraySource", "ARRAY_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +266,113 @@ class ArraySource(ImageSource):
             step = 256
             for start in range(0, len(self._rows), step):
                 h.update(np.ascontiguousarray(self._read_rows(src, self._rows[start:start + step])).tobytes())
+
+
+class NamedArraySource(ImageSource):
+    """Data for a model with several inputs: a ``.npz`` or ``.h5``/``.hdf5`` file holding one array per ONNX
+    input name (model-ready: float, rows first, all with the same number of rows), plus an optional labels
+    array (``labels``/``y``). Each batch's ``images`` is an :class:`~trtquant.core.types.Inputs`.
+    The file's arrays must be exactly the model's inputs (and the labels): a missing or an extra name is an
+    error that lists both sets. HDF5 rows are read per batch; .npz arrays are loaded once."""
+
+    kind = "named-arrays"
+    model_ready = True
+
+    def __init__(self, path: str | os.PathLike, preprocess: Preprocess, *, inputs: tuple[str, ...],
+                 labels: str | None = "labels", num_images: int | None = None, seed: int = 0,
+                 on_bad_image: str = "skip") -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        suffix = os.path.splitext(self.path)[1].lower()
+        if suffix not in (".npz", ".h5", ".hdf5"):
+            raise DataError("a model with several inputs needs named arrays", subject=self.path,
+                            got=suffix or "no extension", expected=".npz or .h5 with one array per input name: "
+                            + ", ".join(map(repr, inputs)),
+                            hint="np.savez(FILE, **{name: array for each model input}, labels=...)")
+        if not os.path.isfile(self.path):
+            raise DataError("array file not found", subject=self.path)
+        self.kind = "npz" if suffix == ".npz" else "hdf5"
+        self.input_names = tuple(inputs)
+        label_keys = [k for k in (labels, "labels", "y") if k]
+        if self.kind == "npz":
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    found = {k: z[k] for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile) as err:
+                raise DataError("cannot read the .npz file", subject=self.path, got=str(err),
+                                expected="a numpy .npz archive") from err
+            shapes = {k: (v.shape, v.dtype) for k, v in found.items()}
+        else:
+            import h5py
+
+            try:
+                f = h5py.File(self.path, "r")
+            except OSError as err:
+                raise DataError("cannot open the HDF5 file", subject=self.path, got=str(err),
+                                expected="a readable HDF5 file") from err
+            with f:
+                shapes = {k: (f[k].shape, f[k].dtype) for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+                found = {k: f[k][()] for k in label_keys if k in shapes}
+        label_key = next((k for k in label_keys if k in shapes), None)
+        names = set(shapes) - {label_key}
+        missing, extra = [n for n in self.input_names if n not in names], sorted(names - set(self.input_names))
+        if missing or extra:
+            raise DataError("the arrays do not match the model's inputs", subject=self.path,
+                            got="arrays " + ", ".join(map(repr, sorted(names))) + (f" (+ labels {label_key!r})" if label_key else ""),
+                            expected="model inputs " + ", ".join(map(repr, self.input_names))
+                            + (f"; missing: {', '.join(map(repr, missing))}" if missing else "")
+                            + (f"; extra: {', '.join(map(repr, extra))}" if extra else ""),
+                            hint="save one array per ONNX input name (and optionally 'labels')")
+        rows = {k: shapes[k][0][0] if len(shapes[k][0]) else None for k in self.input_names}
+        for k in self.input_names:
+            shape, dtype = shapes[k]
+            if np.dtype(dtype) not in _FLOAT_DTYPES or not 1 <= len(shape) <= 5:
+                raise DataError("model input array is not model-ready", subject=f"{self.path}:{k}",
+                                got=f"{np.dtype(dtype)} {tuple(shape)}", expected="float16/32/64, rows first (rank 1 to 5)",
+                                hint="a model with several inputs takes already preprocessed float arrays")
+        if len(set(rows.values())) != 1:
+            raise DataError("model input arrays have different numbers of rows", subject=self.path,
+                            got=", ".join(f"{k}: {n}" for k, n in rows.items()), expected="the same number in each")
+        n = rows[self.input_names[0]]
+        self.shapes = {k: tuple(shapes[k][0]) for k in self.input_names}
+        self._arrays = {k: found[k] for k in self.input_names} if self.kind == "npz" else None
+        label_arr = None
+        if label_key:
+            label_arr = np.asarray(found[label_key]).reshape(-1)
+            if label_arr.shape != (n,) or not np.issubdtype(label_arr.dtype, np.integer):
+                raise DataError("invalid labels array", subject=f"{self.path}:{label_key}",
+                                got=f"{label_arr.dtype} {label_arr.shape}", expected=f"integers, shape ({n},)")
+        name = f"{self.kind}:{self.path}"
+        ids = [f"{self.path}[{i}]" for i in range(n)]
+        log.info("%s: %d model-ready inputs (%s), %d rows", name, len(self.input_names),
+                 ", ".join(f"{k} {self.shapes[k]}" for k in self.input_names), n)
+        super().__init__(name=name, preprocess=preprocess, ids=ids, labels=label_arr,
+                         label_space="array", num_images=num_images, seed=seed, on_bad_image=on_bad_image)
+
+    def _preprocess_key(self) -> dict | None:
+        return None
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[Any]:
+        if self._arrays is not None:
+            yield self._arrays
+            return
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            yield {k: f[k] for k in self.input_names}
+
+    def _fetch(self, handle: Any, positions: range) -> list[Any]:
+        rows = self._rows[positions.start:positions.stop]
+        per_input = {k: ArraySource._read_rows(v, rows) for k, v in handle.items()}
+        return [{k: a[i] for k, a in per_input.items()} for i in range(len(rows))]
+
+    def _decode(self, position: int, payload: Any, pixels: bool = False) -> tuple[dict, str | None]:
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in payload.items()}, None
+
+    def _hash_items(self, h: Any) -> None:
+        h.update(("\0".join(f"{k}{self.shapes[k][1:]}" for k in self.input_names) + "\n").encode())
+        with self._opened() as src:
+            for start in range(0, len(self._rows), 256):
+                rows = self._rows[start:start + 256]
+                for k in self.input_names:
+                    h.update(np.ascontiguousarray(ArraySource._read_rows(src[k], rows), dtype=np.float32).tobytes())

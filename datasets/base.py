@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.errors import ConfigError, DataError, QuantError
+from ..core.types import Inputs
 from .preprocess import Preprocess
 
 __all__ = ["Batch", "ImageSource", "BAD_IMAGE_POLICIES", "PREFETCH_BATCHES", "default_workers"]
@@ -50,19 +51,24 @@ class Batch:
     2 to 5 the model's input has), or uint8 resized/cropped RGB NCHW pixels when the pass was
     asked for ``pixels=True`` (normalise them with ``Preprocess.normalize``/``normalize_torch``)."""
 
-    images: np.ndarray
+    images: np.ndarray | Inputs          # Inputs: a model with several inputs, an array per input name
     labels: np.ndarray | None
     ids: tuple[str, ...]
 
     def __post_init__(self) -> None:
         images = self.images
-        if (not isinstance(images, np.ndarray) or images.dtype not in (np.float32, np.uint8)
-                or not (images.ndim == 4 if images.dtype == np.uint8 else 2 <= images.ndim <= 5)):
-            raise DataError("invalid batch images", subject="Batch.images",
-                            got=f"{type(images).__name__} {getattr(images, 'dtype', '')} "
-                                f"shape {getattr(images, 'shape', '')}",
-                            expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
-        if not images.flags.c_contiguous:
+        for name, arr in (images.arrays.items() if isinstance(images, Inputs) else [("Batch.images", images)]):
+            if (not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.uint8)
+                    or not (arr.ndim == 4 if arr.dtype == np.uint8 else 1 <= arr.ndim <= 5)
+                    or (arr.ndim == 1 and not isinstance(images, Inputs))):
+                raise DataError("invalid batch images", subject=name,
+                                got=f"{type(arr).__name__} {getattr(arr, 'dtype', '')} "
+                                    f"shape {getattr(arr, 'shape', '')}",
+                                expected="a float32 numpy array of rank 2 to 5, or uint8 NCHW pixels")
+        if isinstance(images, Inputs):
+            if not all(a.flags.c_contiguous for a in images.arrays.values()):
+                object.__setattr__(self, "images", Inputs({k: np.ascontiguousarray(a) for k, a in images.arrays.items()}))
+        elif not images.flags.c_contiguous:
             object.__setattr__(self, "images", np.ascontiguousarray(images))
         n = images.shape[0]
         object.__setattr__(self, "ids", tuple(self.ids))
@@ -267,7 +273,8 @@ class ImageSource(abc.ABC):
                         continue
                     n_ok += len(kept)
                     labels = None if self._labels is None else self._labels[kept]
-                    yield Batch(images=np.stack(arrays), labels=labels, ids=tuple(self._ids[p] for p in kept))
+                    stacked = Inputs.stack(arrays) if isinstance(arrays[0], dict) else np.stack(arrays)
+                    yield Batch(images=stacked, labels=labels, ids=tuple(self._ids[p] for p in kept))
             finally:
                 for _, futures in pending:
                     for fut in futures:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import ConfigError, DataError
-from .arrays import ARRAY_SUFFIXES, ArraySource
+from .arrays import ARRAY_SUFFIXES, ArraySource, NamedArraySource
 from .base import (
     _DECODE_ERRORS,
     BAD_IMAGE_POLICIES,
@@ -373,8 +373,12 @@ def _looks_like_path(spec: str) -> bool:
 
 def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = None, num_images: int | None = None,
                 seed: int = 0, h5_images: str = "images", h5_labels: str = "labels",
-                on_bad_image: str = "skip", layout: str | None = None) -> ImageSource:
+                on_bad_image: str = "skip", layout: str | None = None,
+                inputs: tuple[str, ...] | None = None) -> ImageSource:
     """Open the image source named by ``spec`` (see the module docstring).
+
+    ``inputs``: the model's input names when it has several; the data must then be a ``.npz``/``.h5``
+    with one array per name (:class:`NamedArraySource`).
 
     ``data_dir`` is only for ``imagenet_val`` and ``layout`` only for arrays: given elsewhere they
     are refused, never silently ignored."""
@@ -396,6 +400,14 @@ def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = Non
                                    and spec.lower().endswith(ARRAY_SUFFIXES)):
         raise ConfigError("--layout is only used with array data", subject=f"--layout {layout}", got=f"--data {spec}",
                           expected="a .npy/.npz/.h5 file")
+    if inputs is not None and len(inputs) > 1:
+        path = os.path.expanduser(spec)
+        if not os.path.isfile(path):
+            raise DataError("a model with several inputs needs named arrays", subject=f"--data {spec}",
+                            got="not a file" if spec not in SOURCE_NAMES else "an image data set (one input only)",
+                            expected=".npz or .h5 with one array per model input: " + ", ".join(map(repr, inputs)),
+                            hint="np.savez(FILE, **{name: array for each model input}, labels=...)")
+        return NamedArraySource(path, preprocess, inputs=tuple(inputs), labels=h5_labels, **opts)
     if spec == "imagenet_sample":
         return SampleSource(preprocess, **opts)
     if spec == "imagenet_val":
@@ -415,3 +427,13 @@ def open_source(spec: str, *, preprocess: Preprocess, data_dir: str | None = Non
     raise DataError("unknown data source", subject=repr(spec),
                     expected=f"one of {', '.join(SOURCE_NAMES)} or an existing path ({'; '.join(PATH_KINDS)})",
                     hint="no file or directory of that name exists either")
+
+
+def open_capped(spec: str, *, preprocess: Preprocess, limit: int | None, seed: int, data_dir: str | None = None,
+                **kw) -> ImageSource:
+    """All images of ``spec``, or a seeded subset of ``limit`` when there are more (no warning for small sets)."""
+    src = open_source(spec, preprocess=preprocess, data_dir=data_dir, seed=seed, **kw)
+    if limit is not None and len(src) > limit:
+        log.info("%s holds %d images: using a seeded subset of %d", src.name, len(src), limit)
+        src = open_source(spec, preprocess=preprocess, data_dir=data_dir, num_images=limit, seed=seed, **kw)
+    return src

@@ -29,10 +29,11 @@ from tqdm import tqdm
 from ..calibrators.auto import LAYER_OUTPUT, TENSOR, TENSOR_HISTOGRAM, Auto, choose, chosen_counts, histogram_errors
 from ..core.errors import ConfigError, DataError
 from ..core.numerics import fake_quant
-from ..core.types import CalibrationStats, MethodChoice, TensorRange
-from .graph import OPS, OnnxGraph, TorchGraphExecutor
-from .placement import Placement, fake_quant_weight, place_quantizers
-from .plan import quantizable_nodes
+from ..core.types import CalibrationStats, Inputs, MethodChoice, TensorRange
+from .artifacts.placement import Placement, fake_quant_weight, place_quantizers
+from .artifacts.plan import quantizable_nodes
+from .graph.interpreter import OPS, TorchGraphExecutor
+from .graph.onnx_graph import OnnxGraph
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,9 @@ class _ErrorPass:
             self._buf = torch.empty(x.numel(), dtype=torch.float32, device=x.device)
         return fake_quant(x, s, out=self._buf[:x.numel()].view(x.shape))
 
-    def run(self, x: torch.Tensor) -> None:
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> None:
         self._store, self._uses = {}, dict(self.needed)
-        self.ex.run({self.ex.graph.inputs[0].name: x}, observe=self.observe, watch=self.watch)
+        self.ex.run(feeds, observe=self.observe, watch=self.watch)
         self._store = {}
 
     def observe(self, name: str, v: torch.Tensor) -> None:
@@ -193,9 +194,9 @@ def _sq_norm(d: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(d.reshape(-1)).double().square()
 
 
-def _batches(run: AutoPass, limit: int) -> Iterator[torch.Tensor]:
-    """The first ``limit`` calibration images as model-ready device tensors (a model's fixed batch is fed
-    whole: a short last batch is left out, as in the statistics pass)."""
+def _batches(run: AutoPass, limit: int) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    """The first ``limit`` calibration items as ``(model-ready device tensors by input name, rows)`` (a
+    model's fixed batch is fed whole: a short last batch is left out, as in the statistics pass)."""
     fixed = run.graph.fixed_batch
     size = fixed or min(run.batch_size, limit)
     taken = 0
@@ -203,11 +204,15 @@ def _batches(run: AutoPass, limit: int) -> Iterator[torch.Tensor]:
         images = b.images[:limit - taken] if fixed is None else b.images
         if fixed is not None and len(images) != fixed:
             continue
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(run.device)
-        if x.dtype == torch.uint8:
-            x = run.source.preprocess.normalize_torch(x)
+        if isinstance(images, Inputs):          # several inputs, model-ready: a tensor per input name
+            feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(run.device) for k, v in images.arrays.items()}
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(run.device)
+            if x.dtype == torch.uint8:
+                x = run.source.preprocess.normalize_torch(x)
+            feeds = {run.graph.inputs[0].name: x}
         taken += len(images)
-        yield x
+        yield feeds, len(images)
         if taken >= limit:
             return
 
@@ -231,10 +236,10 @@ def measure_errors(run: AutoPass, amaxes: Mapping[str, Sequence[float]], images:
     total = min(images, len(run.source)) if hasattr(run.source, "__len__") else images
     with tqdm(total=total, unit="img", desc="auto: layer errors", file=sys.stderr, disable=not run.progress,
               dynamic_ncols=True) as bar:
-        for x in _batches(run, images):
-            p.run(x)
-            used += len(x)
-            bar.update(len(x))
+        for feeds, rows in _batches(run, images):
+            p.run(feeds)
+            used += rows
+            bar.update(rows)
     if used == 0:
         raise DataError("no images for the auto pass", subject=getattr(run.source, "name", "data"),
                         expected=f"at least {run.graph.fixed_batch or 1} readable image(s)",

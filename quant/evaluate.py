@@ -7,7 +7,6 @@ recorded as failed with its reason; the others are still evaluated.
 """
 
 from __future__ import annotations
-
 import json
 import logging
 import platform
@@ -18,27 +17,45 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..calibrators.auto import METHODS
 
 from ..core import metrics
-from ..core.runtime import resolve_device, cpu_int8_instructions, installed_trt_version
-from ..core.targets import Target, parse_target
-from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
-from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format, json_text
-from ..core.types import RangeSet
 from ..core.cache import TrtCache
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_model_input, check_preset_fits, open_capped, ranges_from_stats, statistics
-from .ort_int8 import lower_for_onnxruntime
-from .qdq import build_qdq_model
-from ..core.records import (RESULTS_FORMAT, CalibrationInfo, DataRef, Drop, EngineResult, Evaluation, LayerChoice, Latency,
-                            ModelRef, OutputFidelity, PlanSummary, Recommendation, Throughput, document_text, parse_document)
-from . import backends
-from ..calibrators.auto import METHODS
-from .auto_method import AutoPass
-from .models import DataSpec, ModelSpec
-from .plan import resolve_plan
-from .graph import run_batched
-from .build import trtexec_commands, trtexec_input
+from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
+from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format
+from ..core.records import (
+    RESULTS_FORMAT,
+    CalibrationInfo,
+    DataRef,
+    Drop,
+    EngineResult,
+    Evaluation,
+    Latency,
+    LayerChoice,
+    ModelRef,
+    OutputFidelity,
+    PlanSummary,
+    Recommendation,
+    Throughput,
+    document_text,
+    parse_document,
+)
+from ..core.runtime import cpu_int8_instructions, installed_trt_version, resolve_device
+from ..core.targets import Target, parse_target
+from ..core.types import Inputs, RangeSet, concat_rows, resize_rows
+from ..datasets.sources import open_capped
 from ..reports import render
+from .artifacts.plan import resolve_plan
+from .artifacts.qdq import build_qdq_model
+from .artifacts.trtexec import trtexec_commands, trtexec_shapes
+from .engines import registry
+from .engines.torch import TORCH_DTYPES
+from .engines.ort_int8 import lower_for_onnxruntime
+from .graph.inputs import check_input_shape, check_model_input, check_preset_fits, data_inputs
+from .graph.onnx_graph import run_batched
+from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
+from .auto_method import AutoPass
+from .statistics import cache_header, ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +70,7 @@ def results_outputs() -> dict:
     return {"results.json": json_format(RESULTS_FORMAT), PARTIAL_NAME: json_format(RESULTS_FORMAT)}
 
 
-FLOAT_CONFIGS = tuple(backends.TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
+FLOAT_CONFIGS = tuple(TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
 CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in METHODS)     # int8:<every --method, auto included>
 
 
@@ -88,28 +105,6 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     return specs
 
 
-@dataclass(frozen=True)
-class EvalSettings(ModelSpec, DataSpec):
-    """Every evaluate setting (model and data: the shared specs; num_images counts evaluation images)."""
-
-    configs: str = "fp32,int8:entropy,int8:minmax,int8:percentile"
-    backend: str = "onnxruntime"
-    calib_images: int = 256              # calibration: a seeded subset of the same data
-    batch_size: int = 64                 # evaluation batches; also the throughput batch
-    latency_iters: int = 50
-    device: str = "auto"
-    target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
-    bootstrap: int = 2000
-    metric: str | None = None            # a user metric MODULE:FUNCTION (core.metrics.load_user_metric)
-
-    def key(self) -> dict:
-        """The settings that make two measurements of one configuration comparable (for --resume)."""
-        d = asdict(self)
-        d.pop("configs")
-        d.pop("target")
-        return d
-
-
 def environment(device: str) -> dict:
     import onnx
     import onnxruntime
@@ -127,7 +122,8 @@ def environment(device: str) -> dict:
 
 def _timed(engine, x_np: np.ndarray, iters: int) -> np.ndarray:
     """Seconds per call; GPU engines are timed with CUDA events on device tensors."""
-    if hasattr(engine, "run_tensor") and getattr(engine.info, "device", "cpu").startswith("cuda"):
+    if (hasattr(engine, "run_tensor") and getattr(engine.info, "device", "cpu").startswith("cuda")
+            and not isinstance(x_np, Inputs)):
         x = torch.from_numpy(x_np).cuda()
         engine.run_tensor(x)
         torch.cuda.synchronize()
@@ -169,7 +165,7 @@ def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_ver
             # the deployable INT8 model: integer weights (what an INT8 engine stores), not fake-quant floats
             int8_bytes = lower_for_onnxruntime(qdq, "s8").model.ByteSize()
     if ranges is not None and plan.nodes("int8"):
-        version, algo = _cache_header(CalibrationConfig(trt_version=trt_version))
+        version, algo = cache_header(CalibrationConfig(trt_version=trt_version))
         blobs[d / "calib.bin"] = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
         files["cache"] = d / "calib.bin"
     return {"files": {k: str(v) for k, v in files.items()}, "int8_bytes": int8_bytes, "blobs": blobs}
@@ -235,7 +231,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     graph = rm.graph
     preprocess = rm.preprocess()
     def subset(limit: int | None, seed: int):
-        return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir)
+        return open_capped(settings.data, preprocess=preprocess, limit=limit, seed=seed, data_dir=settings.data_dir,
+                           inputs=data_inputs(graph))
 
     settings = replace(settings, batch_size=check_model_input(graph, batch_size=settings.batch_size))
     fixed = graph.fixed_batch
@@ -244,8 +241,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
     t_load = time.perf_counter()
     batches = list(source.batches(settings.batch_size, progress=progress, pixels=True))
     load_s = time.perf_counter() - t_load
-    pixels = np.concatenate([b.images for b in batches])
-    _check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
+    pixels = concat_rows([b.images for b in batches])
+    check_input_shape(graph, pixels[:1], source.name, hint="evaluate data of the model's input size")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     has_labels = labels is not None and bool((labels >= 0).any())
     if has_labels and getattr(source, "label_space", None) == "folder":
@@ -262,7 +259,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                         hint="labels must be indices into the model's output")
 
     def images(lo: int, hi: int) -> np.ndarray:
-        return preprocess.normalize(pixels[lo:hi]) if pixels.dtype == np.uint8 else pixels[lo:hi]
+        uint8 = not isinstance(pixels, Inputs) and pixels.dtype == np.uint8
+        return preprocess.normalize(pixels[lo:hi]) if uint8 else pixels[lo:hi]
 
     doc = Evaluation(
         settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device)),
@@ -324,7 +322,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
-            engine = backends.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device)
+            engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp, device=settings.device,
+                                    example=pixels[:1])
             times["build_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
@@ -337,8 +336,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             user_value = (metrics.call_user_metric(user_metric, settings.metric, reference_outputs, outputs,
                                                    labels if has_labels else None) if user_metric else None)
             lat_batch = fixed or 1                     # batch-1 latency, or the model's fixed batch
-            lat = _timed(engine, np.resize(images(0, lat_batch), (lat_batch, *pixels.shape[1:])), settings.latency_iters)
-            full = np.resize(images(0, settings.batch_size), (settings.batch_size, *pixels.shape[1:]))  # tiled to a full batch
+            lat = _timed(engine, resize_rows(images(0, lat_batch), lat_batch), settings.latency_iters)
+            full = resize_rows(images(0, settings.batch_size), settings.batch_size)  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
             art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
@@ -358,7 +357,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 artifacts=art["files"],
                 peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
                 trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
-                                               *trtexec_input(graph, pixels.shape))),
+                                               trtexec_shapes(graph, pixels))),
                 top1=float(metrics.topk_correct(logits, labels, 1).mean()) if has_labels else None,
                 top5=float(metrics.topk_correct(logits, labels, 5).mean()) if has_labels else None,
                 agreement=float(metrics.agreement(logits, ref).mean()), sqnr_db=fidelity[0].sqnr_db,

@@ -19,221 +19,43 @@ INT8's); the chosen plan is then rebuilt as a real engine and measured (``valida
 """
 
 from __future__ import annotations
-
 import time
 from pathlib import Path
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..core import metrics
-from ..core.targets import FIDELITY_KINDS, Target, parse_target
-from ..core.errors import ConfigError
-from .graph import OnnxGraph, TorchGraphExecutor, run_batched
-from ..core.numerics import fake_quant
-from .plan import LayerPrecision, PrecisionPlan, quantizable_nodes
-from .placement import Placement, Quantizer, fake_quant_weight, place_quantizers
-from .qdq import check_ranges
-from ..core.types import RangeSet
-from . import backends
-from .build import trtexec_commands, trtexec_input
-from ..core.runtime import resolve_device
 from ..core.cache import TrtCache
-from .cache_tools import load_ranges
-from .calibrate import CalibrationConfig, DEFAULT_MAX_IMAGES, _cache_header, _check_input_shape, check_preset_fits, open_capped, ranges_from_stats, statistics
+from ..core.errors import ConfigError
 from ..core.fileio import OutputSet, check_output_dir
-from ..core.records import (DataRef, ModelRef, SearchRecord, SearchStep, SensitivityRow, Sweep, TargetRef, Validation,
-                            document_text)
-from .models import DataSpec, ModelSpec
-from .auto_method import AutoPass
-from .qdq import build_qdq_model
+from ..core.records import (
+    DataRef,
+    ModelRef,
+    SearchRecord,
+    SearchStep,
+    SensitivityRow,
+    Sweep,
+    TargetRef,
+    Validation,
+    document_text,
+)
+from ..core.runtime import resolve_device
+from ..core.types import concat_rows
+from ..core.targets import FIDELITY_KINDS, Target, parse_target
+from ..datasets.sources import open_capped
 from ..reports.sweep_render import sweep_report_texts
-
-
-class QuantSim:
-    """Fake-quantize any subset of layers on the FP32 graph, fast, with exactly the quantizers that
-    :func:`.placement.place_quantizers` gives the shipped Q/DQ model (same tensors, same consumers,
-    same scales)."""
-
-    def __init__(self, graph: OnnxGraph, ranges: RangeSet, device: torch.device):
-        self.graph = graph
-        self.ranges = ranges
-        self.ex = TorchGraphExecutor(graph, device, unsupported_hint="sweep simulates the plans with PyTorch, so it "
-                                                                     "needs a model of the operators it supports")
-        self.layers = quantizable_nodes(graph)
-        self.scales = {n: r.scale for n, r in ranges.ranges.items()}
-        self._placements: dict[frozenset, Placement] = {}
-        self._weights: dict[tuple[str, int], torch.Tensor] = {}
-        self.placement(self.layers)           # checks the ranges cover every quantized tensor, up front
-
-    def placement(self, int8) -> Placement:
-        key = frozenset(int8)
-        if key not in self._placements:
-            p = place_quantizers(self.graph, key)
-            check_ranges(self.graph, self.ranges, p.activation_tensors())
-            self._placements[key] = p
-        return self._placements[key]
-
-    def _weight(self, q: Quantizer) -> torch.Tensor:
-        key = (q.tensor, q.axis)
-        if key not in self._weights:
-            self._weights[key] = fake_quant_weight(self.ex.consts[q.tensor], q.axis)
-        return self._weights[key]
-
-    def edges(self, int8) -> dict:
-        """Per-consumer replacements for one forward (``memo`` shares a tensor's fake-quant between its consumers)."""
-        memo: dict[str, torch.Tensor] = {}
-        edges: dict[str, dict[int, object]] = {}
-        for q in self.placement(int8).quantizers:
-            if q.kind == "weight":
-                wq = self._weight(q)
-                fn = lambda v, wq=wq: wq                                     # noqa: E731
-            else:
-                def fn(v, t=q.tensor, s=self.scales[q.tensor]):
-                    if t not in memo:
-                        memo[t] = fake_quant(v, s)
-                    return memo[t]
-            for node, idx in q.consumers:
-                edges.setdefault(node, {})[idx] = fn
-        return edges
-
-    def run(self, x: torch.Tensor, int8: set[str]) -> torch.Tensor:
-        return self.run_all(x, int8)[0]
-
-    def run_all(self, x: torch.Tensor, int8: set[str]) -> tuple[torch.Tensor, ...]:
-        """Every output of the graph, in its output order, with ``int8`` layers quantized."""
-        out = self.ex.run({self.graph.inputs[0].name: x}, edges=self.edges(int8))
-        return tuple(out.values())
-
-    def _batched(self, x: np.ndarray, int8: set[str], batch: int, every: bool):
-        dev = self.ex.device
-
-        def run(chunk):
-            outs = self.run_all(torch.from_numpy(chunk).to(dev), int8)
-            host = tuple(o.float().cpu().numpy() for o in (outs if every else outs[:1]))
-            return host if every else host[0]
-        return run_batched(run, lambda lo, hi: x[lo:hi], len(x), batch, self.graph.fixed_batch)
-
-    def logits(self, x: np.ndarray, int8: set[str], batch: int = 64) -> np.ndarray:
-        """The first output over ``x``, in batches."""
-        return self._batched(x, int8, batch, every=False)
-
-    def outputs(self, x: np.ndarray, int8: set[str], batch: int = 64) -> tuple[np.ndarray, ...]:
-        """Every output over ``x``, in batches (what a user's metric reads)."""
-        return self._batched(x, int8, batch, every=True)
-
-
-@dataclass(frozen=True)
-class Step:
-    fp16: tuple[str, ...]
-    accuracy: float          # metric (top-1 or agreement), fraction
-    cost: float
-    met: bool
-    action: str
-
-
-@dataclass
-class SearchResult:
-    fp16: tuple[str, ...]
-    met: bool
-    path: list[Step] = field(default_factory=list)
-    evaluations: int = 0
-    partial: bool = False
-    note: str = ""
-
-
-def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], meets: Callable[[float], bool], *,
-                  cost: Callable[[Sequence[str]], float] | None = None, time_budget_s: float | None = None,
-                  clock: Callable[[], float] = time.perf_counter,
-                  fmt: Callable[[float], str] = lambda v: f"{v * 100:.2f}%") -> SearchResult:
-    """Greedy FP16 selection in ``order`` with whole-model verification, then pruning.
-
-    ``evaluate(fp16_set) -> metric`` measures the mixed model; ``meets(metric)`` is the target.
-    """
-    cost = cost or (lambda layers: float(len(layers)))
-    start = clock()
-    res = SearchResult(fp16=(), met=False)
-
-    def over_budget() -> bool:
-        return time_budget_s is not None and clock() - start > time_budget_s
-
-    def measure(layers: list[str], action: str) -> bool:
-        acc = evaluate(frozenset(layers))
-        res.evaluations += 1
-        ok = meets(acc)
-        res.path.append(Step(tuple(layers), acc, cost(layers), ok, action))
-        return ok
-
-    fp16: list[str] = []
-    if measure(fp16, "all INT8"):
-        res.met, res.note = True, "the target is met with every quantizable layer in INT8"
-        return res
-    for layer in order:
-        if over_budget():
-            res.partial = True
-            break
-        fp16.append(layer)
-        if measure(fp16, f"+ {layer} FP16"):
-            res.met = True
-            break
-    if not res.met:
-        res.fp16 = tuple(fp16)
-        best = max(res.path, key=lambda s: s.accuracy)
-        res.note = ("time budget spent before the target was met" if res.partial else
-                    f"target not met even with all {len(fp16)} ranked layers in FP16 (best metric "
-                    f"{fmt(best.accuracy)})")
-        return res
-    # prune: return to INT8 every FP16 layer that turns out unnecessary (least sensitive first)
-    for layer in reversed(list(fp16)):
-        if over_budget():
-            res.partial = True
-            break
-        trial = [x for x in fp16 if x != layer]
-        if measure(trial, f"- {layer} back to INT8"):
-            fp16 = trial
-        else:
-            res.path[-1] = Step(res.path[-1].fp16, res.path[-1].accuracy, res.path[-1].cost, False,
-                                f"- {layer} back to INT8 (kept FP16)")
-    res.fp16 = tuple(fp16)
-    res.note = f"{len(fp16)} layer(s) in FP16 meet the target"
-    return res
-
-
-def plan_from_search(graph: OnnxGraph, fp16: Sequence[str], sensitivity: dict[str, float], target: Target,
-                     name: str = "sweep") -> PrecisionPlan:
-    layers = {}
-    rank = {n: i + 1 for i, n in enumerate(sorted(sensitivity, key=lambda k: -sensitivity[k]))}
-    for n in quantizable_nodes(graph):
-        s = sensitivity.get(n)
-        if n in fp16:
-            layers[n] = LayerPrecision(n, "fp16", f"kept FP16 for target '{target.text}' (sensitivity rank {rank.get(n)})", s)
-        else:
-            layers[n] = LayerPrecision(n, "int8", "INT8 within the target", s)
-    return PrecisionPlan(name, layers, default="fp32", meta={"target": target.text, "target_meaning": target.describe()})
-
-
-def layer_precisions_flag(plan: PrecisionPlan) -> str:
-    """trtexec's ``--layerPrecisions`` value for the FP16 layers (TensorRT <= 10, implicit INT8)."""
-    return ",".join(f"{n}:fp16" for n in plan.nodes("fp16"))
-
-
-@dataclass(frozen=True)
-class SweepSettings(ModelSpec, DataSpec):
-    """Every sweep setting (model and data: the shared specs; num_images counts evaluation images)."""
-
-    target: str = "0.5%"
-    calib_images: int = 256
-    method: str = "entropy"
-    ranges: str | None = None            # ranges JSON / cache / Q/DQ ONNX instead of calibrating
-    proxy_images: int = 64               # sensitivity ranking subset
-    time_budget_s: float | None = None
-    device: str = "auto"
-    validate_backend: str = "onnxruntime"
-    trt_version: str | None = None
-    margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
-    metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
+from .artifacts.plan import LayerPrecision, PrecisionPlan
+from .artifacts.qdq import build_qdq_model
+from .artifacts.ranges import load_ranges
+from .artifacts.trtexec import layer_precisions_flag, trtexec_commands, trtexec_shapes
+from .engines import registry
+from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
+from .graph.onnx_graph import run_batched
+from .planner.search import greedy_search, plan_from_search
+from .planner.simulate import QuantSim
+from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
+from .auto_method import AutoPass
+from .statistics import cache_header, ranges_from_stats, statistics
 
 
 def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
@@ -253,13 +75,14 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     pre = rm.preprocess()
 
     def subset(limit, seed):
-        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir)
+        return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir,
+                           inputs=data_inputs(graph))
 
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
     batches = list(source.batches(64, progress=progress))
-    x = np.concatenate([b.images for b in batches])
-    _check_input_shape(graph, x[:1], source.name,
+    x = concat_rows([b.images for b in batches])
+    check_input_shape(graph, x[:1], source.name,
                        hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
     labels = None if batches[0].labels is None else np.concatenate([b.labels for b in batches])
     labelled = labels is not None and bool((labels >= 0).any())
@@ -344,10 +167,10 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
 
     # the outputs, made in memory here and written together after the validation
     qdq, _ = build_qdq_model(graph, ranges, plan)
-    version, algo = _cache_header(CalibrationConfig(trt_version=settings.trt_version))
+    version, algo = cache_header(CalibrationConfig(trt_version=settings.trt_version))
     cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
-    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", *trtexec_input(graph, x.shape))
+    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, x))
     trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
                      f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
@@ -361,7 +184,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                                                                 lp.reason, lp.sensitivity)
                                               for n, lp in plan.layers.items()}, default="fp32")
             vnote = "ONNX Runtime's CPU provider has no FP16 kernels: FP16 layers measured in FP32"
-        engine = backends.build(settings.validate_backend, graph, vplan, ranges, device=settings.device)
+        engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device, example=x[:1])
         run = engine.run_all if user_metric is not None else engine.run
         measured = metric(run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch))
         validation = Validation(settings.validate_backend, "ok", measured, engine.info.description,

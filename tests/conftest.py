@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trtquant.datasets import PRESETS, open_source
-from trtquant.quant.models import resolve_model
+from trtquant.quant.graph.models import resolve_model
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,7 +47,8 @@ def sample_images_inception():
 @pytest.fixture(scope="session")
 def mobilenet_ranges(tmp_path_factory):
     """Entropy ranges of MobileNetV2 on the 20 bundled images (the embedded default), computed once."""
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     return calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path_factory.mktemp("ranges") / "c.bin",
                      progress=False).ranges

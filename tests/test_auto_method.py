@@ -19,10 +19,13 @@ from trtquant.core.errors import CacheFormatError, ConfigError
 from trtquant.core.types import CalibrationStats, TensorHistogram
 from trtquant.datasets import PRESETS, open_source
 from trtquant.quant.auto_method import AutoPass, measure_errors
-from trtquant.quant.cache_tools import show
-from trtquant.quant.calibrate import CalibrationConfig, calibrate, ranges_from_stats
-from trtquant.quant.evaluate import EvalSettings, evaluate, parse_configs
-from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
+from trtquant.quant.calibrate import calibrate
+from trtquant.quant.evaluate import evaluate, parse_configs
+from trtquant.quant.graph.interpreter import TorchGraphExecutor
+from trtquant.quant.graph.onnx_graph import OnnxGraph
+from trtquant.quant.settings import CalibrationConfig, EvalSettings
+from trtquant.quant.statistics import ranges_from_stats
+from trtquant.quant.tools import show
 
 from badinput_models import tiny_model
 

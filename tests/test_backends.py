@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from trtquant.quant.backends import build
+from trtquant.quant.engines.registry import build
 from trtquant.core.metrics import sqnr_db
-from trtquant.quant.plan import resolve_plan
+from trtquant.quant.artifacts.plan import resolve_plan
 
 
 @pytest.fixture(scope="module")

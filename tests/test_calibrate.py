@@ -13,9 +13,10 @@ from trtquant import cli
 from trtquant.calibrators.algorithms import Percentile
 from trtquant.calibrators.collector import HistogramCollector
 from trtquant.core.cache import read_ranges_json, read_trt_cache
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
+from trtquant.quant.settings import CalibrationConfig
+from trtquant.quant.calibrate import calibrate
 from trtquant.core.errors import Interrupted
-from trtquant.quant.graph import TorchGraphExecutor
+from trtquant.quant.graph.interpreter import TorchGraphExecutor
 from trtquant.core.metrics import sqnr_db
 from trtquant.core.numerics import fake_quant
 from trtquant.core.types import CalibrationStats
@@ -134,7 +135,7 @@ def test_efficientnet_lite0_calibrates(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--method", "kl"], "unknown calibration method | --method: got 'kl', expected one of entropy, minmax, mse, percentile"),
-    (["--model", "resnet9000"], "unknown model | --model: got 'resnet9000', expected one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v2"),
+    (["--model", "resnet9000"], "unknown model | --model: got 'resnet9000', expected one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v2, tiny_cnn"),
     (["--model", "resnet18"], "weights required | --model resnet18"),
     (["--data", "/nonexistent/images"], "/nonexistent/images"),
     (["--num-images", "0"], "--num-images"),

@@ -151,7 +151,7 @@ def test_evaluate_end_to_end_on_the_embedded_default(tmp_path, backend):
 
 def test_interrupted_evaluation_keeps_finished_rows_and_resumes(tmp_path, monkeypatch):
     settings = ev.EvalSettings(configs="fp32,int8:entropy,int8:percentile", device="cpu", **SMALL)
-    from trtquant.quant import backends
+    from trtquant.quant.engines import registry as backends
 
     real_build = backends.build
     calls = []

@@ -6,8 +6,9 @@ import torch
 
 from trtquant.calibrators import gpu_hist
 from trtquant.calibrators.collector import HistogramCollector, collect_batch
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
-from trtquant.quant.graph import TorchGraphExecutor
+from trtquant.quant.settings import CalibrationConfig
+from trtquant.quant.calibrate import calibrate
+from trtquant.quant.graph.interpreter import TorchGraphExecutor
 
 pytestmark = pytest.mark.gpu
 
@@ -84,9 +85,9 @@ def test_fused_and_torch_paths_give_the_same_statistics(mobilenet, sample_images
 
 @pytest.mark.parametrize("precision,min_sqnr", [("tf32", 30), ("fp16", 30), ("bf16", 18)])
 def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, min_sqnr):
-    from trtquant.quant.backends import build
+    from trtquant.quant.engines.registry import build
     from trtquant.core.metrics import sqnr_db
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     x, _ = sample_images
     plan = resolve_plan("fp32", mobilenet.graph)
@@ -101,9 +102,9 @@ def test_torch_engines_on_cuda_track_fp32(mobilenet, sample_images, precision, m
 
 
 def test_simulated_int8_on_cuda_equals_cpu(mobilenet, sample_images, tmp_path):
-    from trtquant.quant.backends import build
+    from trtquant.quant.engines.registry import build
     from trtquant.core.metrics import sqnr_db
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     ranges = calibrate(CalibrationConfig(device="cpu"), cache_path=tmp_path / "c.bin", progress=False).ranges
     plan = resolve_plan("int8", mobilenet.graph)

@@ -7,8 +7,10 @@ import torch
 from onnx import TensorProto, helper
 
 from trtquant.core.errors import ModelError
-from trtquant.quant.graph import OnnxGraph, OrtGraphExecutor, TorchGraphExecutor, make_executor, unsupported_ops
-from trtquant.quant.models import resolve_model
+from trtquant.quant.graph.onnx_graph import OnnxGraph
+from trtquant.quant.graph.executors import OrtGraphExecutor, make_executor
+from trtquant.quant.graph.interpreter import TorchGraphExecutor, unsupported_ops
+from trtquant.quant.graph.models import resolve_model
 
 
 def _observe_all(executor, x):

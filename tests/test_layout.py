@@ -11,8 +11,9 @@ PACKAGES = ("core", "quant", "calibrators", "datasets", "reports")
 def _modules() -> dict[str, Path]:
     mods = {}
     for pkg in PACKAGES:
-        for p in (REPO / pkg).glob("*.py"):
-            mods[pkg if p.stem == "__init__" else f"{pkg}.{p.stem}"] = p
+        for p in (REPO / pkg).rglob("*.py"):
+            parts = p.relative_to(REPO).with_suffix("").parts
+            mods[".".join(parts[:-1] if p.stem == "__init__" else parts)] = p
     mods["cli"] = REPO / "cli.py"
     return mods
 
@@ -87,10 +88,34 @@ def test_the_import_graph_follows_the_layout_rules():
     assert {m: sorted(t) for m, t in local.items() if m != "cli"} == {}
 
 
+# quant/ is layered inside: a module imports only its own layer and those below; a verb imports no verb
+QUANT_LAYERS = {"quant.graph": 0, "quant.artifacts": 1, "quant.settings": 2, "quant.statistics": 2,
+                "quant.auto_method": 2, "quant.engines": 2, "quant.planner": 3}
+VERBS = ("quant.calibrate", "quant.build", "quant.evaluate", "quant.sweep", "quant.tools")
+
+
+def _quant_layer(m: str) -> int | None:
+    if m in VERBS:
+        return 4
+    return next((v for k, v in QUANT_LAYERS.items() if m == k or m.startswith(k + ".")), None)
+
+
+def test_quant_is_layered_inside_and_nothing_imports_a_verb():
+    mods = _modules()
+    edges, _ = _imports(mods)
+    quant = sorted(m for m in mods if m.startswith("quant."))
+    assert [m for m in quant if _quant_layer(m) is None] == []     # every module of quant/ has its layer
+    for m in quant:
+        for t in edges[m]:
+            if t.startswith("quant."):
+                assert _quant_layer(t) <= _quant_layer(m), f"{m} (layer {_quant_layer(m)}) imports {t} (higher)"
+                assert t not in VERBS, f"{m} imports the verb {t}"
+
+
 def test_only_the_runtime_imports_tensorrt():
     hits = []
-    for p in REPO.glob("*/*.py"):
-        if p.parts[-2] in PACKAGES:
+    for p in REPO.rglob("*.py"):
+        if p.relative_to(REPO).parts[0] in PACKAGES:
             for node in ast.walk(ast.parse(p.read_text())):
                 if isinstance(node, ast.Import) and any(a.name == "tensorrt" for a in node.names):
                     hits.append(p.relative_to(REPO).as_posix())

@@ -6,9 +6,9 @@ import pytest
 from onnx import numpy_helper
 
 from trtquant import cli
-from trtquant.quant.lint import lint_model
-from trtquant.quant.plan import resolve_plan
-from trtquant.quant.qdq import build_qdq_model
+from trtquant.quant.artifacts.lint import lint_model
+from trtquant.quant.artifacts.plan import resolve_plan
+from trtquant.quant.artifacts.qdq import build_qdq_model
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 with OpenVINO's own kernels; INT8 is refused where OpenVINO's integer convolutions saturate."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,15 +14,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from trtquant.quant.backends import build
+from trtquant.quant.engines.registry import build
 from trtquant.core.errors import BackendUnavailable
 from trtquant.core.metrics import sqnr_db
-from trtquant.quant.plan import resolve_plan
-from trtquant.quant.qdq import build_qdq_model
-from trtquant.quant.sweep import QuantSim
+from trtquant.quant.artifacts.plan import resolve_plan
+from trtquant.quant.artifacts.qdq import build_qdq_model
+from trtquant.quant.planner.simulate import QuantSim
 
 ov = pytest.importorskip("openvino", reason="openvino not installed (bash setup.sh --dev installs it)")
-from trtquant.quant.ov_backend import _compile, int8_is_exact, quantize_before_zero_pads  # noqa: E402
+from trtquant.quant.engines.openvino import _compile, int8_is_exact, quantize_before_zero_pads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,16 @@ def test_fp32_engine_is_fp32_and_splits_batches_in_order(mobilenet, sample_image
     np.testing.assert_allclose(one, whole, rtol=1e-4, atol=1e-4)
 
 
+def _by_op(kernels: dict) -> dict:
+    """{"Convolution i8": 52, ...} -> {"Convolution": 52, ...}: every kernel integer (i8 or u8 activations)."""
+    out = {}
+    for name, n in kernels.items():
+        op, dtype = name.rsplit(" ", 1)
+        assert dtype in ("i8", "u8"), name
+        out[op] = out.get(op, 0) + n
+    return out
+
+
 def test_int8_engine_runs_integer_convolutions_and_agrees_with_the_simulation(mobilenet, mobilenet_ranges,
                                                                               sample_images):
     x, y = sample_images
@@ -94,7 +105,8 @@ def test_int8_engine_runs_integer_convolutions_and_agrees_with_the_simulation(mo
             build("openvino", g, plan, mobilenet_ranges)
         pytest.skip("this CPU has no exact INT8 dot product (no VNNI/AMX): the engine refuses INT8, as checked")
     engine = build("openvino", g, plan, mobilenet_ranges)
-    assert engine.integer_kernels == {"Convolution i8": 52, "FullyConnected i8": 1}
+    # OpenVINO names the kernel by its activation type: i8 (AMX, Intel), u8 (AVX-512 VNNI with a shift, AMD)
+    assert _by_op(engine.integer_kernels) == {"Convolution": 52, "FullyConnected": 1}
     assert "the shipped TensorRT Q/DQ model" in engine.info.description
     sim = QuantSim(g, mobilenet_ranges, torch.device("cpu"))
     s = sim.logits(x, set(sim.layers), batch=20)
@@ -110,7 +122,8 @@ def test_int8_engine_runs_integer_convolutions_and_agrees_with_the_simulation(mo
 
 
 def test_lite0_pads_are_folded_into_integer_convolutions(lite0, sample_images_inception):
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     if not int8_is_exact():
         pytest.skip("this CPU has no exact INT8 dot product (no VNNI/AMX): OpenVINO INT8 is refused here")
@@ -124,7 +137,7 @@ def test_lite0_pads_are_folded_into_integer_convolutions(lite0, sample_images_in
     plan = resolve_plan("int8", g)
     engine = build("openvino", g, plan, ranges)
     assert "17 quantizer(s) moved in front of a zero Pad" in engine.info.description
-    assert engine.integer_kernels == {"Convolution i8": 49, "FullyConnected i8": 1}
+    assert _by_op(engine.integer_kernels) == {"Convolution": 49, "FullyConnected": 1}
     shipped, _ = build_qdq_model(g, ranges, plan)
     plain = run_ov(shipped, x)
     a = engine.run(x)
@@ -138,7 +151,7 @@ def test_lite0_pads_are_folded_into_integer_convolutions(lite0, sample_images_in
                     reason="qemu-x86_64 (Debian qemu-user) not installed: cannot emulate an AVX2-only CPU here")
 def test_on_an_emulated_avx2_only_cpu_the_probe_sees_saturation(tmp_path):
     script = textwrap.dedent("""
-        from trtquant.quant.ov_backend import int8_is_exact
+        from trtquant.quant.engines.openvino import int8_is_exact
         print("probe", int8_is_exact())
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO.parent)}
@@ -151,7 +164,7 @@ def test_on_an_emulated_avx2_only_cpu_the_probe_sees_saturation(tmp_path):
 def test_cli_build_int8_on_openvino_refuses_a_saturating_cpu_and_builds_on_an_exact_one(mobilenet_ranges, tmp_path,
                                                                                       capsys, monkeypatch):
     from trtquant import cli
-    from trtquant.quant import ov_backend
+    from trtquant.quant.engines import openvino as ov_backend
     from trtquant.core.cache import write_ranges_json
 
     ranges = tmp_path / "r.json"
@@ -168,4 +181,4 @@ def test_cli_build_int8_on_openvino_refuses_a_saturating_cpu_and_builds_on_an_ex
     monkeypatch.setattr(ov_backend, "int8_is_exact", lambda: True)
     assert cli.main(args + ["--out", str(tmp_path / "yes")]) == 0
     out = capsys.readouterr().out
-    assert "52 Convolution i8" in out and (tmp_path / "yes" / "model_qdq.onnx").is_file()
+    assert re.search(r"52 Convolution [iu]8", out) and (tmp_path / "yes" / "model_qdq.onnx").is_file()

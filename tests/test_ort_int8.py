@@ -1,6 +1,6 @@
 """The ONNX Runtime INT8 engine computes what the shipped Q/DQ model means, on any x86 CPU.
 
-Every rewrite of :mod:`trtquant.quant.ort_int8` is checked here with ONNX Runtime's own kernels
+Every rewrite of :mod:`trtquant.quant.engines.ort_int8` is checked here with ONNX Runtime's own kernels
 against the shipped graph run as written (graph optimisations off: Q/DQ as plain float ops). An
 emulated AVX2-only CPU (``qemu-x86_64 -cpu Haswell``, where installed) shows the u8 x s8 saturation
 and that the engine avoids it.
@@ -20,12 +20,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from trtquant.quant.backends import build, build_ort_engine
+from trtquant.quant.engines.registry import build
+from trtquant.quant.engines.onnxruntime import build_ort_engine
 from trtquant.core.metrics import sqnr_db
-from trtquant.quant.ort_int8 import lower_for_onnxruntime, u8s8_is_exact
-from trtquant.quant.plan import resolve_plan
-from trtquant.quant.qdq import build_qdq_model
-from trtquant.quant.sweep import QuantSim
+from trtquant.quant.engines.ort_int8 import lower_for_onnxruntime, u8s8_is_exact
+from trtquant.quant.artifacts.plan import resolve_plan
+from trtquant.quant.artifacts.qdq import build_qdq_model
+from trtquant.quant.planner.simulate import QuantSim
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_on_an_emulated_avx2_only_cpu_s8_saturates_and_the_engine_stays_exact(tm
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent(f"""
         import numpy as np, onnxruntime as ort
-        from trtquant.quant.ort_int8 import u8s8_is_exact
+        from trtquant.quant.engines.ort_int8 import u8s8_is_exact
         x = np.load({str(tmp_path / 'x.npy')!r})
         def run(name):
             so = ort.SessionOptions()
@@ -186,7 +187,8 @@ def test_a_bias_that_does_not_fit_int32_keeps_the_layer_float():
 def test_weights_read_through_identity_nodes_are_weights():
     """The TorchScript exporter shares equal parameters (e.g. zero biases) through Identity nodes: they are
     made initializers of the same name, so quantization, the lowering and the executor treat them as weights."""
-    from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+    from trtquant.quant.graph.interpreter import TorchGraphExecutor
     from trtquant.core.types import RangeSet, TensorRange
 
     rng = np.random.default_rng(0)

@@ -8,13 +8,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
-from trtquant.quant.lint import lint_model
+from trtquant.quant.graph.onnx_graph import OnnxGraph
+from trtquant.quant.graph.interpreter import TorchGraphExecutor
+from trtquant.quant.artifacts.lint import lint_model
 from trtquant.core.metrics import sqnr_db
-from trtquant.quant.placement import place_quantizers, weight_axis
-from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes
-from trtquant.quant.qdq import build_qdq_model
-from trtquant.quant.sweep import QuantSim
+from trtquant.quant.artifacts.placement import place_quantizers, weight_axis
+from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan, quantizable_nodes
+from trtquant.quant.artifacts.qdq import build_qdq_model
+from trtquant.quant.planner.simulate import QuantSim
 
 
 def _conv(name, x, out, c=4):

@@ -9,13 +9,14 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from trtquant.quant.backends import build
+from trtquant.quant.engines.registry import build
 from trtquant.core.errors import BackendUnavailable, PlanError
-from trtquant.quant.graph import OnnxGraph, TorchGraphExecutor
+from trtquant.quant.graph.onnx_graph import OnnxGraph
+from trtquant.quant.graph.interpreter import TorchGraphExecutor
 from trtquant.core.metrics import sqnr_db
-from trtquant.quant.plan import LayerPrecision, PrecisionPlan, quantizable_nodes, resolve_plan
-from trtquant.quant.placement import weight_scales
-from trtquant.quant.qdq import build_qdq_model
+from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan, quantizable_nodes, resolve_plan
+from trtquant.quant.artifacts.placement import weight_scales
+from trtquant.quant.artifacts.qdq import build_qdq_model
 from trtquant.core.types import RangeSet
 
 
@@ -129,7 +130,7 @@ def test_ort_has_no_fp16_engine(mobilenet):
 def test_fp16_regions_cast_only_at_their_boundaries_with_fp16_constants(mobilenet):
     """Review finding 10: an all-FP16 plan keeps tensors FP16 between FP16 layers (no FP16 -> FP32 -> FP16
     pairs), stores Clip bounds and weights as FP16 initializers (no Cast of a constant), and lint agrees."""
-    from trtquant.quant.lint import lint_model
+    from trtquant.quant.artifacts.lint import lint_model
 
     g = mobilenet.graph
     plan = resolve_plan("fp16", g)
@@ -158,7 +159,7 @@ def test_an_fp16_activation_after_an_int8_layer_takes_the_layers_precision(mobil
     convolution is not cast to FP16, so TensorRT keeps Conv + bias + Clip + Q fused; lint flags the old form."""
     from onnx import helper
 
-    from trtquant.quant.lint import lint_model
+    from trtquant.quant.artifacts.lint import lint_model
 
     g = mobilenet.graph
     layers = {n: LayerPrecision(n, "int8", "test") for n in quantizable_nodes(g)[:10]}

@@ -14,7 +14,7 @@ import pytest
 from trtquant import cli
 from trtquant.core.cache import TrtCache, read_ranges_json, read_trt_cache
 from trtquant.core.errors import QuantError
-from trtquant.quant.plan import PrecisionPlan
+from trtquant.quant.artifacts.plan import PrecisionPlan
 from trtquant.core.records import Evaluation, read_document
 from trtquant.core.types import CalibrationStats, TensorHistogram
 

@@ -10,7 +10,10 @@ import pytest
 from trtquant import cli
 from trtquant.core.errors import ConfigError
 from trtquant.core.records import Sweep, read_document
-from trtquant.quant.sweep import SweepSettings, greedy_search, parse_target, sweep
+from trtquant.quant.settings import SweepSettings
+from trtquant.quant.planner.search import greedy_search
+from trtquant.core.targets import parse_target
+from trtquant.quant.sweep import sweep
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 

@@ -65,7 +65,7 @@ def test_calibrator_feeds_full_batches_and_drops_the_tail(fake_trt):
         p = cal.get_batch(["input"])
         if p is None:
             break
-        assert float(cal._current[0, 0, 0, 0]) == len(ptrs)   # the buffer behind the pointer is that batch
+        assert float(cal._current["input"][0, 0, 0, 0]) == len(ptrs)   # the buffer behind the pointer is that batch
         ptrs.append(p[0])
     assert len(ptrs) == 3 and cal.dropped == 1
     cal.raise_if_failed()
@@ -95,13 +95,22 @@ def test_file_at_the_output_cache_path_is_never_served_back(fake_trt, tmp_path):
     assert out.read_text() == new and cal.written.scales["input"] == pytest.approx(0.0399592, rel=1e-5)
 
 
-def test_calibrator_refuses_more_than_one_input(fake_trt):
-    # finding 7: TensorRT copies len(names) pointers from the list get_batch returns
-    cal = trt_adapter.make_calibrator("entropy", iter([np.zeros((1, 3, 2, 2), np.float32)]), batch_size=1,
+def test_calibrator_feeds_every_input_in_tensorrt_s_order(fake_trt):
+    # finding 7: TensorRT copies len(names) pointers from the list get_batch returns, in its order of names
+    from trtquant.core.types import Inputs
+
+    batch = Inputs({"input": np.full((1, 3, 2, 2), 1.0, np.float32), "mask": np.full((1, 1, 2, 2), 2.0, np.float32)})
+    cal = trt_adapter.make_calibrator("entropy", iter([batch]), batch_size=1, input_name=("input", "mask"),
+                                      device="cpu")
+    ptrs = cal.get_batch(["mask", "input"])
+    assert ptrs == [cal._current["mask"].data_ptr(), cal._current["input"].data_ptr()]
+    assert float(cal._current["mask"].sum()) == 8.0 and float(cal._current["input"].sum()) == 12.0
+    cal.raise_if_failed()
+    one = trt_adapter.make_calibrator("entropy", iter([np.zeros((1, 3, 2, 2), np.float32)]), batch_size=1,
                                       input_name="input", device="cpu")
-    assert cal.get_batch(["input", "mask"]) is None
-    with pytest.raises(CalibrationError, match="feeds one input.*'input', 'mask'.*got 2 inputs.*--calibrator ours"):
-        cal.raise_if_failed()
+    assert one.get_batch(["input", "mask"]) is None
+    with pytest.raises(CalibrationError, match="other inputs than the model's.*got 'input', 'mask'.*expected 'input'"):
+        one.raise_if_failed()
 
 
 @pytest.mark.parametrize("header,message", [
@@ -148,7 +157,8 @@ def test_tensorrt_builds_int8_engine_from_our_cache(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     trt = trt_adapter.import_tensorrt()
     res = calibrate(CalibrationConfig(trt_version=trt.__version__), cache_path=tmp_path / "c.bin", progress=False)
@@ -167,7 +177,8 @@ def test_tensorrt_calibrates_with_our_data_pipeline(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
 
     res = calibrate(CalibrationConfig(calibrator="tensorrt", batch_size=4), cache_path=tmp_path / "t.bin",
                     progress=False)
@@ -192,9 +203,10 @@ def test_tensorrt_int8_engine_from_qdq_agrees_with_simulation(mobilenet, sample_
 
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from trtquant.quant.backends import build
-    from trtquant.quant.calibrate import CalibrationConfig, calibrate
-    from trtquant.quant.plan import resolve_plan
+    from trtquant.quant.engines.registry import build
+    from trtquant.quant.settings import CalibrationConfig
+    from trtquant.quant.calibrate import calibrate
+    from trtquant.quant.artifacts.plan import resolve_plan
 
     ranges = calibrate(CalibrationConfig(), cache_path=tmp_path / "c.bin", progress=False).ranges
     plan = resolve_plan("int8", mobilenet.graph)

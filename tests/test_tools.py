@@ -6,8 +6,10 @@ import pytest
 
 from trtquant import cli
 from trtquant.core.cache import TrtCache, read_trt_cache, write_trt_cache
-from trtquant.quant.cache_tools import diff, load_ranges
-from trtquant.quant.calibrate import CalibrationConfig, calibrate
+from trtquant.quant.tools import diff
+from trtquant.quant.artifacts.ranges import load_ranges
+from trtquant.quant.settings import CalibrationConfig
+from trtquant.quant.calibrate import calibrate
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,10 @@ def test_profiles_follow_every_input(conf):
     assert "error" not in r, r.get("trace")
     assert r["profiles"] == {"input": [[4, 3, 8, 8]] * 3} and r["out_shape"] == [4, 5]
     assert "refused the input shape" in r["other_batch"] and "(5, 3, 8, 8)" in r["other_batch"]
+    d = res["dynamic_hw"]                                                    # issue 12: dynamic H/W
+    assert d["profiles"] == {"input": [[1, 3, 8, 8], [16, 3, 8, 8], [64, 3, 8, 8]]}, d
+    assert "dynamic dimension other than the batch" in d["no_example"]
     t = res["two_inputs"]
     assert t["build_errors"] == [] and t["profiles"]["b"] == [[1, 3, 8, 8]] * 3
-    assert "feeds one input" in t["run_error"]
+    # one array for a two-input engine is refused naming the input it lacks (Inputs feed both by name)
+    assert "data for a model input is missing" in t["run_error"] and "'b'" in t["run_error"]

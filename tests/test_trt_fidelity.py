@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from trtquant.core.cache import ZERO_TENSOR_AMAX, TrtCache, scale_to_hex
-from trtquant.quant.cache_tools import load_ranges
+from trtquant.quant.artifacts.ranges import load_ranges
 from trtquant.core.errors import ConfigError
 from trtquant.core.trt_versions import convtranspose_weight_axis, needs_explicit_batch, strongly_typed, trt_major
 
@@ -53,7 +53,7 @@ def test_version_rules():
 
 
 def _plan(layers, default="fp32"):
-    from trtquant.quant.plan import LayerPrecision, PrecisionPlan
+    from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan
 
     return PrecisionPlan(name="t", layers={n: LayerPrecision(n, p, "test") for n, p in layers.items()}, default=default)
 
@@ -62,17 +62,17 @@ def test_weakly_typed_trtexec_line_pins_the_plans_float_layers():
     # finding 3: under weak typing Casts pin nothing and --fp16 frees every layer
     from pathlib import Path
 
-    from trtquant.quant.build import trtexec_commands
+    from trtquant.quant.artifacts.trtexec import trtexec_commands
 
     plan = _plan({"/conv0/Conv": "int8", "/head/Gemm": "fp32", "/mid/Conv": "fp16"})
-    strong, weak = trtexec_commands(Path("m.onnx"), plan, Path("q.onnx"), "input", (3, 224, 224))
+    strong, weak = trtexec_commands(Path("m.onnx"), plan, Path("q.onnx"), "input:1x3x224x224")
     assert "--stronglyTyped" in strong and "--layerPrecisions" not in strong and "--noTF32" in strong
     assert weak.startswith("trtexec --onnx=q.onnx --int8 --fp16 --noTF32 --precisionConstraints=obey "
                            "--layerPrecisions=/head/Gemm:fp32,/mid/Conv:fp16 ")
     # no FP16 layer: no --fp16 (it would let the FP32 layers run in FP16)
     _, weak = trtexec_commands(Path("m.onnx"), _plan({"/c/Conv": "int8", "/g/Gemm": "fp32"}), Path("q.onnx"),
-                               "input", (3, 224, 224))
+                               "input:1x3x224x224")
     assert " --fp16" not in weak and "--precisionConstraints=obey --layerPrecisions=/g/Gemm:fp32" in weak
     # a name with a space is quoted for the shell
-    _, weak = trtexec_commands(Path("m.onnx"), _plan({"a b": "fp32", "c": "int8"}), Path("q.onnx"), "x", (3, 8, 8))
+    _, weak = trtexec_commands(Path("m.onnx"), _plan({"a b": "fp32", "c": "int8"}), Path("q.onnx"), "x:1x3x8x8")
     assert "'--layerPrecisions=a b:fp32'" in weak

@@ -41,10 +41,10 @@ torch.cuda.is_available = lambda: True
 torch.cuda.get_device_name = lambda *a: "TensorRT double"
 
 from trtquant.calibrators import tensorrt as adapter  # noqa: E402
-from trtquant.quant import trt_backend  # noqa: E402
+from trtquant.quant.engines import tensorrt as trt_backend  # noqa: E402
 from trtquant.core.cache import TrtCache, trt_version_int  # noqa: E402
-from trtquant.quant.graph import OnnxGraph  # noqa: E402
-from trtquant.quant.plan import LayerPrecision, PrecisionPlan  # noqa: E402
+from trtquant.quant.graph.onnx_graph import OnnxGraph  # noqa: E402
+from trtquant.quant.artifacts.plan import LayerPrecision, PrecisionPlan  # noqa: E402
 from trtquant.core.types import RangeSet, TensorRange  # noqa: E402
 
 
@@ -207,6 +207,18 @@ def s_implicit_int8():
 
 def s_static_batch():
     return build_facts(plan=plan({}), model=tiny_model(batch=4), run_batch=4)
+
+
+def s_dynamic_hw():
+    model = tiny_model()
+    for i, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    facts = build_facts(plan=plan({}), model=model, example_shapes={"input": (1, 3, 8, 8)})
+    try:
+        trt_backend.build_trt_engine(OnnxGraph(model), plan({}), RANGES, out_dir=None, max_batch=64)
+    except Exception as err:
+        facts["no_example"] = f"{type(err).__name__}: {err}"
+    return facts
 
 
 def s_two_inputs():

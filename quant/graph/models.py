@@ -15,17 +15,16 @@ import io
 import logging
 import os
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
-
 import torch
 
-from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
-from ..core.errors import ConfigError, ModelError
-from ..core.fileio import atomic_write_bytes
-from ..datasets.preprocess import PRESETS, Preprocess
-from .graph import OnnxGraph
+from ...core.defaults import DEFAULT_MODEL
+from ...core.errors import ConfigError, ModelError
+from ...core.fileio import atomic_write_bytes
+from ...datasets.preprocess import PRESETS, Preprocess
+from .onnx_graph import OnnxGraph
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +93,63 @@ def _load_state_dict(path: Path) -> dict:
     raise ModelError("weights file is not a state_dict", subject=f"--weights {path}", got=type(obj).__name__)
 
 
+class TinyNet(torch.nn.Module):
+    """The registered test model ``tiny_cnn``: MobileNetV2's structure in miniature (Conv-BN-ReLU6 stem, one
+    inverted residual with a depthwise conv and a residual Add, 1x1 head, global pool, Linear to the 1,000
+    ImageNet classes) at 64x64, so every code path a real CNN takes runs in milliseconds. Its weights are
+    seeded (not trained): its accuracy is chance, its numerics (and INT8 error) are real."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+
+        def cbr(cin, cout, k, stride=1, groups=1, act=True):
+            layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+            return nn.Sequential(*layers, *([nn.ReLU6()] if act else []))
+
+        self.stem = cbr(3, 8, 3, stride=2)
+        self.block = nn.Sequential(cbr(8, 16, 1), cbr(16, 16, 3, groups=16), cbr(16, 8, 1, act=False))
+        self.head = cbr(8, 32, 1)
+        self.classifier = nn.Linear(32, 1000)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.block(x)
+        x = self.head(x).mean((2, 3))
+        return self.classifier(x)
+
+
+TINY_SEED = 0
+
+
+def _tiny_weights() -> Path:
+    """The tiny model's seeded weights, written once into the cache directory (BatchNorm statistics too,
+    so that folding them into the convolutions changes the weights as it does for a trained model)."""
+    path = cache_dir() / f"tiny_cnn-seed{TINY_SEED}.pt"
+    if not path.is_file():
+        g = torch.Generator().manual_seed(TINY_SEED)
+        m = TinyNet()
+        with torch.no_grad():
+            for name, t in m.state_dict().items():
+                if name.endswith("running_var"):
+                    t.copy_(0.5 + torch.rand(t.shape, generator=g))
+                elif name.endswith("running_mean"):
+                    t.copy_(0.2 * torch.randn(t.shape, generator=g))
+                elif t.is_floating_point():
+                    fan_in = t[0].numel() if t.dim() > 1 else 1
+                    t.copy_(torch.randn(t.shape, generator=g) * (0.1 if t.dim() == 1 else (2.0 / fan_in) ** 0.5))
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _build_tiny(weights: Path) -> torch.nn.Module:
+    m = TinyNet()
+    m.load_state_dict(_load_state_dict(weights))
+    return m
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: how to get its weights and build it, and its preprocessing preset."""
@@ -114,6 +170,8 @@ MODELS: dict[str, ModelEntry] = {
                                            description=f"EfficientNet-Lite{k}, ImageNet weights (mean=std=0.5, "
                                                        f"{size}x{size})")
        for k, size in ((0, 224), (1, 240), (2, 260))},
+    "tiny_cnn": ModelEntry("tiny_cnn", "imagenet", _tiny_weights, _build_tiny, input_size=64,
+                           description="a 64x64 MobileNetV2 in miniature with seeded weights, for tests (chance accuracy)"),
 }
 
 
@@ -143,34 +201,6 @@ class ResolvedModel:
                      self.preset, h, resize, pre.crop)
             pre = replace(pre, crop=h, resize=resize)
         return pre
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model a verb runs (``--model/--onnx/--weights/--preset``): shared by every verb's settings,
-    its defaults defined here once."""
-
-    model: str = DEFAULT_MODEL
-    onnx: str | None = None
-    weights: str | None = None
-    preset: str | None = None            # None: the model's own preset
-
-    def resolve(self) -> ResolvedModel:
-        return resolve_model(self.model, onnx=self.onnx, weights=self.weights, preset=self.preset)
-
-    def model_spec(self) -> dict:
-        """The model fields alone, to hand to another verb's settings (``CalibrationConfig(**s.model_spec())``)."""
-        return {f.name: getattr(self, f.name) for f in fields(ModelSpec)}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data a verb reads (``--data/--data-dir/--num-images/--seed``), shared like :class:`ModelSpec`."""
-
-    data: str = DEFAULT_DATA
-    data_dir: str | None = None
-    num_images: int | None = None        # None: all images, at most DEFAULT_MAX_IMAGES
-    seed: int = 0
 
 
 def cache_dir() -> Path:

@@ -25,13 +25,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.errors import PlanError
-from .graph import OnnxGraph
-from ..core.onnxutil import constant_values, toposort
+from ...core.errors import PlanError
+from ...core.onnxutil import constant_values, toposort
+from ...core.types import RangeSet
+from ..graph.onnx_graph import OnnxGraph
 from .placement import fp16_nodes, place_quantizers, weight_scales
 from .plan import PrecisionPlan
-from ..core.types import RangeSet
-
 
 
 @dataclass(frozen=True)

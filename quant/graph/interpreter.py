@@ -13,10 +13,6 @@ exactly that graph and hand each of those tensors to an ``observe(name, tensor)`
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -25,151 +21,16 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ..core.runtime import strict_fp32
-from ..core.errors import ConfigError, ModelError
-
-log = logging.getLogger(__name__)
-
-Observer = Callable[[str, torch.Tensor], None]
-
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16}
-
-
-@dataclass(frozen=True)
-class GraphInput:
-    name: str
-    shape: tuple            # ints, or strings for symbolic dims
-    elem_type: int
-
-
-def _materialize_identity_constants(g: onnx.GraphProto) -> int:
-    """``Identity(initializer)`` nodes become initializers of the same (output) name, in place.
-
-    The TorchScript exporter stores parameters with equal values (e.g. the zero biases of a freshly
-    initialised network) once and reads the copies through Identity nodes; every pass here treats
-    weights as initializers, so a weight behind an Identity would be taken for an activation. Tensor
-    names do not change, so caches and Q/DQ models still match the file."""
-    inits = {i.name: i for i in g.initializer}
-    outputs = {o.name for o in g.output}
-    keep, count = [], 0
-    for n in g.node:
-        if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs:
-            t = onnx.TensorProto()
-            t.CopyFrom(inits[n.input[0]])
-            t.name = n.output[0]
-            g.initializer.append(t)
-            inits[t.name] = t
-            count += 1
-        else:
-            keep.append(n)
-    if count:
-        del g.node[:]
-        g.node.extend(keep)
-        log.debug("%d Identity copies of initializers made initializers", count)
-    return count
-
-
-class OnnxGraph:
-    """A loaded, checked ONNX model and the names of its calibratable tensors."""
-
-    def __init__(self, model: onnx.ModelProto, path: Path | None = None):
-        self.model = model
-        self.path = path
-        g = model.graph
-        _materialize_identity_constants(g)
-        init_names = {i.name for i in g.initializer}
-        self.inputs = []
-        for vi in g.input:
-            if vi.name in init_names:
-                continue
-            t = vi.type.tensor_type
-            dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-            self.inputs.append(GraphInput(vi.name, dims, t.elem_type))
-        if not self.inputs:
-            raise ModelError("ONNX model has no inputs", subject=str(path or "model"))
-        self.outputs = [o.name for o in g.output]
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.calibration_tensors = self._calibration_tensors(init_names)
-
-    @classmethod
-    def load(cls, path: str | Path, *, flag: str = "--onnx") -> "OnnxGraph":
-        path = Path(path)
-        subject = f"{flag} {path}" if flag.startswith("-") else str(path)
-        if not path.is_file():
-            raise ModelError("ONNX file not found", subject=subject, hint="check the path")
-        try:
-            model = onnx.load(str(path))
-            onnx.checker.check_model(model)
-        except Exception as err:  # onnx raises DecodeError, ValidationError, ...: all mean "not a valid model"
-            raise ModelError("invalid ONNX model", subject=subject, got=f"{type(err).__name__}: {err}"[:400],
-                             expected="a valid ONNX ModelProto", hint="re-export the model; check it with onnx.checker") from err
-        if not model.graph.node:
-            raise ModelError("ONNX model has no nodes", subject=subject)
-        return cls(model, path)
-
-    def fingerprint(self) -> str:
-        """sha256 of the graph (structure + weights), independent of producer metadata."""
-        return hashlib.sha256(self.model.graph.SerializeToString(deterministic=True)).hexdigest()
-
-    def _calibration_tensors(self, init_names: set[str]) -> list[str]:
-        """Graph inputs and data-dependent float node outputs, in execution order."""
-        types = {}
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.model)
-            for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-                types[vi.name] = vi.type.tensor_type.elem_type
-        except Exception as err:  # shape inference is best effort; runtime dtype check still filters
-            log.debug("shape inference failed: %s", err)
-        dynamic = {i.name for i in self.inputs}
-        names = [i.name for i in self.inputs if i.elem_type in _FLOAT_TYPES]
-        for node in self.model.graph.node:
-            if node.op_type == "Constant" or not any(i in dynamic for i in node.input if i):
-                continue
-            for o in node.output:
-                if not o:
-                    continue
-                dynamic.add(o)
-                if node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
-                    continue
-                if types.get(o, onnx.TensorProto.UNDEFINED) in _FLOAT_TYPES | {onnx.TensorProto.UNDEFINED}:
-                    names.append(o)          # unknown type: the executors check the dtype at run time
-        return names
-
-    def input_shape(self) -> tuple:
-        return self.inputs[0].shape
-
-    @property
-    def fixed_batch(self) -> int | None:
-        """The batch the model's input fixes (e.g. 1 for an export without a dynamic batch), else None."""
-        dims = self.inputs[0].shape
-        return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
-
-
-def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.ndarray:
-    """``run`` over ``rows(lo, hi)`` for ``lo`` in ``range(0, n, batch)``, concatenated. With a model's
-    ``fixed`` batch every call gets exactly that many rows: the last chunk is padded by repeating its
-    images and the padding's outputs are dropped. A ``run`` returning a tuple (every output) gives a
-    tuple of concatenated outputs."""
-    if fixed is not None:
-        batch = fixed
-    outs = []
-    for lo in range(0, n, batch):
-        chunk = rows(lo, min(lo + batch, n))
-        k = len(chunk)
-        if fixed is not None and k < fixed:
-            chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
-        out = run(chunk)
-        outs.append(tuple(np.asarray(o)[:k] for o in out) if isinstance(out, tuple) else np.asarray(out)[:k])
-    if outs and isinstance(outs[0], tuple):       # a run that returns every output: concatenated per output
-        return tuple(np.concatenate(parts) for parts in zip(*outs))
-    return np.concatenate(outs)
+from ...core.errors import ModelError
+from ...core.runtime import strict_fp32
+from .onnx_graph import Observer, OnnxGraph
 
 
 # ------------------------------------------------------------------------------------------
 # PyTorch interpreter
-# ------------------------------------------------------------------------------------------
 
+
+# ------------------------------------------------------------------------------------------
 def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -631,69 +492,3 @@ class TorchGraphExecutor:
                     if name and self._last_use.get(name) == i and name not in self.consts:
                         env.pop(name, None)
         return {o: env[o] for o in self.graph.outputs}
-
-
-class OrtGraphExecutor:
-    """ONNX Runtime with every calibration tensor exposed as an output (CPU; CUDA EP when available)."""
-
-    kind = "onnxruntime"
-
-    def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu"):
-        import onnxruntime as ort
-
-        self.graph = graph
-        model = onnx.ModelProto()
-        model.CopyFrom(graph.model)
-        existing = {o.name for o in model.graph.output}
-        init_names = {i.name for i in model.graph.initializer}
-        input_names = {i.name for i in graph.inputs}
-        for name in graph.calibration_tensors:
-            if name not in existing and name not in input_names and name not in init_names:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-        except Exception as err:  # ORT raises its own exception types for invalid graphs
-            raise ModelError("ONNX Runtime cannot load the model", subject=str(graph.path or "model"),
-                             got=str(err)[:300]) from err
-        self.out_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
-            watch: set[str] | None = None) -> dict[str, torch.Tensor]:
-        np_feeds = {k: v.detach().cpu().numpy() for k, v in feeds.items()}
-        try:
-            values = self.session.run(self.out_names, np_feeds)
-        except Exception as err:
-            raise ModelError("ONNX Runtime failed to run the model", subject=str(self.graph.path or "model"),
-                             got=str(err)[:300], hint="check the input shape and dtype") from err
-        result = dict(zip(self.out_names, values))
-        if observe:
-            for gi in self.graph.inputs:
-                if watch is None or gi.name in watch:
-                    observe(gi.name, feeds[gi.name])
-            for name in self.graph.calibration_tensors:
-                if name in result and (watch is None or name in watch) and np.issubdtype(result[name].dtype, np.floating):
-                    observe(name, torch.from_numpy(result[name]))
-        return {o: torch.from_numpy(result[o]) for o in self.graph.outputs}
-
-
-EXECUTORS = ("auto", "torch", "onnxruntime")
-
-
-def make_executor(graph: OnnxGraph, kind: str, device: torch.device):
-    if kind not in EXECUTORS:
-        raise ConfigError("unknown executor", subject="--executor", got=repr(kind), expected=" or ".join(EXECUTORS))
-    if kind == "auto":
-        missing = unsupported_ops(graph)
-        if missing:
-            log.info("PyTorch executor lacks %s; using ONNX Runtime for the statistics pass", ", ".join(missing))
-            kind = "onnxruntime"
-        else:
-            kind = "torch"
-    if kind == "torch":
-        return TorchGraphExecutor(graph, device)
-    return OrtGraphExecutor(graph, device)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ..core.errors import PlanError
-from ..core.fileio import atomic_write_text, json_text, read_json_document
-from .graph import OnnxGraph
+from ...core.errors import PlanError
+from ...core.fileio import atomic_write_text, json_text, read_json_document
+from ..graph.onnx_graph import OnnxGraph
 from .placement import INT8_LAYERS, is_int8_layer
 
 PLAN_FORMAT = "trtquant-plan/1"

@@ -11,14 +11,13 @@ FP32 -> FP16 Casts, an FP16 activation after an INT8 layer.
 """
 
 from __future__ import annotations
-
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..core.errors import QuantError
+from ...core.errors import QuantError
 from .placement import LAYER_OPS, place_quantizers, weight_axis
 
 LAYERS = LAYER_OPS

@@ -21,8 +21,8 @@ integer layers (EfficientNet-Lite's TensorFlow-style "same" padding: 3x the thro
 """
 
 from __future__ import annotations
-
 import collections
+
 import functools
 import logging
 import tempfile
@@ -33,10 +33,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .engine import Engine, EngineInfo, cpu_engine_fields
-from ..core.errors import BackendUnavailable
-from ..core.onnxutil import constant_values, toposort
-from .qdq import build_qdq_model
+from ...core.errors import BackendUnavailable
+from ...core.onnxutil import constant_values, toposort
+from ...core.records import EngineInfo
+from ...core.types import Inputs
+from ..artifacts.qdq import build_qdq_model
+from .base import Engine, cpu_engine_fields, float_feeds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,6 @@ def runtime_precisions(compiled) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- exactness probe
-
 def _probe_model(channels: int) -> onnx.ModelProto:
     """``DQ(Q(x)) -> Conv 1x1 (DQ(Q(w))) -> output``, all scales 1: the exact answer is an integer sum."""
     one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
@@ -116,7 +117,6 @@ def int8_is_exact() -> bool:
 
 
 # --------------------------------------------------------------------------- value-preserving rewrite
-
 def _is_zero_pad(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> bool:
     mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
     if mode != "constant":
@@ -169,7 +169,6 @@ def quantize_before_zero_pads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, 
 
 
 # --------------------------------------------------------------------------- engine
-
 class OpenVinoEngine(Engine):
     """One ONNX model compiled twice on demand: THROUGHPUT (several CPU streams, a batch split over an
     asynchronous request queue) for batches, LATENCY (one request over all cores) for small ones."""
@@ -177,6 +176,7 @@ class OpenVinoEngine(Engine):
     def __init__(self, model: onnx.ModelProto, info_fields: dict):
         ov = _ov()
         self.model = model
+        self.input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         self.model_bytes = model.ByteSize()
         self.throughput = _compile(model, "THROUGHPUT")
         self.requests = max(1, int(self.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
@@ -192,13 +192,15 @@ class OpenVinoEngine(Engine):
         self._results[index] = request.get_output_tensor(0).data.copy()
 
     def run_all(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        x = np.ascontiguousarray(images, dtype=np.float32)
+        fed = float_feeds(self.input_names, images)
         if self._latency is None:
             self._latency = _compile(self.model, "LATENCY").create_infer_request()
-        res = self._latency.infer({0: x})
+        res = self._latency.infer(fed)
         return tuple(res[i].copy() for i in range(len(res)))
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if isinstance(images, Inputs):             # several inputs: one request, by name
+            return self.run_all(images)[0]
         x = np.ascontiguousarray(images, dtype=np.float32)
         if len(x) < 2 * self.requests:
             if self._latency is None:

@@ -26,7 +26,6 @@ ResNet tutorial, ModelOpt's ONNX placement):
 """
 
 from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -34,13 +33,13 @@ import numpy as np
 import onnx
 import torch
 
-from ..core.errors import PlanError
-from ..core.numerics import fake_quant
-from ..core.onnxutil import constant_ranks
-from ..core.trt_versions import convtranspose_weight_axis
+from ...core.errors import PlanError
+from ...core.numerics import fake_quant
+from ...core.onnxutil import constant_ranks
+from ...core.trt_versions import convtranspose_weight_axis
 
 if TYPE_CHECKING:                      # no runtime import: this module needs only numpy and onnx
-    from .graph import OnnxGraph
+    from ..graph.onnx_graph import OnnxGraph
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOL_OPS = ("GlobalAveragePool", "AveragePool", "MaxPool")

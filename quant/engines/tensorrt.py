@@ -19,23 +19,24 @@ run through torch CUDA tensors (``set_tensor_address`` + ``execute_async_v3``) o
 """
 
 from __future__ import annotations
-
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.cache import TrtCache
-from ..core.runtime import import_tensorrt
-from .engine import Engine, EngineInfo
-from ..core.fileio import atomic_write_bytes
-from ..core.errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
-from .graph import OnnxGraph
-from .plan import PrecisionPlan
-from .qdq import build_qdq_model
-from ..core.trt_versions import needs_explicit_batch, strongly_typed as _strongly_typed, trt_major
-from ..core.types import RangeSet
+from ...core.cache import TrtCache
+from ...core.errors import BackendUnavailable, CalibrationError, ConfigError, PlanError
+from ...core.fileio import atomic_write_bytes
+from ...core.records import EngineInfo
+from ...core.runtime import import_tensorrt
+from ...core.trt_versions import needs_explicit_batch, trt_major
+from ...core.trt_versions import strongly_typed as _strongly_typed
+from ...core.types import RangeSet, feeds
+from ..artifacts.plan import PrecisionPlan
+from ..artifacts.qdq import build_qdq_model
+from ..graph.onnx_graph import OnnxGraph
+from .base import Engine, float_feeds
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,21 @@ class TrtEngine(Engine):
         # enqueueV3 on the legacy default stream costs extra synchronizations (TensorRT warns)
         self.stream = _new_stream()
 
-    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.inputs) != 1:
-            raise ConfigError("the TensorRT runner feeds one input", subject="--backend tensorrt",
-                              got=f"{len(self.inputs)} inputs ({', '.join(self.inputs)})")
-        name = self.inputs[0]
+    def run_tensor(self, x: torch.Tensor | dict) -> torch.Tensor:
+        """Device tensors in (one tensor, or a tensor per input name), the first output out."""
+        fed = {n: x[n] for n in self.inputs} if isinstance(x, dict) else feeds(self.inputs, x)
         caller = _current_stream()
         self.stream.wait_stream(caller)          # x may still be written on the caller's stream
+        kept = []
         with _use_stream(self.stream):
-            x = x.to(_DEVICE, self._dtypes[self.engine.get_tensor_dtype(name)]).contiguous()
-            if not self.context.set_input_shape(name, tuple(x.shape)):
-                raise ConfigError("TensorRT refused the input shape", subject=f"input {name!r}",
-                                  got=str(tuple(x.shape)), expected="a shape within the engine's optimization profile "
-                                  "(static dims as exported, batch 1..max_batch)")
-            self.context.set_tensor_address(name, x.data_ptr())
+            for name, t in fed.items():
+                t = t.to(_DEVICE, self._dtypes[self.engine.get_tensor_dtype(name)]).contiguous()
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    raise ConfigError("TensorRT refused the input shape", subject=f"input {name!r}",
+                                      got=str(tuple(t.shape)), expected="a shape within the engine's optimization "
+                                      "profile (static dims as exported, batch 1..max_batch)")
+                self.context.set_tensor_address(name, t.data_ptr())
+                kept.append(t)
             outs = []
             for o in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(o))
@@ -113,27 +115,32 @@ class TrtEngine(Engine):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendUnavailable("TensorRT execution failed", subject="--backend tensorrt")
         caller.wait_stream(self.stream)          # the caller sees the outputs in its stream order
-        self._keep = x            # the input must live until the stream has run
+        self._keep = kept         # the inputs must live until the stream has run
         return outs[0]
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        out = self.run_tensor(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        out = self.run_tensor({k: torch.from_numpy(v) for k, v in float_feeds(self.inputs, images).items()})
         self.stream.synchronize()
         return out.float().cpu().numpy()
 
 
-def profile_shapes(name: str, shape: tuple, max_batch: int) -> tuple[tuple, tuple, tuple]:
+def profile_shapes(name: str, shape: tuple, max_batch: int, example: tuple | None = None) -> tuple[tuple, tuple, tuple]:
     """(min, opt, max) of one input: static dims as they are (TensorRT requires min = opt = max = d
-    there), a dynamic batch 1 .. max_batch//4 .. max_batch; other dynamic dims cannot be guessed."""
+    there), a dynamic batch 1 .. max_batch//4 .. max_batch; other dynamic dims (H/W of a fully
+    convolutional export) take the data's ``example`` shape (min = opt = max: the size evaluated)."""
     dims = [int(d) for d in shape]
     lo, opt, hi = list(dims), list(dims), list(dims)
     for i, d in enumerate(dims):
         if d != -1:
             continue
-        if i != 0:
+        if i == 0:
+            lo[0], opt[0], hi[0] = 1, max(1, max_batch // 4), max_batch
+        elif example is not None and len(example) == len(dims):
+            lo[i] = opt[i] = hi[i] = int(example[i])
+        else:
             raise ConfigError("input has a dynamic dimension other than the batch", subject=f"input {name!r}",
-                              got=str(tuple(dims)), hint="export the model with static C/H/W")
-        lo[0], opt[0], hi[0] = 1, max(1, max_batch // 4), max_batch
+                              got=str(tuple(dims)), hint="export the model with static C/H/W, or give data that "
+                                                        "fixes it (evaluate/sweep take the data's size)")
     return tuple(lo), tuple(opt), tuple(hi)
 
 
@@ -170,6 +177,7 @@ def _int8_ready(trt, layer, ranged: set[str], constants: set[str]) -> bool:
 
 def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None, *, out_dir: Path | None,
                      mode: str = "explicit", max_batch: int = 256, workspace_gib: float = 4.0,
+                     example_shapes: dict[str, tuple] | None = None,
                      cache: TrtCache | None = None):
     if mode not in MODES:
         raise ConfigError("unknown TensorRT mode", subject="--trt-mode", got=repr(mode), expected=" | ".join(MODES))
@@ -225,7 +233,8 @@ def build_trt_engine(graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | N
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         inp = network.get_input(i)
-        profile.set_shape(inp.name, *profile_shapes(inp.name, tuple(inp.shape), max_batch))
+        ex = example_shapes.get(inp.name) if example_shapes else None
+        profile.set_shape(inp.name, *profile_shapes(inp.name, tuple(inp.shape), max_batch, ex))
     config.add_optimization_profile(profile)
     timing_path = Path(out_dir) / "timing.cache" if out_dir is not None else None
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path and timing_path.is_file() else b"")

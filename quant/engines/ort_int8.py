@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.errors import BackendUnavailable, ConfigError
-from ..core.onnxutil import constant_values, toposort
+from ...core.errors import BackendUnavailable, ConfigError
+from ...core.onnxutil import constant_values, toposort
 
 log = logging.getLogger(__name__)
 
