@@ -8,7 +8,7 @@ holds the pure part: the candidates, the objective's definition and the argmin.
 For a tensor ``t`` with histogram ``H`` the candidates are ``a_k = A_k(H)`` for
 ``A_k in (entropy, minmax, mse, percentile p for p in percentiles)`` (in this order). With
 ``Q_a(x) = clip(round(x / s), -128, 127) s``, ``s = fp32(a) / 127`` (the shipped scale, ``core.numerics``),
-calibration batches ``b`` and ``L(t)`` the INT8 layers that read ``t`` (``quant.placement``)::
+calibration batches ``b`` and ``L(t)`` the INT8 layers that read ``t`` (``quant.artifacts.placement``)::
 
     E_t(a) = sum_{l in L(t)}  sum_b || f_l(Q_a(x_b); Q_w(W_l)) - f_l(x_b; W_l) ||^2  /  sum_b || f_l(x_b; W_l) ||^2
 
