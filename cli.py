@@ -169,7 +169,7 @@ def cmd_calibrate(args) -> int:
         device=args.device, executor=args.executor, method=args.method, percentile=args.percentile,
         num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
         cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
-        calibrator=args.calibrator, layout=args.layout, decode=args.decode)
+        calibrator=args.calibrator, layout=args.layout, decode=args.decode, auto_images=args.auto_images)
     res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
                     from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
                     progress=not args.no_progress)
@@ -184,6 +184,11 @@ def cmd_calibrate(args) -> int:
         f"cache  {args.cache}  ({res.cache.header()})",
         f"ranges {args.ranges or args.cache + '.ranges.json'}",
     ]
+    if res.ranges.methods:
+        from trtquant.calibrators.auto import chosen_counts
+
+        lines.append("auto   chose " + ", ".join(f"{k} for {v}" for k, v in chosen_counts(res.ranges.methods.values()).items())
+                     + " tensor(s)  (per tensor in the ranges JSON; `cache show` lists them)")
     if args.stats:
         lines.append(f"stats  {args.stats}  (recompute any method with --from-stats)")
     if res.onnx_path:
@@ -501,6 +506,8 @@ def _data_flags(g, *, num_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trtquant.calibrators.auto import METHODS, Auto
+
     p = argparse.ArgumentParser(prog="cli.py", description="Quantization and calibration workbench for TensorRT.",
                                 epilog=EXIT_CODES, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -533,7 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--h5-images", default="images", help="HDF5 dataset holding the images")
     d.add_argument("--h5-labels", default="labels", help="HDF5 dataset holding the labels")
     a = c.add_argument_group("algorithm")
-    a.add_argument("--method", default="entropy", help="entropy | minmax | percentile | mse")
+    a.add_argument("--method", default="entropy", help=f"{' | '.join(METHODS)} (auto: per tensor, the candidate "
+                   "range that quantizes the layers it feeds best, measured on --auto-images images)")
+    a.add_argument("--auto-images", type=COUNT, default=Auto.images, help="for --method auto: calibration images of its "
+                                                                 "layer-error pass")
     a.add_argument("--percentile", type=PERCENTILE, default=99.99, help="for --method percentile, in (0, 100]")
     a.add_argument("--num-bins", type=COUNT, default=2048, help="histogram bins (>= 256)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -543,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "calibrates with its IInt8 calibrator fed by our data pipeline (entropy/minmax)")
     a.add_argument("--from-stats", default=None, type=PATH,
                    help="recompute ranges from a saved statistics file (no model or data run: --data, --num-images, "
-                        "--num-bins, --onnx-out and the like are refused with it)")
+                        "--num-bins, --onnx-out and the like are refused with it; --method auto runs the model on the "
+                        "data: pass the statistics' model and data)")
     o = c.add_argument_group("outputs")
     o.add_argument("--cache", required=True, type=PATH, help="TensorRT calibration cache to write (required)")
     o.add_argument("--ranges", default=None, type=PATH, help="ranges JSON to write (default: CACHE.ranges.json)")
@@ -612,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is kept in OUT/results.partial.json for --resume.",
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
-                   help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json")
+                   help=f"comma list of fp32, fp16, tf32, bf16, int8:{'|'.join(METHODS)}, PLAN.json")
     e.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     _model_flags(e, "the model to evaluate")
     _data_flags(e, num_help="evaluation images (default: all, at most 1000)")
@@ -654,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(w, "the model to plan")
     _data_flags(w, num_help="evaluation images (default: all, at most 1000)")
     w.add_argument("--calib-images", type=COUNT, default=256, help="calibration subset (seeded) of the same data")
-    w.add_argument("--method", default="entropy", help="range method when calibrating here")
+    w.add_argument("--method", default="entropy", help=f"range method when calibrating here: {' | '.join(METHODS)}")
     w.add_argument("--ranges", default=None, type=PATH,
                    help="use these ranges (JSON, cache or Q/DQ ONNX) instead of calibrating")
     w.add_argument("--proxy-images", type=COUNT, default=64, help="images for the sensitivity ranking")

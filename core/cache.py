@@ -13,7 +13,8 @@ spaces and ``": "``, so a line is split at its *last* ``": "``. ``<version>`` is
 cache whose header does not match its own version and calibrator algorithm, so the header must be
 written for the TensorRT that will read it.
 
-The ranges JSON is the lossless twin: float64 amax per tensor, method, settings and fingerprints.
+The ranges JSON is the lossless twin: float64 amax per tensor, method, settings and fingerprints;
+with ``--method auto`` each tensor also records the method chosen for it and every candidate compared.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from .errors import CacheFormatError, ConfigError
 from .fileio import atomic_write_text, json_text, read_json_document
-from .types import RangeSet, TensorRange
+from .types import MethodChoice, RangeCandidate, RangeSet, TensorRange
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +191,49 @@ def ranges_to_json(rs: RangeSet) -> str:
         "data_fingerprint": rs.data_fingerprint,
         "num_images": rs.num_images,
         "meta": dict(rs.meta),
-        "tensors": [{"name": r.name, "amax": r.amax, "scale": r.scale, "scale_hex": scale_to_hex(r.scale)}
-                    for r in rs.ranges.values()],
+        "tensors": [_tensor_entry(r, rs.methods.get(r.name)) for r in rs.ranges.values()],
     }
     return json_text(doc)
+
+
+def _tensor_entry(r: TensorRange, choice: MethodChoice | None) -> dict:
+    """One tensor of the ranges JSON; ``--method auto`` adds the chosen method's label (for reading) and
+    the ``choice`` it was made from (every candidate's amax and error: what the reader restores)."""
+    entry = {"name": r.name, "amax": r.amax, "scale": r.scale, "scale_hex": scale_to_hex(r.scale)}
+    if choice is not None:
+        entry["method"] = choice.method.label
+        entry["choice"] = {"objective": choice.objective, "consumers": list(choice.consumers),
+                           "chosen": choice.chosen,
+                           "candidates": [{"method": c.method, "settings": dict(c.settings), "amax": c.amax,
+                                           "error": c.error} for c in choice.candidates]}
+    return entry
+
+
+def _read_choice(name: str, doc: object) -> MethodChoice:
+    """A tensor's ``choice`` object (``--method auto``); raises TypeError/ValueError naming what is wrong."""
+    def number(v, what, optional=False):
+        if optional and v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"tensor {name!r}: choice {what} is not a number")
+        return float(v)
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("candidates"), list) or not doc["candidates"]:
+        raise TypeError(f"tensor {name!r}: 'choice' has no list of 'candidates'")
+    cands = []
+    for c in doc["candidates"]:
+        if not isinstance(c, dict) or not isinstance(c.get("method"), str) or not isinstance(c.get("settings", {}), dict):
+            raise TypeError(f"tensor {name!r}: choice candidate {str(c)[:60]} has no string 'method'")
+        cands.append(RangeCandidate(c["method"], dict(c.get("settings", {})), number(c.get("amax"), "amax"),
+                                    number(c.get("error"), "error", optional=True)))
+    chosen, consumers = doc.get("chosen"), doc.get("consumers", [])
+    if isinstance(chosen, bool) or not isinstance(chosen, int):
+        raise TypeError(f"tensor {name!r}: choice 'chosen' is not an integer")
+    if not isinstance(consumers, list) or not all(isinstance(c, str) for c in consumers):
+        raise TypeError(f"tensor {name!r}: choice 'consumers' is not a list of names")
+    if not isinstance(doc.get("objective"), str):
+        raise TypeError(f"tensor {name!r}: choice 'objective' is not a string")
+    return MethodChoice(chosen, tuple(cands), doc["objective"], tuple(consumers))
 
 
 def write_ranges_json(path: str | Path, rs: RangeSet) -> None:
@@ -203,7 +243,7 @@ def write_ranges_json(path: str | Path, rs: RangeSet) -> None:
 def read_ranges_json(path: str | Path) -> RangeSet:
     path = Path(path)
     doc = read_json_document(path, fmt=RANGES_FORMAT, what="ranges file", error=CacheFormatError)
-    ranges = {}
+    ranges, methods = {}, {}
     try:
         tensors = doc["tensors"]
         if not isinstance(tensors, list):
@@ -216,6 +256,8 @@ def read_ranges_json(path: str | Path) -> RangeSet:
             if t["name"] in ranges:
                 raise ValueError(f"tensor {t['name']!r} listed twice")
             ranges[t["name"]] = TensorRange(t["name"], float(t["amax"]))
+            if "choice" in t:        # --method auto (files without it, all older ones, read as before)
+                methods[t["name"]] = _read_choice(t["name"], t["choice"])
     except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as err:
         raise CacheFormatError("bad tensor entry in ranges file", subject=str(path), got=str(err)[:200]) from err
     fields = {"method": str, "settings": dict, "model_fingerprint": str, "data_fingerprint": str, "meta": dict}
@@ -229,7 +271,7 @@ def read_ranges_json(path: str | Path) -> RangeSet:
                                expected="an integer >= 0")
     return RangeSet(ranges=ranges, method=doc.get("method", ""), settings=doc.get("settings", {}),
                     model_fingerprint=doc.get("model_fingerprint", ""), data_fingerprint=doc.get("data_fingerprint", ""),
-                    num_images=num_images, meta=doc.get("meta", {}))
+                    num_images=num_images, meta=doc.get("meta", {}), methods=methods)
 
 
 def looks_like_ranges_json(path: Path) -> bool:

@@ -12,6 +12,9 @@ import torch
 QMIN, QMAX = -128, 127
 
 
-def fake_quant(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """``dequantize(quantize(x))`` in float arithmetic (no int8 round trip)."""
+def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in float arithmetic (no int8 round trip). ``out``: written in place
+    (the same values, no temporaries; for a scalar ``scale`` and ``out`` of ``x``'s shape and dtype)."""
+    if out is not None:
+        return torch.div(x, scale, out=out).round_().clamp_(QMIN, QMAX).mul_(scale)
     return torch.clamp(torch.round(x / scale), QMIN, QMAX) * scale

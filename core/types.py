@@ -170,9 +170,49 @@ class TensorRange:
         return float(np.float32(self.amax) / np.float32(127.0))
 
 
+@dataclass(frozen=True)
+class RangeCandidate:
+    """One range algorithm's amax for a tensor, and ``--method auto``'s error there (None: not measured)."""
+
+    method: str                          # a registered range algorithm (calibrators.algorithms.ALGORITHMS)
+    settings: Mapping[str, object]       # its settings, e.g. {"percentile": 99.99}
+    amax: float
+    error: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``entropy``, ``mse``, ``minmax``, ``percentile 99.99``: the method and its one distinguishing setting."""
+        p = self.settings.get("percentile")
+        return self.method if p is None else f"{self.method} {p:g}"
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """How ``--method auto`` chose one tensor's range: every candidate it compared, and the one it kept.
+
+    ``objective`` is ``"layer output"`` (the normalised output error of the INT8 layers in
+    ``consumers``) or ``"tensor"`` (the tensor's own normalised quantization error: it feeds no INT8 layer).
+    """
+
+    chosen: int                               # index into candidates
+    candidates: tuple[RangeCandidate, ...]
+    objective: str
+    consumers: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not 0 <= self.chosen < len(self.candidates):
+            raise ConfigError("invalid method choice", got=f"chosen={self.chosen}",
+                              expected=f"an index into the {len(self.candidates)} candidate(s)")
+
+    @property
+    def method(self) -> RangeCandidate:
+        return self.candidates[self.chosen]
+
+
 @dataclass(frozen=True, eq=False)
 class RangeSet:
-    """Ranges for every calibrated tensor, with how they were obtained."""
+    """Ranges for every calibrated tensor, with how they were obtained (``methods``: the per-tensor
+    choice of ``--method auto``, empty for a single method)."""
 
     ranges: Mapping[str, TensorRange]
     method: str
@@ -181,6 +221,7 @@ class RangeSet:
     data_fingerprint: str = ""
     num_images: int = 0
     meta: Mapping[str, object] = field(default_factory=dict)
+    methods: Mapping[str, MethodChoice] = field(default_factory=dict)
 
     def amax(self) -> dict[str, float]:
         return {n: r.amax for n, r in self.ranges.items()}

@@ -4,10 +4,12 @@ The one orchestration function both the CLI and the tests call.
 """
 
 from __future__ import annotations
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch
+from ..calibrators.auto import Auto
 from ..calibrators.tensorrt import calibrate_onnx_with_tensorrt
 from ..core.cache import (
     TrtCache,
@@ -26,7 +28,10 @@ from ..datasets.sources import open_capped
 from .graph.inputs import check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import OnnxGraph
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig
+from .auto_method import AutoPass
 from .statistics import cache_header, collect_stats, ranges_from_stats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +68,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         ignored = cfg.data_settings_changed() + (["--onnx-out"] if onnx_out is not None else []) \
             + (["--calibrator tensorrt"] if cfg.calibrator != "ours" else [])
         ignored = [f for f in ignored if f != "--model" or cfg.onnx is None]
+        if cfg.method == Auto.name:          # auto runs the model on the data: only the statistics' flags are moot
+            ignored = [f for f in ignored if f in ("--num-bins", "--executor", "--calibrator tensorrt")]
         if ignored:
             raise ConfigError("flags that have no effect with --from-stats", subject=", ".join(ignored),
                               got="--from-stats recomputes ranges without running the model or reading data",
@@ -71,7 +78,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         trt_version_int(cfg.trt_version)
     timings = {}
     skipped: tuple = ()
-    onnx_path = None
+    onnx_path = auto_pass = None
     executor_kind = "stats-file"
     device = torch.device("cpu")
     try:
@@ -84,22 +91,24 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                       got=f"model fingerprint {stats.model_fingerprint[:12]}", expected=fp[:12],
                                       hint="re-run calibrate on this model")
             images = stats.num_images
+            if cfg.method == Auto.name:      # the auto pass runs the statistics' model on the calibration images
+                cfg, rm, source, device = _model_and_source(cfg)
+                onnx_path = rm.onnx_path
+                if rm.graph.fingerprint() != stats.model_fingerprint:
+                    raise ConfigError("statistics are from another model", subject=f"--from-stats {from_stats}",
+                                      got=f"model fingerprint {stats.model_fingerprint[:12]}"
+                                          + (f" ({stats.meta['model']})" if stats.meta.get("model") else ""),
+                                      expected=f"{rm.graph.fingerprint()[:12]} ({rm.name})",
+                                      hint="--method auto runs the model: pass the one the statistics were collected "
+                                           "on (--onnx MODEL.onnx or --model NAME) and its calibration data")
+                if source.fingerprint() != stats.data_fingerprint:
+                    log.warning("--from-stats %s: the statistics were collected on other images than %s; the auto "
+                                "pass measures the candidates on the latter", from_stats, source.name)
+                auto_pass = AutoPass(rm.graph, source, device, cfg.batch_size, cfg.workers, progress)
         else:
-
-            device = resolve_device(cfg.device)
-            rm = cfg.resolve()
-            cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
+            cfg, rm, source, device = _model_and_source(cfg)
             onnx_path = rm.onnx_path
-            preprocess = rm.preprocess()
-            extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
-                         layout=cfg.layout, inputs=data_inputs(rm.graph))
-            if cfg.num_images is None:
-                source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
-                                     data_dir=cfg.data_dir, **extra)
-            else:
-                source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
-                                     seed=cfg.seed, **extra)
-            check_preset_fits(rm.graph, rm.preset, source)
+            preprocess = source.preprocess
             timings["setup_s"] = time.perf_counter() - t0
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)
@@ -118,8 +127,9 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                            "preprocess": preprocess.as_dict(), "device": str(device),
                                            "histograms": need_hist,
                                            "skipped": [list(s) for s in skipped]})
+            auto_pass = AutoPass(rm.graph, source, device, cfg.batch_size, cfg.workers, progress)
         t2 = time.perf_counter()
-        ranges = ranges_from_stats(stats, cfg)
+        ranges = ranges_from_stats(stats, cfg, auto_pass=auto_pass)
         timings["ranges_s"] = time.perf_counter() - t2
         version, algorithm = cache_header(cfg)
         cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)
@@ -138,6 +148,25 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     timings["total_s"] = time.perf_counter() - t0
     return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=onnx_path, images=images,
                              skipped=skipped, timings=timings, device=str(device), executor=executor_kind)
+
+
+def _model_and_source(cfg: CalibrationConfig):
+    """``(cfg with the batch the model takes, the resolved model, its calibration source, device)``, all
+    checked before any image is read."""
+    device = resolve_device(cfg.device)
+    rm = cfg.resolve()
+    cfg = replace(cfg, batch_size=check_model_input(rm.graph, batch_size=cfg.batch_size))
+    preprocess = rm.preprocess()
+    extra = dict(h5_images=cfg.h5_images, h5_labels=cfg.h5_labels, on_bad_image=cfg.on_bad_image,
+                 layout=cfg.layout, inputs=data_inputs(rm.graph))
+    if cfg.num_images is None:
+        source = open_capped(cfg.data, preprocess=preprocess, limit=DEFAULT_MAX_IMAGES, seed=cfg.seed,
+                             data_dir=cfg.data_dir, **extra)
+    else:
+        source = open_source(cfg.data, preprocess=preprocess, data_dir=cfg.data_dir, num_images=cfg.num_images,
+                             seed=cfg.seed, **extra)
+    check_preset_fits(rm.graph, rm.preset, source)
+    return cfg, rm, source, device
 
 
 def _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings) -> CalibrationResult:

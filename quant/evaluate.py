@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ..calibrators.algorithms import ALGORITHMS
+from ..calibrators.auto import METHODS
 
 from ..core import metrics
 from ..core.cache import TrtCache
@@ -55,6 +55,7 @@ from .engines.ort_int8 import lower_for_onnxruntime
 from .graph.inputs import check_input_shape, check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
+from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def results_outputs() -> dict:
 
 
 FLOAT_CONFIGS = tuple(TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
-CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in ALGORITHMS)     # int8:<every range algorithm>
+CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in METHODS)     # int8:<every --method, auto included>
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if item in FLOAT_CONFIGS:
             specs.append(ConfigSpec(item, item))
-        elif item.startswith("int8:") and item[5:] in ALGORITHMS:
+        elif item.startswith("int8:") and item[5:] in METHODS:
             specs.append(ConfigSpec(item, "fp32", method=item[5:]))
         elif item == "int8":
             specs.append(ConfigSpec("int8:entropy", "fp32", method="entropy"))
@@ -332,7 +333,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             else:
                 plan = resolve_plan("fp16" if spec.precision == "fp16" and settings.backend != "torch" else "fp32", graph)
             if plan.nodes("int8"):
-                ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"))
+                ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"),
+                                           auto_pass=AutoPass(graph, calib_src, device, progress=progress))
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
             trt_plan = resolve_plan("fp16", graph) if spec.precision == "fp16" and not spec.method else plan
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..calibrators.algorithms import make_algorithm
+from ..calibrators.auto import Auto, make_method
 from ..core.cache import TRT_ALGORITHMS, trt_version_int
 
 from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
@@ -67,6 +67,7 @@ class CalibrationConfig(ModelSpec, DataSpec):
     calibrator: str = "ours"             # ours | tensorrt (TensorRT <= 10 runs its own IInt8 calibrator)
     layout: str | None = None            # uint8 array layout when ambiguous (NHWC | NCHW | NHW | HWC)
     decode: str = "cpu"                  # cpu | gpu | auto (gpu on a CUDA device): nvJPEG decoding (gpu_decode.py)
+    auto_images: int = Auto.images       # --method auto: calibration images of its layer-error pass
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -105,8 +106,9 @@ class CalibrationConfig(ModelSpec, DataSpec):
         return ["--" + n.replace("_", "-") for n in names if getattr(self, n) != getattr(default, n)]
 
     def algorithm(self):
-        settings = {"percentile": self.percentile} if self.method == "percentile" else {}
-        return make_algorithm(self.method, **settings)
+        settings = {"percentile": self.percentile} if self.method == "percentile" else \
+            {"images": self.auto_images} if self.method == Auto.name else {}
+        return make_method(self.method, **settings)
 
 
 @dataclass(frozen=True)

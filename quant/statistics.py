@@ -12,13 +12,15 @@ import torch
 from ..calibrators.collector import HistogramCollector, collect_batch
 from ..core.cache import DEFAULT_TRT_VERSION, ZERO_TENSOR_AMAX, trt_version_int
 
-from ..core.errors import DataError
+from ..calibrators.auto import Auto
+from ..core.errors import ConfigError, DataError
 from ..core.runtime import installed_trt_version
 from ..core.types import CalibrationStats, Inputs, RangeSet, TensorRange
 from ..datasets.gpu_decode import DECODE_BATCH, make_decoder, rebatch
 from .graph.executors import make_executor
 from .graph.inputs import check_input_shape
 from .graph.onnx_graph import OnnxGraph
+from .auto_method import AutoPass, choose_ranges
 from .settings import CalibrationConfig
 
 log = logging.getLogger(__name__)
@@ -106,12 +108,21 @@ def statistics(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.d
     return CalibrationStats(hists, graph.fingerprint(), source.fingerprint(), images, cfg.num_bins)
 
 
-def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeSet:
+def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *, auto_pass: AutoPass | None = None) -> RangeSet:
+    """The method's range for every tensor of ``stats``; ``--method auto`` also runs ``auto_pass`` (the model
+    and its calibration images) to measure each candidate (:mod:`.auto_method`)."""
     algo = cfg.algorithm()
-    ranges, zero = {}, []
-    # NumPy releases the GIL in the vectorized searches: one thread per core over the tensors
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        amaxes = list(pool.map(algo.compute, stats.histograms.values()))
+    ranges, zero, choices, settings = {}, [], {}, algo.settings()
+    if isinstance(algo, Auto):
+        if auto_pass is None:
+            raise ConfigError("--method auto needs the model and calibration images", subject="--method auto",
+                              hint="it runs the INT8 layers on a few calibration batches: give the model and data")
+        choices, settings["images_used"] = choose_ranges(stats, algo, auto_pass)
+        amaxes = [choices[n].method.amax if n in choices else 0.0 for n in stats.histograms]
+    else:
+        # NumPy releases the GIL in the vectorized searches: one thread per core over the tensors
+        with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            amaxes = list(pool.map(algo.compute, stats.histograms.values()))
     for name, amax in zip(stats.histograms, amaxes):
         if amax <= 0:
             zero.append(name)
@@ -120,10 +131,11 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig) -> RangeS
     if zero:
         log.warning("%d tensor(s) were zero on every calibration image; wrote placeholder amax=%g: %s",
                     len(zero), ZERO_TENSOR_AMAX, ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""))
-    return RangeSet(ranges=ranges, method=algo.name, settings=algo.settings(),
+    return RangeSet(ranges=ranges, method=algo.name, settings=settings,
                     model_fingerprint=stats.model_fingerprint, data_fingerprint=stats.data_fingerprint,
                     num_images=stats.num_images, meta={"zero_tensors": zero, "num_bins": stats.num_bins,
-                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}})
+                                                        **{k: v for k, v in stats.meta.items() if k in ("model", "data", "preset", "skipped")}},
+                    methods=choices)
 
 
 def cache_header(cfg: CalibrationConfig) -> tuple[int, str]:

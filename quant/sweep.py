@@ -52,6 +52,7 @@ from .graph.onnx_graph import run_batched
 from .planner.search import greedy_search, plan_from_search
 from .planner.simulate import QuantSim
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
+from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
 
 
@@ -95,9 +96,10 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     else:
         cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                 method=settings.method, device=settings.device)
-        stats = distributed.on_root(ctx, lambda: statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg,
-                                                            device, progress=progress))   # rank 0's, for every rank
-        ranges = ranges_from_stats(stats, cfg)
+        calib_source = subset(settings.calib_images, settings.seed + 1)
+        stats = distributed.on_root(ctx, lambda: statistics(graph, calib_source, cfg, device, progress=progress))
+        ranges = distributed.on_root(ctx, lambda: ranges_from_stats(     # rank 0's, for every rank
+            stats, cfg, auto_pass=AutoPass(graph, calib_source, device, progress=progress)))
         calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"
 
     sim = QuantSim(graph, ranges, device)

@@ -19,6 +19,7 @@ from ..core.cache import (
     trt_version_int,
 )
 from ..core.errors import CacheFormatError
+from ..calibrators.auto import chosen_counts
 from ..core.fileio import OutputSet
 from ..core.types import RangeSet
 from .artifacts.plan import resolve_plan
@@ -39,10 +40,18 @@ def show(path: str | Path) -> str:
     head = (f"{path}: {fmt}" + (f" ({cache.header()})" if cache else f" (method {rs.method})")
             + f", {len(set(rs.ranges) | set(zero))} tensors" + (f" ({len(zero)} with scale 0)" if zero else ""))
     width = max([len("tensor")] + [len(n) for n in list(rs.ranges) + zero])
-    lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"]
+    lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"
+             + (f"  {'method (auto)':<17}  {'error':>9}  objective" if rs.methods else "")]
+    if rs.methods:                # --method auto: the method chosen per tensor
+        lines.insert(1, "auto chose " + ", ".join(f"{k} for {v}" for k, v in chosen_counts(rs.methods.values()).items())
+                     + " tensor(s)")
     for name, r in rs.ranges.items():
         if name not in zero:
-            lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}")
+            choice = rs.methods.get(name)
+            err = choice.method.error if choice is not None else None
+            lines.append(f"{name:<{width}}  {r.scale:>12.6g}  {r.amax:>12.6g}"
+                         + (f"  {choice.method.label:<17}  {err if err is not None else float('nan'):>9.3g}  "
+                            f"{choice.objective}" if choice is not None else ""))
     for name in zero:
         lines.append(f"{name:<{width}}  {0:>12}  {0:>12}  (scale 0: an all-zero tensor; build and convert give it "
                      f"the smallest range, as calibrate does)")

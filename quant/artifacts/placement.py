@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import onnx
+import torch
 
 from ...core.errors import PlanError
+from ...core.numerics import fake_quant
 from ...core.onnxutil import constant_ranks
 from ...core.trt_versions import convtranspose_weight_axis
 
@@ -97,6 +99,15 @@ def weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
     amax = np.abs(w.astype(np.float32)).max(axis=reduce) if reduce else np.abs(w.astype(np.float32))
     scale = (amax / np.float32(127.0)).astype(np.float32)
     return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def fake_quant_weight(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """A weight as the shipped Q/DQ model computes with it: fake-quantized per channel along ``axis`` with
+    :func:`weight_scales` (the simulator's and ``--method auto``'s one weight quantizer)."""
+    s = torch.from_numpy(weight_scales(w.detach().float().cpu().numpy(), axis)).to(w.device)
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    return fake_quant(w, s.reshape(shape))
 
 
 INT8_LAYERS = "Conv/ConvTranspose/Gemm/MatMul with constant weights, or a MatMul of two activations"

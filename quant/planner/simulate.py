@@ -8,7 +8,7 @@ import torch
 
 from ...core.numerics import fake_quant
 from ...core.types import RangeSet, feeds
-from ..artifacts.placement import Placement, Quantizer, place_quantizers, weight_scales
+from ..artifacts.placement import Placement, Quantizer, fake_quant_weight, place_quantizers
 from ..artifacts.plan import quantizable_nodes
 from ..artifacts.qdq import check_ranges
 from ..graph.interpreter import TorchGraphExecutor
@@ -42,12 +42,7 @@ class QuantSim:
     def _weight(self, q: Quantizer) -> torch.Tensor:
         key = (q.tensor, q.axis)
         if key not in self._weights:
-            w = self.ex.consts[q.tensor]
-            wn = w.detach().float().cpu().numpy()
-            s = torch.from_numpy(weight_scales(wn, q.axis)).to(w.device)
-            shape = [1] * w.dim()
-            shape[q.axis] = -1
-            self._weights[key] = fake_quant(w, s.reshape(shape))
+            self._weights[key] = fake_quant_weight(self.ex.consts[q.tensor], q.axis)
         return self._weights[key]
 
     def edges(self, int8) -> dict:
