@@ -159,6 +159,26 @@ def _report_outputs() -> dict:
             "report.html": contains_marker("<title>trtquant evaluation</title>")}
 
 
+def _recovery(args, steps: tuple | None = None):
+    """``RecoverySettings`` from the recovery flags (``steps``: from ``--recover`` unless given); None when no step
+    is asked for. A recovery knob without a step to apply it to is refused, naming the flag."""
+    from trtquant.quant.recover import RecoverySettings, parse_recovery
+
+    steps = parse_recovery(args.recover) if steps is None else steps
+    explicit = _explicit_flags(args)
+    knobs = [f for f in ("recover_images", "adaround_iters", "cle_replace_relu6") if f in explicit]
+    if not steps:
+        if knobs:
+            raise ConfigError("recovery settings without a recovery step", subject="--" + knobs[0].replace("_", "-"),
+                              hint="add --recover STEPS (e.g. --recover bias), or an int8:METHOD+STEP configuration")
+        return None
+    if args.cle_replace_relu6 and "cle" not in steps:
+        raise ConfigError("--cle-replace-relu6 has no effect without cle", subject="--cle-replace-relu6",
+                          hint="add cle to the recovery steps, e.g. cle+bias")
+    return RecoverySettings(steps=steps, adaround_iters=args.adaround_iters, cle_replace_relu6=args.cle_replace_relu6,
+                            **({"images": args.recover_images} if args.recover_images is not None else {}))
+
+
 def cmd_calibrate(args) -> int:
     from trtquant.quant.settings import CalibrationConfig
     from trtquant.quant.calibrate import calibrate
@@ -170,9 +190,10 @@ def cmd_calibrate(args) -> int:
         num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
         cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
         calibrator=args.calibrator, layout=args.layout)
+    recovery = _recovery(args)
     res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
-                    from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
-                    progress=not args.no_progress)
+                    from_stats=args.from_stats, onnx_out=args.onnx_out, qdq_out=args.qdq_out, force=args.force,
+                    progress=not args.no_progress, recovery=recovery)
     t = res.timings
     rate = res.images / t["stats_pass_s"] if t.get("stats_pass_s") else float("nan")
     lines = [
@@ -186,8 +207,16 @@ def cmd_calibrate(args) -> int:
     ]
     if args.stats:
         lines.append(f"stats  {args.stats}  (recompute any method with --from-stats)")
-    if res.onnx_path:
+    if res.recovery is not None:
+        from trtquant.quant.recover import describe
+
+        lines.insert(2, f"recover {describe(res.recovery)}")
+        lines.append(f"onnx   {args.onnx_out}  (the recovered model: build the TensorRT engine from it; the cache "
+                     f"and ranges are its)")
+    elif res.onnx_path:
         lines.append(f"onnx   {args.onnx_out or res.onnx_path}  (build the TensorRT engine from this graph: the cache is keyed by its tensor names)")
+    if args.qdq_out:
+        lines.append(f"qdq    {args.qdq_out}  (all-INT8 Q/DQ model for TensorRT 10/11 explicit quantization)")
     print("\n".join(lines))
     return 0
 
@@ -441,6 +470,25 @@ def _model_flags(g, what: str) -> None:
                                                   "the model's (its crop follows a static square model input)")
 
 
+def _recover_flags(p, *, steps: bool) -> None:
+    """The accuracy-recovery flags (quant/recover.py; None leaves RecoverySettings' default, which the help
+    states: a test checks they agree)."""
+    g = p.add_argument_group("accuracy recovery (changes the weights: a new model with the same tensor names)")
+    if steps:
+        g.add_argument("--recover", default=None, metavar="STEPS",
+                       help="steps joined by '+' from cle, adaround, bias, applied in the order cle -> adaround -> "
+                            "bias: cross-layer equalization (exact through ReLU), AdaRound (learned rounding of each "
+                            "INT8 layer's weights) and empirical bias correction, layer by layer on the calibration "
+                            "images; needs --onnx-out")
+    g.add_argument("--recover-images", type=COUNT, default=None,
+                   help="calibration images adaround and bias read, the first ones (default: 128)")
+    g.add_argument("--adaround-iters", type=COUNT, default=None,
+                   help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
+    g.add_argument("--cle-replace-relu6", action="store_true",
+                   help="let CLE scale through ReLU6 by replacing it with ReLU in the written model (ReLU6 is not "
+                        "scale-equivariant; a warning says how many were replaced)")
+
+
 def _data_flags(g, *, num_help: str) -> None:
     g.add_argument("--data", default=DEFAULT_DATA, type=PATH,
                    help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
@@ -465,7 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     m = c.add_argument_group("model")
     _model_flags(m, "the model to calibrate")
-    m.add_argument("--onnx-out", default=None, type=PATH, help="also save the exact ONNX graph the cache is keyed to")
+    m.add_argument("--onnx-out", default=None, type=PATH,
+                   help="also save the exact ONNX graph the cache is keyed to (with --recover: the recovered model, "
+                        "required)")
+    m.add_argument("--qdq-out", default=None, type=PATH,
+                   help="also write the all-INT8 Q/DQ model (TensorRT 10/11 explicit quantization) of that graph")
+    _recover_flags(c, steps=True)
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")

@@ -452,6 +452,14 @@ class TorchGraphExecutor:
         """Run the graph. ``observe(name, value)`` sees each watched tensor; ``transform(name, value)``
         may replace a float tensor before its consumers read it; ``edges[node][i](value)`` replaces
         what input ``i`` of ``node`` reads, for that consumer only (quantizers sit on edges)."""
+        env = self.feed(feeds, observe, watch, transform)
+        self.run_nodes(env, 0, len(self.nodes), observe, watch, transform, edges)
+        return {o: env[o] for o in self.graph.outputs}
+
+    def feed(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
+             watch: set[str] | None = None,
+             transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The environment before the first node: the constants and the graph inputs (for :meth:`run_nodes`)."""
         env: dict[str, torch.Tensor] = dict(self.consts)
         for gi in self.graph.inputs:
             if gi.name not in feeds:
@@ -460,9 +468,18 @@ class TorchGraphExecutor:
             if observe and (watch is None or gi.name in watch):
                 observe(gi.name, x)
             env[gi.name] = transform(gi.name, x) if transform else x
+        return env
+
+    def run_nodes(self, env: dict[str, torch.Tensor], start: int, stop: int, observe: Observer | None = None,
+                  watch: set[str] | None = None,
+                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                  edges: Mapping[str, Mapping[int, Callable[[torch.Tensor], torch.Tensor]]] | None = None) -> None:
+        """Execute ``self.nodes[start:stop]`` on ``env`` in place (values past their last use are freed), so a
+        caller can stop between layers, look at or change what the next one reads, and go on."""
         opset = self.graph.opset
         with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
-            for i, (node, a, inputs) in enumerate(self.nodes):
+            for i in range(start, stop):
+                node, a, inputs = self.nodes[i]
                 args = [env[n] if n else None for n in inputs]
                 if edges and node.name in edges:
                     for idx, fn in edges[node.name].items():
@@ -491,4 +508,3 @@ class TorchGraphExecutor:
                 for name in inputs:
                     if name and self._last_use.get(name) == i and name not in self.consts:
                         env.pop(name, None)
-        return {o: env[o] for o in self.graph.outputs}
