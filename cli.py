@@ -361,7 +361,8 @@ def cmd_evaluate(args) -> int:
 
     _require_backend("--backend", args.backend)
     parse_target(args.target_drop)          # before any work: the error names the flag
-    parse_configs(args.configs)
+    specs = parse_configs(args.configs)
+    recovery = _recovery(args, steps=tuple(sorted({s for spec in specs for s in spec.recover})))
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
@@ -369,7 +370,8 @@ def cmd_evaluate(args) -> int:
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
                             metric=args.metric)
     try:
-        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
+        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress,
+                       **({"recovery": recovery} if recovery is not None else {}))
     except KeyboardInterrupt:
         partial = Path(args.out) / "results.partial.json"
         kept = (f"finished configurations are kept in {partial}: add --resume to continue" if partial.is_file()
@@ -426,11 +428,16 @@ def cmd_sweep(args) -> int:
 
     _require_input_file("--ranges", args.ranges)
     _require_backend("--validate-backend", args.validate_backend)
+    recovery = _recovery(args)
+    if recovery is not None and args.ranges:
+        raise ConfigError("--recover recalibrates the recovered model", subject="--recover with --ranges",
+                          hint="drop --ranges: the ranges are measured on the recovered model (CLE changes them)")
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
                          "sweep.md": contains_marker("# Mixed-precision sweep", start=True),
-                         "sweep.html": contains_marker("<title>trtquant sweep</title>")}, args.force)
+                         "sweep.html": contains_marker("<title>trtquant sweep</title>"),
+                         **({"model.onnx": looks_like_onnx} if recovery is not None else {})}, args.force)
     settings = SweepSettings(target=args.target_drop, model=args.model, onnx=args.onnx, weights=args.weights,
                              preset=args.preset,
                              data=args.data, data_dir=args.data_dir, num_images=args.num_images,
@@ -438,7 +445,7 @@ def cmd_sweep(args) -> int:
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin, metric=args.metric)
-    doc = sweep(settings, out, progress=not args.no_progress)
+    doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     s, v, fmt = doc.search, doc.validation, sweep_target(doc).format
     print(f"target  {doc.target.text}: {doc.target.meaning}")
     for n in doc.notes:
@@ -453,7 +460,8 @@ def cmd_sweep(args) -> int:
         print(f"check   {v.backend} failed: {v.reason}")
     for c in doc.trtexec:
         print(f"trtexec {c}")
-    print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html "
+    print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html"
+          + (", model.onnx (the recovered model: build from it)" if recovery is not None else "") + " "
           f"({doc.timings['total_s']:.1f} s)")
     return 0
 
@@ -470,7 +478,7 @@ def _model_flags(g, what: str) -> None:
                                                   "the model's (its crop follows a static square model input)")
 
 
-def _recover_flags(p, *, steps: bool) -> None:
+def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
     """The accuracy-recovery flags (quant/recover.py; None leaves RecoverySettings' default, which the help
     states: a test checks they agree)."""
     g = p.add_argument_group("accuracy recovery (changes the weights: a new model with the same tensor names)")
@@ -479,7 +487,7 @@ def _recover_flags(p, *, steps: bool) -> None:
                        help="steps joined by '+' from cle, adaround, bias, applied in the order cle -> adaround -> "
                             "bias: cross-layer equalization (exact through ReLU), AdaRound (learned rounding of each "
                             "INT8 layer's weights) and empirical bias correction, layer by layer on the calibration "
-                            "images; needs --onnx-out")
+                            "images" + (f"; {writes}" if writes else ""))
     g.add_argument("--recover-images", type=COUNT, default=None,
                    help="calibration images adaround and bias read, the first ones (default: 128)")
     g.add_argument("--adaround-iters", type=COUNT, default=None,
@@ -518,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "required)")
     m.add_argument("--qdq-out", default=None, type=PATH,
                    help="also write the all-INT8 Q/DQ model (TensorRT 10/11 explicit quantization) of that graph")
-    _recover_flags(c, steps=True)
+    _recover_flags(c, steps=True, writes="needs --onnx-out (the recovered model is written there)")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")
@@ -611,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is kept in OUT/results.partial.json for --resume.",
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
-                   help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json")
+                   help="comma list of fp32, fp16, tf32, bf16, int8:entropy|minmax|percentile|mse, PLAN.json; "
+                        "int8:METHOD+STEPS is that INT8 model after accuracy recovery (e.g. int8:mse+bias, "
+                        "int8:entropy+cle+adaround+bias; steps cle, adaround, bias)")
     e.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     _model_flags(e, "the model to evaluate")
     _data_flags(e, num_help="evaluation images (default: all, at most 1000)")
@@ -627,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "float, higher is better (tuples of every output over all images; labels or None); "
                         "MODULE is importable or a FILE.py")
     e.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
+    _recover_flags(e, steps=False)
     e.add_argument("--resume", action="store_true",
                    help="keep configurations already measured with the same settings (OUT/results.partial.json or "
                         "OUT/results.json)")
@@ -670,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorRT version for the calib.bin header (default: the installed one, else 8.6.1)")
     w.add_argument("--seed", type=SEED, default=0, help="subset seed")
     w.add_argument("--out", default=None, type=PATH, help="output directory (default: ./sweep-MODEL)")
+    _recover_flags(w, steps=True, writes="the recovered model is written to OUT/model.onnx")
     w.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
     w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=cmd_sweep)

@@ -85,7 +85,7 @@ def main():
             print(f"{'config':<24} {'top-1':>7} {'drop pp':>16} {'agree':>7} {'SQNR dB':>8} {'recover s':>9}")
             for config in args.configs.split(","):
                 method, _, rest = config.partition("+")
-                steps = parse_recovery(rest)
+                steps = parse_recovery(rest) if rest else ()
                 t = time.perf_counter()
                 if steps:
                     settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,

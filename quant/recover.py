@@ -77,8 +77,9 @@ QLIM = 127                         # symmetric weights: integers in [-127, 127] 
 
 
 def parse_recovery(text: str | None, *, flag: str = "--recover") -> tuple[str, ...]:
-    """``"cle+bias"`` -> the steps in application order (``("cle", "bias")``); empty or None -> ``()``."""
-    if text is None or not text.strip():
+    """``"cle+bias"`` -> the steps in application order (``("cle", "bias")``); None -> ``()``; an empty or
+    unknown step, or one listed twice, is a :class:`ConfigError` naming ``flag``."""
+    if text is None:
         return ()
     parts = [p.strip().lower() for p in text.split("+")]
     unknown = [p for p in parts if p not in RECOVERY_STEPS]
@@ -471,24 +472,26 @@ def learn_rounding(p: RoundingProblem, *, iters: int, reg: float = 0.01, lr: flo
     """AdaRound on one layer (module docstring, step 2): ``(integers q, error with nearest, error with q)``.
 
     Minimises ``E(W~) + reg * sum(1 - |2 h(V) - 1|^beta)`` (:class:`RoundingProblem`) by Adam over ``V``,
-    ``W~ = scale * clip(floor(w / scale) + h(V), -127, 127)``, ``h(V)`` initialised to the fractional part;
-    no regulariser for the first ``warmup`` of the steps, then ``beta`` annealed (cosine) from ``beta[0]`` to
-    ``beta[1]``. ``q`` is in [-127, 127], each element the floor or the ceiling of ``w / scale`` (so within 1 of
-    nearest); the element(s) of largest magnitude in each row keep nearest rounding (``+-127``), so the row's
-    max|W| and its scale are unchanged. Returns nearest rounding if the learned one is not better."""
+    ``W~ = scale * (floor(w / scale) + h(V))``, ``h(V)`` initialised to the fractional part; no regulariser for
+    the first ``warmup`` of the steps, then ``beta`` annealed (cosine) from ``beta[0]`` to ``beta[1]``. ``q`` is
+    in [-127, 127], each element the floor or the ceiling of ``w / scale`` (so within 1 of nearest). The
+    element(s) of largest magnitude in each row keep nearest rounding (``+-127``), so the row's max|W| and its
+    scale are unchanged, as does any element whose other rounding would leave [-127, 127]: their ``V`` starts
+    where ``h`` is clamped to exactly 0 or 1, so it has no gradient and never moves. Returns nearest rounding if
+    the learned one is not better."""
     x = p.w / p.scale
     floor = torch.floor(x)
     rest = x - floor
     near = p.nearest()
     amax = p.w.abs().amax(dim=2, keepdim=True)
-    fixed = p.w.abs() >= amax                         # the extreme element(s): nearest, so the scale is kept
-    fixed_h = (near - floor).clamp(0, 1)
-    v = (-torch.log((ZETA - GAMMA) / (rest.clamp(0, 1) - GAMMA) - 1)).requires_grad_(True)   # h(V) = rest
+    fixed = (p.w.abs() >= amax) | (floor < -QLIM) | (floor + 1 > QLIM)
+    v = -torch.log((ZETA - GAMMA) / (rest.clamp(0, 1) - GAMMA) - 1)                 # h(V) = rest
+    v = torch.where(fixed, torch.where(near > floor, 20.0, -20.0), v).requires_grad_(True)   # h = 1 or 0, flat
     opt = torch.optim.Adam([v], lr=lr)
     warm = int(iters * warmup)
     for it in range(iters):
-        h = torch.where(fixed, fixed_h, _h(v))
-        loss = p.error(p.scale * torch.clamp(floor + h, -QLIM, QLIM))
+        h = _h(v)
+        loss = p.error(p.scale * (floor + h))
         if it >= warm:
             rel = (it - warm) / max(1, iters - warm)
             b = beta[1] + 0.5 * (beta[0] - beta[1]) * (1 + math.cos(rel * math.pi))
@@ -497,8 +500,8 @@ def learn_rounding(p: RoundingProblem, *, iters: int, reg: float = 0.01, lr: flo
         loss.backward()
         opt.step()
     with torch.no_grad():
-        up = torch.where(fixed, fixed_h, (v >= 0).to(x.dtype))
-        q = torch.clamp(floor + up, -QLIM, QLIM)
+        q = torch.clamp(floor + (v >= 0).to(x.dtype), -QLIM, QLIM)
+        q = torch.where(fixed, near, q)
         e_near = float(p.error(p.scale * near))
         e_learn = float(p.error(p.scale * q))
     if not e_learn < e_near:
