@@ -338,7 +338,7 @@ def equalize(graph: OnnxGraph, *, replace_relu6: bool = False, rounds: int = 20)
     log.info("CLE equalized %d pairs (%d skipped)", len(pairs), len(skipped))
     report = RecoveryReport(steps=("cle",), cle_pairs=len(pairs), cle_skipped=tuple(skipped),
                             relu6_replaced=tuple(replaced))
-    return OnnxGraph(model, graph.path), report
+    return OnnxGraph(model), report
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,10 +458,22 @@ class RoundingProblem:
     target: torch.Tensor | None = None
 
     def error(self, wq: torch.Tensor) -> torch.Tensor:
+        """``E(wq)``."""
+        return self.error_of(wq - self.w)
+
+    def error_of(self, dw: torch.Tensor) -> torch.Tensor:
+        """``E(W + dw)``."""
         if self.cols is not None:
-            return (torch.bmm(self.cols, wq.transpose(1, 2)) - self.target).pow(2).sum(dim=(0, 2)).mean()
-        dw = wq - self.w
+            return (torch.bmm(self.cols, (self.w + dw).transpose(1, 2)) - self.target).pow(2).sum(dim=(0, 2)).mean()
         return (torch.bmm(dw, self.h) * dw).sum() + 2 * (dw * self.c).sum() + self.c0
+
+    def descent(self, dw: torch.Tensor) -> torch.Tensor:
+        """A function of ``dw`` whose gradient is ``E``'s (its value is not ``E``'s): in the moments form
+        ``2 (dw H + C)``, from one matrix product per step instead of the two that differentiating ``E``
+        takes; in the positions form ``E`` itself."""
+        if self.cols is not None:
+            return self.error_of(dw)
+        return (2 * (torch.bmm(dw.detach(), self.h) + self.c) * dw).sum()
 
     def nearest(self) -> torch.Tensor:
         return torch.clamp(torch.round(self.w / self.scale), -QLIM, QLIM)
@@ -487,11 +499,11 @@ def learn_rounding(p: RoundingProblem, *, iters: int, reg: float = 0.01, lr: flo
     fixed = (p.w.abs() >= amax) | (floor < -QLIM) | (floor + 1 > QLIM)
     v = -torch.log((ZETA - GAMMA) / (rest.clamp(0, 1) - GAMMA) - 1)                 # h(V) = rest
     v = torch.where(fixed, torch.where(near > floor, 20.0, -20.0), v).requires_grad_(True)   # h = 1 or 0, flat
-    opt = torch.optim.Adam([v], lr=lr)
+    opt = torch.optim.Adam([v], lr=lr, fused=True)
     warm = int(iters * warmup)
     for it in range(iters):
         h = _h(v)
-        loss = p.error(p.scale * (floor + h))
+        loss = p.descent(p.scale * (h - rest))                  # W~ - W = scale * (floor + h - w / scale)
         if it >= warm:
             rel = (it - warm) / max(1, iters - warm)
             b = beta[1] + 0.5 * (beta[0] - beta[1]) * (1 + math.cos(rel * math.pi))
@@ -533,7 +545,7 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
     model.CopyFrom(graph.model)
     int8 = set(quantizable_nodes(graph))
     _unshare(model, [n for n in model.graph.node if n.name in int8])
-    work = OnnxGraph(model, graph.path)
+    work = OnnxGraph(model)                              # no path: it is not the file the user named any more
     sim = QuantSim(work, ranges, device)                 # the INT8 model (its executor's weights change)
     fp = TorchGraphExecutor(work, device)                # the FP32 model (never changes)
     layers = _layers(sim)
@@ -588,7 +600,7 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
     del env_fp, env_q
     for name, value in changed.items():
         _set_initializer(model, name, value.detach().float().cpu().numpy())
-    out_graph = OnnxGraph(model, graph.path)
+    out_graph = OnnxGraph(model)
     report = RecoveryReport(steps=tuple(s for s in settings.steps if s != "cle"), device=str(device), images=n,
                             adaround_iters=iters if do_round else None, layers=tuple(done),
                             seconds=time.perf_counter() - t0)
