@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--recover-images", type=int, default=None)
     ap.add_argument("--adaround-iters", type=int, default=None)
     ap.add_argument("--cle-replace-relu6", action="store_true")
+    ap.add_argument("--keep-ranges", action="store_true",
+                    help="evaluate a recovered model with the ranges it was recovered with, not recalibrated")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -91,10 +93,16 @@ def main():
                     settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,
                                                 cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
                                                 **({"images": args.recover_images} if args.recover_images else {}))
-                    g = recover(graph, settings, ranges_of=ranges_for(method), images=lambda: np.load(calib_path),
+                    used = {}
+
+                    def ranges_of(g, method=method):
+                        used["ranges"] = ranges_for(method)(g)
+                        return used["ranges"]
+                    g = recover(graph, settings, ranges_of=ranges_of, images=lambda: np.load(calib_path),
                                 device=dev, progress=False).graph
                     secs_recover = time.perf_counter() - t
-                    ranges = ranges_for(method)(g)          # the recovered model, calibrated again (what ships)
+                    # the recovered model calibrated again (what ships), or the ranges it was recovered with
+                    ranges = used["ranges"] if args.keep_ranges and "ranges" in used else ranges_for(method)(g)
                 else:
                     g, ranges = graph, ranges_for(method)(graph)
                     secs_recover = 0.0

@@ -5,7 +5,7 @@ or ranges JSON keyed by tensor names still matches it). The steps, applied in th
 user lists them in (``--recover cle+bias+adaround`` == ``cle+adaround+bias``):
 
 1. **cle** (cross-layer equalization, Nagel et al. 2019, *Data-Free Quantization*): for every pair
-   ``Conv1 -> act -> Conv2`` where ``act`` is ReLU (or nothing) and each tensor on the way feeds only the
+   ``Conv1 -> act -> Conv2`` where ``act`` is ReLU, LeakyReLU or nothing and each tensor on the way feeds only the
    next node, channel ``i`` of the tensor between them is scaled by ``1/s_i`` with
    ``s_i = sqrt(r1_i * r2_i) / r2_i`` (``r1_i = max|W1[i]|``, the range of Conv1's output channel ``i``;
    ``r2_i = max|W2[:, i]|``, the range of Conv2's input channel ``i``): ``W1[i] /= s_i``, ``b1[i] /= s_i``,
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError
 from ..core.numerics import fake_quant
 from ..core.onnxutil import constant_values
 from ..core.types import RangeSet
@@ -128,8 +128,8 @@ class LayerRecovery:
     """What recovery did to one INT8 layer."""
 
     node: str
-    rounding_mse: tuple[float, float] | None = None   # (nearest, learned) objective on the sampled positions
-    rounded_up_changed: float | None = None           # fraction of weights rounded the other way than nearest
+    rounding_error: tuple[float, float] | None = None  # (nearest, learned) AdaRound objective on the recovery images
+    flipped: float | None = None                      # fraction of weights rounded away from nearest
     bias_shift: float | None = None                   # max over channels of |E[y_fp32 - y_int8]|
     note: str = ""
 
@@ -245,7 +245,8 @@ def _conv_form(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tupl
 
 
 def _cle_pairs(model: onnx.ModelProto, replace_relu6: bool) -> tuple[list[_Pair], list[str]]:
-    """The Conv -> (ReLU | nothing | ReLU6 when allowed) -> Conv pairs CLE may scale, and why others were skipped."""
+    """The Conv -> (ReLU | LeakyReLU | nothing | ReLU6 when allowed) -> Conv pairs CLE may scale (each tensor on
+    the way read by the next node only), and why others were skipped."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     consts = constant_values(model)
@@ -267,7 +268,7 @@ def _cle_pairs(model: onnx.ModelProto, replace_relu6: bool) -> tuple[list[_Pair]
             continue
         nxt = only_consumer(first.output[0])
         act = None
-        if nxt is not None and nxt.op_type in ("Relu", "Clip"):
+        if nxt is not None and nxt.op_type in ("Relu", "LeakyRelu", "Clip"):
             act, nxt = nxt, only_consumer(nxt.output[0])
         if nxt is None or _conv_form(nxt, inits) is None or nxt.input[0] != (act or first).output[0]:
             continue
@@ -342,12 +343,13 @@ def equalize(graph: OnnxGraph, *, replace_relu6: bool = False, rounds: int = 20)
 
 
 # ------------------------------------------------------------------------------------------------
-# layer-wise steps: the layer as a matrix over sampled output positions
+# layer-wise steps: each layer as a matrix product at every output position
 
 
 @dataclass
 class _Layer:
-    """An INT8 layer seen as ``y[:, p] = W_m @ cols[:, p] + b`` per group: ``W_m`` is (G, Cout/G, K/G)."""
+    """An INT8 layer seen as ``y[:, p] = W_m @ cols[:, p] + b`` per group at each output position ``p``: ``W_m``
+    is (G, Cout/G, K/G), ``cols[:, p]`` the input patch that position reads."""
 
     index: int                  # position in the executor's node list
     node: onnx.NodeProto
@@ -554,6 +556,10 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
 
     fixed = work.fixed_batch
     n = len(images) if fixed is None else (len(images) // fixed) * fixed
+    if n == 0:
+        raise DataError("too few images for the model's fixed batch", subject="--recover-images",
+                        got=f"{len(images)} image(s)", expected=f"at least {fixed} (the batch of model input "
+                                                              f"{work.inputs[0].name!r})", hint="recover on more images")
     spans = _batches(n, fixed or 32)
     name_in = work.inputs[0].name
     env_fp = [fp.feed({name_in: torch.from_numpy(np.ascontiguousarray(images[lo:hi]))}) for lo, hi in spans]
@@ -570,8 +576,8 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
             sim.ex.run_nodes(e_q, pos, layer.index, edges=sim.edges(sim.layers))
         rec, check = LayerRecovery(layer.node.name), None
         if do_round:
-            if layer.kind == "other":
-                rec = LayerRecovery(layer.node.name, note=f"adaround: {layer.node.op_type} of this shape not "
+            if layer.kind == "other" or (layer.node.name, 0) not in in_edges:
+                rec = LayerRecovery(layer.node.name, note=f"adaround: {layer.node.op_type} of this form not "
                                                           f"supported, nearest rounding kept")
             else:
                 rec, check = _adaround_layer(layer, sim, env_fp, env_q, in_edges, settings, iters)
@@ -589,10 +595,10 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
         if do_bias:
             shift = _bias_correct(layer, sim, model, env_fp, env_q)
             if shift is None:
-                rec = LayerRecovery(rec.node, rec.rounding_mse, rec.rounded_up_changed, None,
+                rec = LayerRecovery(rec.node, rec.rounding_error, rec.flipped, None,
                                     (rec.note + "; " if rec.note else "") + "bias: no per-channel bias to correct")
             else:
-                rec = LayerRecovery(rec.node, rec.rounding_mse, rec.rounded_up_changed, shift, rec.note)
+                rec = LayerRecovery(rec.node, rec.rounding_error, rec.flipped, shift, rec.note)
                 changed[layer.bias] = sim.ex.consts[layer.bias]
         done.append(rec)
         pos = layer.index + 1
@@ -742,9 +748,9 @@ def describe(report: RecoveryReport) -> str:
     if "cle" in report.steps:
         parts.append(f"cle {report.cle_pairs} pair(s) equalized, {len(report.cle_skipped)} skipped"
                      + (f", {len(report.relu6_replaced)} ReLU6 -> ReLU" if report.relu6_replaced else ""))
-    rounded = [r for r in report.layers if r.rounding_mse is not None]
+    rounded = [r for r in report.layers if r.rounding_error is not None]
     if "adaround" in report.steps:
-        gains = [1 - r.rounding_mse[1] / r.rounding_mse[0] for r in rounded if r.rounding_mse[0] > 0]
+        gains = [1 - r.rounding_error[1] / r.rounding_error[0] for r in rounded if r.rounding_error[0] > 0]
         parts.append(f"adaround {len(rounded)} layer(s), {report.adaround_iters} steps each, layer error "
                      f"{-100 * float(np.median(gains)) if gains else 0:+.1f}% (median) vs nearest rounding")
     if "bias" in report.steps:

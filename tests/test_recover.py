@@ -199,7 +199,7 @@ def test_adaround_reduces_every_layers_output_error_on_held_out_images(adarounde
         q_ada = torch.round(torch.from_numpy(w1[wname]) / s)
         assert (q_ada - q_near).abs().max() <= 1 and (q_ada != q_near).any()
     for r in report.layers:                               # its own objective, on the images it learned from
-        assert r.rounding_mse[1] < r.rounding_mse[0] and 0 < r.rounded_up_changed < 0.5, r
+        assert r.rounding_error[1] < r.rounding_error[0] and 0 < r.flipped < 0.5, r
 
 
 def test_written_model_has_the_same_names_and_weights_on_the_grid_bit_exactly(adarounded):
