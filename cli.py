@@ -159,6 +159,26 @@ def _report_outputs() -> dict:
             "report.html": contains_marker("<title>trtquant evaluation</title>")}
 
 
+def _recovery(args, steps: tuple | None = None):
+    """``RecoverySettings`` from the recovery flags (``steps``: from ``--recover`` unless given); None when no step
+    is asked for. A recovery knob without a step to apply it to is refused, naming the flag."""
+    from trtquant.quant.recover import RecoverySettings, parse_recovery
+
+    steps = parse_recovery(args.recover) if steps is None else steps
+    explicit = _explicit_flags(args)
+    knobs = [f for f in ("recover_images", "adaround_iters", "cle_replace_relu6") if f in explicit]
+    if not steps:
+        if knobs:
+            raise ConfigError("recovery settings without a recovery step", subject="--" + knobs[0].replace("_", "-"),
+                              hint="add --recover STEPS (e.g. --recover bias), or an int8:METHOD+STEP configuration")
+        return None
+    if args.cle_replace_relu6 and "cle" not in steps:
+        raise ConfigError("--cle-replace-relu6 has no effect without cle", subject="--cle-replace-relu6",
+                          hint="add cle to the recovery steps, e.g. cle+bias")
+    return RecoverySettings(steps=steps, adaround_iters=args.adaround_iters, cle_replace_relu6=args.cle_replace_relu6,
+                            **({"images": args.recover_images} if args.recover_images is not None else {}))
+
+
 def cmd_calibrate(args) -> int:
     from trtquant.quant.settings import CalibrationConfig
     from trtquant.quant.calibrate import calibrate
@@ -170,9 +190,10 @@ def cmd_calibrate(args) -> int:
         num_bins=args.num_bins, workers=args.workers, on_bad_image=args.on_bad_image, trt_version=args.trt_version,
         cache_algorithm=args.cache_algorithm, h5_images=args.h5_images, h5_labels=args.h5_labels,
         calibrator=args.calibrator, layout=args.layout, decode=args.decode, auto_images=args.auto_images)
+    recovery = _recovery(args)
     res = calibrate(cfg, cache_path=args.cache, ranges_path=args.ranges, stats_path=args.stats,
-                    from_stats=args.from_stats, onnx_out=args.onnx_out, force=args.force,
-                    progress=not args.no_progress)
+                    from_stats=args.from_stats, onnx_out=args.onnx_out, qdq_out=args.qdq_out, force=args.force,
+                    progress=not args.no_progress, recovery=recovery)
     t = res.timings
     rate = res.images / t["stats_pass_s"] if t.get("stats_pass_s") else float("nan")
     lines = [
@@ -191,8 +212,16 @@ def cmd_calibrate(args) -> int:
                      + " tensor(s)  (per tensor in the ranges JSON; `cache show` lists them)")
     if args.stats:
         lines.append(f"stats  {args.stats}  (recompute any method with --from-stats)")
-    if res.onnx_path:
+    if res.recovery is not None:
+        from trtquant.quant.recover import describe
+
+        lines.insert(2, f"recover {describe(res.recovery)}")
+        lines.append(f"onnx   {args.onnx_out}  (the recovered model: build the TensorRT engine from it; the cache "
+                     f"and ranges are its)")
+    elif res.onnx_path:
         lines.append(f"onnx   {args.onnx_out or res.onnx_path}  (build the TensorRT engine from this graph: the cache is keyed by its tensor names)")
+    if args.qdq_out:
+        lines.append(f"qdq    {args.qdq_out}  (all-INT8 Q/DQ model for TensorRT 10/11 explicit quantization)")
     print("\n".join(lines))
     return 0
 
@@ -337,7 +366,8 @@ def cmd_evaluate(args) -> int:
 
     _require_backend("--backend", args.backend)
     parse_target(args.target_drop)          # before any work: the error names the flag
-    parse_configs(args.configs)
+    specs = parse_configs(args.configs)
+    recovery = _recovery(args, steps=tuple(sorted({s for spec in specs for s in spec.recover})))
     _check_out_dir(args.out, {**results_outputs(), **_report_outputs()}, args.force)
     settings = EvalSettings(configs=args.configs, backend=args.backend, model=args.model, onnx=args.onnx,
                             weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
@@ -345,7 +375,8 @@ def cmd_evaluate(args) -> int:
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
                             metric=args.metric)
     try:
-        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress)
+        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress,
+                       **({"recovery": recovery} if recovery is not None else {}))
     except KeyboardInterrupt:
         partial = Path(args.out) / "results.partial.json"
         kept = (f"finished configurations are kept in {partial}: add --resume to continue" if partial.is_file()
@@ -404,11 +435,16 @@ def cmd_sweep(args) -> int:
 
     _require_input_file("--ranges", args.ranges)
     _require_backend("--validate-backend", args.validate_backend)
+    recovery = _recovery(args)
+    if recovery is not None and args.ranges:
+        raise ConfigError("--recover recalibrates the recovered model", subject="--recover with --ranges",
+                          hint="drop --ranges: the ranges are measured on the recovered model (CLE changes them)")
     out = args.out or f"sweep-{Path(args.onnx).stem if args.onnx else args.model}"
     _check_out_dir(out, {"plan.json": json_format("trtquant-plan/1"), "model_qdq.onnx": looks_like_onnx,
                          "calib.bin": looks_like_trt_cache, "sweep.json": contains_marker('"search": {'),
                          "sweep.md": contains_marker("# Mixed-precision sweep", start=True),
-                         "sweep.html": contains_marker("<title>trtquant sweep</title>")}, args.force)
+                         "sweep.html": contains_marker("<title>trtquant sweep</title>"),
+                         **({"model.onnx": looks_like_onnx} if recovery is not None else {})}, args.force)
     settings = SweepSettings(target=args.target_drop, model=args.model, onnx=args.onnx, weights=args.weights,
                              preset=args.preset,
                              data=args.data, data_dir=args.data_dir, num_images=args.num_images,
@@ -416,7 +452,7 @@ def cmd_sweep(args) -> int:
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin, metric=args.metric)
-    doc = sweep(settings, out, progress=not args.no_progress)
+    doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     if not _is_root():
         return 0                            # under torchrun rank 0 prints the summary
     s, v, fmt = doc.search, doc.validation, sweep_target(doc).format
@@ -433,7 +469,8 @@ def cmd_sweep(args) -> int:
         print(f"check   {v.backend} failed: {v.reason}")
     for c in doc.trtexec:
         print(f"trtexec {c}")
-    print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html "
+    print(f"wrote   {out}/plan.json, model_qdq.onnx, calib.bin, sweep.json, sweep.md, sweep.html"
+          + (", model.onnx (the recovered model: build from it)" if recovery is not None else "") + " "
           f"({doc.timings['total_s']:.1f} s)")
     return 0
 
@@ -497,6 +534,25 @@ def _model_flags(g, what: str) -> None:
                                                   "the model's (its crop follows a static square model input)")
 
 
+def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
+    """The accuracy-recovery flags (quant/recover.py; None leaves RecoverySettings' default, which the help
+    states: a test checks they agree)."""
+    g = p.add_argument_group("accuracy recovery (changes the weights: a new model with the same tensor names)")
+    if steps:
+        g.add_argument("--recover", default=None, metavar="STEPS",
+                       help="steps joined by '+' from cle, adaround, bias, applied in the order cle -> adaround -> "
+                            "bias: cross-layer equalization (exact through ReLU), AdaRound (learned rounding of each "
+                            "INT8 layer's weights) and empirical bias correction, layer by layer on the calibration "
+                            "images" + (f"; {writes}" if writes else ""))
+    g.add_argument("--recover-images", type=COUNT, default=None,
+                   help="calibration images adaround and bias read, the first ones (default: 128)")
+    g.add_argument("--adaround-iters", type=COUNT, default=None,
+                   help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
+    g.add_argument("--cle-replace-relu6", action="store_true",
+                   help="let CLE scale through ReLU6 by replacing it with ReLU in the written model (ReLU6 is not "
+                        "scale-equivariant; a warning says how many were replaced)")
+
+
 def _data_flags(g, *, num_help: str) -> None:
     g.add_argument("--data", default=DEFAULT_DATA, type=PATH,
                    help="imagenet_sample | imagenet_val | an image directory | a .h5/.hdf5/.npy/.npz file")
@@ -523,7 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     m = c.add_argument_group("model")
     _model_flags(m, "the model to calibrate")
-    m.add_argument("--onnx-out", default=None, type=PATH, help="also save the exact ONNX graph the cache is keyed to")
+    m.add_argument("--onnx-out", default=None, type=PATH,
+                   help="also save the exact ONNX graph the cache is keyed to (with --recover: the recovered model, "
+                        "required)")
+    m.add_argument("--qdq-out", default=None, type=PATH,
+                   help="also write the all-INT8 Q/DQ model (TensorRT 10/11 explicit quantization) of that graph")
+    _recover_flags(c, steps=True, writes="needs --onnx-out (the recovered model is written there)")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")
@@ -623,7 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is kept in OUT/results.partial.json for --resume.",
                        epilog=EXIT_CODES, formatter_class=HelpFormatter)
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
-                   help=f"comma list of fp32, fp16, tf32, bf16, int8:{'|'.join(METHODS)}, PLAN.json")
+                   help=f"comma list of fp32, fp16, tf32, bf16, int8:{'|'.join(METHODS)}, PLAN.json; "
+                        "int8:METHOD+STEPS is that INT8 model after accuracy recovery (e.g. int8:mse+bias, "
+                        "int8:entropy+cle+adaround+bias; steps cle, adaround, bias)")
     e.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     _model_flags(e, "the model to evaluate")
     _data_flags(e, num_help="evaluation images (default: all, at most 1000)")
@@ -639,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "float, higher is better (tuples of every output over all images; labels or None); "
                         "MODULE is importable or a FILE.py")
     e.add_argument("--out", required=True, type=PATH, help="output directory, created (required)")
+    _recover_flags(e, steps=False)
     e.add_argument("--resume", action="store_true",
                    help="keep configurations already measured with the same settings (OUT/results.partial.json or "
                         "OUT/results.json)")
@@ -682,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorRT version for the calib.bin header (default: the installed one, else 8.6.1)")
     w.add_argument("--seed", type=SEED, default=0, help="subset seed")
     w.add_argument("--out", default=None, type=PATH, help="output directory (default: ./sweep-MODEL)")
+    _recover_flags(w, steps=True, writes="the recovered model is written to OUT/model.onnx")
     w.add_argument("--force", action="store_true", help="overwrite files of another kind in --out")
     w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=cmd_sweep)

@@ -25,11 +25,14 @@ from ..core.runtime import resolve_device
 from ..core.types import CalibrationStats, RangeSet
 from ..datasets import open_source
 from ..datasets.sources import open_capped
+from .artifacts.plan import resolve_plan
+from .artifacts.qdq import build_qdq_model
 from .graph.inputs import check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import OnnxGraph
+from .recover import RecoveryReport, RecoverySettings, check_recovery_outputs, first_images, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig
 from .auto_method import AutoPass
-from .statistics import cache_header, collect_stats, ranges_from_stats
+from .statistics import cache_header, collect_stats, ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +48,27 @@ class CalibrationResult:
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
     executor: str = ""
+    recovery: RecoveryReport | None = None     # what --recover did (the model written to --onnx-out)
 
 
 def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: str | Path | None = None,
               stats_path: str | Path | None = None, from_stats: str | Path | None = None,
-              onnx_out: str | Path | None = None, force: bool = False, progress: bool = True) -> CalibrationResult:
-    """Calibrate and write the TensorRT cache, the ranges JSON and (optionally) the statistics.
+              onnx_out: str | Path | None = None, qdq_out: str | Path | None = None, force: bool = False,
+              progress: bool = True, recovery: RecoverySettings | None = None) -> CalibrationResult:
+    """Calibrate and write the TensorRT cache, the ranges JSON and (optionally) the statistics, the ONNX graph
+    the cache is keyed to (``onnx_out``) and its all-INT8 Q/DQ model (``qdq_out``).
+
+    With ``recovery`` steps (:mod:`.recover`) the model's weights change: the recovered model is written to
+    ``onnx_out`` (required), calibrated again (its statistics, ranges and cache are the ones written) and the
+    steps are recorded in the ranges JSON (``meta.recovery``).
 
     Every output path is validated before any work starts; every file is written atomically at the
     end, so an error or Ctrl-C leaves earlier outputs untouched.
     """
     t0 = time.perf_counter()
+    recovering = recovery is not None and bool(recovery.steps)
+    if recovering:
+        check_recovery_outputs(onnx_out, from_stats=from_stats, calibrator=cfg.calibrator)
     outputs = OutputSet(force=force)
     cache_path = outputs.add(cache_path, flag="--cache", is_same_kind=looks_like_trt_cache)
     ranges_path = Path(ranges_path) if ranges_path else cache_path.with_name(cache_path.name + ".ranges.json")
@@ -64,8 +77,11 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
         stats_path = outputs.add(stats_path, flag="--stats", is_same_kind=looks_like_npz_stats)
     if onnx_out is not None:
         onnx_out = outputs.add(onnx_out, flag="--onnx-out", is_same_kind=lambda p: p.suffix == ".onnx")
+    if qdq_out is not None:
+        qdq_out = outputs.add(qdq_out, flag="--qdq-out", is_same_kind=lambda p: p.suffix == ".onnx")
     if from_stats is not None:
         ignored = cfg.data_settings_changed() + (["--onnx-out"] if onnx_out is not None else []) \
+            + (["--qdq-out"] if qdq_out is not None else []) \
             + (["--calibrator tensorrt"] if cfg.calibrator != "ours" else [])
         ignored = [f for f in ignored if f != "--model" or cfg.onnx is None]
         if cfg.method == Auto.name:          # auto runs the model on the data: only the statistics' flags are moot
@@ -74,6 +90,10 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             raise ConfigError("flags that have no effect with --from-stats", subject=", ".join(ignored),
                               got="--from-stats recomputes ranges without running the model or reading data",
                               hint="drop them (to check the statistics belong to a model, pass --onnx MODEL.onnx)")
+    if qdq_out is not None and cfg.calibrator != "ours":
+        raise ConfigError("--qdq-out needs our calibrator", subject="--qdq-out with --calibrator tensorrt",
+                          hint="TensorRT's calibrator writes only its cache: convert it with `cache convert CACHE "
+                               "--out model_qdq.onnx`")
     if cfg.trt_version:
         trt_version_int(cfg.trt_version)
     timings = {}
@@ -81,6 +101,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     onnx_path = auto_pass = None
     executor_kind = "stats-file"
     device = torch.device("cpu")
+    report = None
+    graph = None
     try:
         if from_stats is not None:
             stats = CalibrationStats.load(from_stats)
@@ -112,24 +134,36 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             timings["setup_s"] = time.perf_counter() - t0
             if cfg.calibrator == "tensorrt":
                 return _calibrate_with_tensorrt(cfg, rm, source, cache_path, ranges_path, t0, timings)
+            graph = rm.graph
+            if recovering:          # a new model (same tensor names); the statistics below are the recovered one's
+                t_rec = time.perf_counter()
+                rec = recover(graph, recovery, ranges_of=lambda g: ranges_from_stats(
+                                  statistics(g, source, cfg, device, progress=progress), cfg,
+                                  auto_pass=AutoPass(g, source, device, cfg.batch_size, cfg.workers, progress)),
+                              images=lambda: first_images(source, recovery.images, graph.fixed_batch or cfg.batch_size),
+                              device=device, progress=progress)
+                graph, report = rec.graph, rec.report
+                timings["recover_s"] = time.perf_counter() - t_rec
             t1 = time.perf_counter()
             need_hist = cfg.method != "minmax" or stats_path is not None
-            hists, images, executor_kind, pass_timings = collect_stats(rm.graph, source, cfg, device, progress=progress,
+            hists, images, executor_kind, pass_timings = collect_stats(graph, source, cfg, device, progress=progress,
                                                          histograms=need_hist)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings["stats_pass_s"] = time.perf_counter() - t1
             timings.update(pass_timings)
             skipped = tuple(source.skipped)
-            stats = CalibrationStats(histograms=hists, model_fingerprint=rm.graph.fingerprint(),
+            stats = CalibrationStats(histograms=hists, model_fingerprint=graph.fingerprint(),
                                      data_fingerprint=source.fingerprint(), num_images=images, num_bins=cfg.num_bins,
                                      meta={"model": rm.name, "data": source.name, "preset": rm.preset,
                                            "preprocess": preprocess.as_dict(), "device": str(device),
                                            "histograms": need_hist,
                                            "skipped": [list(s) for s in skipped]})
-            auto_pass = AutoPass(rm.graph, source, device, cfg.batch_size, cfg.workers, progress)
+            auto_pass = AutoPass(graph, source, device, cfg.batch_size, cfg.workers, progress)
         t2 = time.perf_counter()
         ranges = ranges_from_stats(stats, cfg, auto_pass=auto_pass)
+        if report is not None:
+            ranges = replace(ranges, meta={**ranges.meta, "recovery": report.meta()})
         timings["ranges_s"] = time.perf_counter() - t2
         version, algorithm = cache_header(cfg)
         cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)
@@ -139,15 +173,21 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
             outputs.stage(ranges_path, ranges_to_json(ranges))
             if stats_path is not None:
                 outputs.stage(stats_path, stats.to_bytes())
-            if onnx_out is not None and onnx_path is not None:
+            if onnx_out is not None and report is not None:
+                outputs.stage(onnx_out, graph.model.SerializeToString())       # the recovered model
+            elif onnx_out is not None and onnx_path is not None:
                 outputs.stage_copy(onnx_out, onnx_path)
+            if qdq_out is not None:
+                qdq, _ = build_qdq_model(graph, ranges, resolve_plan("int8", graph))
+                outputs.stage(qdq_out, qdq.SerializeToString())
             outputs.commit()
     except KeyboardInterrupt:
         raise Interrupted("calibration interrupted", subject=str(cache_path),
                           hint="nothing was written; run the command again") from None
     timings["total_s"] = time.perf_counter() - t0
     return CalibrationResult(ranges=ranges, stats=stats, cache=cache, onnx_path=onnx_path, images=images,
-                             skipped=skipped, timings=timings, device=str(device), executor=executor_kind)
+                             skipped=skipped, timings=timings, device=str(device), executor=executor_kind,
+                             recovery=report)
 
 
 def _model_and_source(cfg: CalibrationConfig):

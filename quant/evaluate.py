@@ -20,7 +20,7 @@ import torch
 from ..calibrators.auto import METHODS
 
 from ..core import metrics
-from ..core.cache import TrtCache
+from ..core.cache import TrtCache, ranges_to_json
 from ..core.errors import BackendUnavailable, ConfigError, DataError, QuantError
 from ..core.fileio import OutputSet, atomic_write_text, check_output_dir, json_format
 from ..core.records import (
@@ -54,6 +54,7 @@ from .engines.torch import TORCH_DTYPES
 from .engines.ort_int8 import lower_for_onnxruntime
 from .graph.inputs import check_input_shape, check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
+from .recover import RecoverySettings, first_images, parse_recovery, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
 from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
@@ -73,6 +74,7 @@ def results_outputs() -> dict:
 
 FLOAT_CONFIGS = tuple(TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
 CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in METHODS)     # int8:<every --method, auto included>
+RECOVERED_CONFIGS = "int8:METHOD+STEP[+STEP...] (accuracy recovery: cle, adaround, bias; e.g. int8:mse+bias)"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class ConfigSpec:
     precision: str             # fp32|tf32|fp16|bf16 (non-INT8 execution) or "plan"
     method: str | None = None  # INT8 range method
     plan_path: str | None = None
+    recover: tuple[str, ...] = ()   # accuracy-recovery steps (quant/recover.py), in the order they apply
 
 
 def parse_configs(text: str) -> list[ConfigSpec]:
@@ -88,8 +91,11 @@ def parse_configs(text: str) -> list[ConfigSpec]:
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if item in FLOAT_CONFIGS:
             specs.append(ConfigSpec(item, item))
-        elif item.startswith("int8:") and item[5:] in METHODS:
-            specs.append(ConfigSpec(item, "fp32", method=item[5:]))
+        elif item.startswith("int8:") and item[5:].partition("+")[0] in METHODS:
+            method, plus, rest = item[5:].partition("+")
+            steps = parse_recovery(rest, flag=f"--configs {item}") if plus else ()
+            name = f"int8:{method}" + "".join("+" + s for s in steps)      # one name per recovery, whatever the order
+            specs.append(ConfigSpec(name, "fp32", method=method, recover=steps))
         elif item == "int8":
             specs.append(ConfigSpec("int8:entropy", "fp32", method="entropy"))
         elif item.endswith(".json"):
@@ -98,7 +104,8 @@ def parse_configs(text: str) -> list[ConfigSpec]:
             specs.append(ConfigSpec(Path(item).stem, "plan", method="entropy", plan_path=item))
         else:
             raise ConfigError("unknown configuration", subject="--configs", got=repr(item),
-                              expected="one of " + ", ".join(CONFIG_NAMES) + ", or a PLAN.json")
+                              expected="one of " + ", ".join(CONFIG_NAMES) + ", " + RECOVERED_CONFIGS
+                              + ", or a PLAN.json")
     if not specs:
         raise ConfigError("no configurations", subject="--configs", expected="e.g. fp32,fp16,int8:entropy")
     if len({s.name for s in specs}) != len(specs):
@@ -151,14 +158,19 @@ def _config_dir_name(config: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in config)
 
 
-def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_version) -> dict:
+def _artifacts(out: Path, spec_name: str, graph, plan, trt_plan, ranges, trt_version, *, recovered: bool = False) -> dict:
     """What TensorRT needs to build this configuration, for ``OUT/<config>/`` (the trtexec lines name these
     files; they are written with the rest of the outputs at the end). Also the bytes of the real INT8
-    artifact (integer weights), if the configuration has INT8 layers."""
+    artifact (integer weights), if the configuration has INT8 layers. A ``recovered`` model is written too
+    (``model.onnx``, what TensorRT builds from), with its ranges (``ranges.json``, the recovery in its meta)."""
 
     d = out / _config_dir_name(spec_name)
     blobs: dict[Path, bytes | str] = {d / "plan.json": trt_plan.to_json()}
     files, int8_bytes = {"plan": d / "plan.json"}, None
+    if recovered:
+        blobs[d / "model.onnx"] = graph.model.SerializeToString()
+        blobs[d / "ranges.json"] = ranges_to_json(ranges)
+        files.update(onnx=d / "model.onnx", ranges=d / "ranges.json")
     if trt_plan.layers or trt_plan.default == "fp16":
         qdq, _ = build_qdq_model(graph, ranges if ranges is not None else RangeSet({}, "none"), trt_plan)
         blobs[d / "model_qdq.onnx"] = qdq.SerializeToString()
@@ -216,16 +228,23 @@ def _plan_summary(plan, with_layers: bool) -> PlanSummary:
     return PlanSummary(plan.name, plan.counts(), plan.default, layers)
 
 
-def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True) -> EvaluationResult:
+def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True,
+             recovery: RecoverySettings = RecoverySettings()) -> EvaluationResult:
+    """Every configuration of ``settings.configs``; an ``int8:METHOD+STEPS`` one is the model recovered by those
+    steps (``recovery``'s settings, :func:`.recover.recover`) from the calibration subset, calibrated again,
+    built and measured like any other, its model, ranges and Q/DQ model written into ``OUT/<config>/``."""
 
     specs = parse_configs(settings.configs)
     out = Path(out)
     check_output_dir(out)
     results_path = out / "results.json"
     partial_path = out / PARTIAL_NAME
+    key = settings.key()
+    if any(s.recover for s in specs):        # the recovery settings make two measurements comparable too
+        key = {**key, "recovery": {k: v for k, v in asdict(recovery).items() if k != "steps"}}
     previous = {}
     if resume:
-        previous = _load_previous(partial_path, settings.key()) or _load_previous(results_path, settings.key())
+        previous = _load_previous(partial_path, key) or _load_previous(results_path, key)
 
     user_metric = metrics.load_user_metric(settings.metric) if settings.metric else None
     ctx = distributed.join(settings.device)     # several processes under torchrun: each takes a shard of the images
@@ -274,7 +293,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         return preprocess.normalize(head[:k]) if uint8 else head[:k]
 
     doc = Evaluation(
-        settings=asdict(settings), settings_key=settings.key(), environment=environment(str(device), ctx.world_size),
+        settings=asdict(settings), settings_key=key, environment=environment(str(device), ctx.world_size),
         model=ModelRef(rm.name, graph.fingerprint(), onnx=str(rm.onnx_path)),
         data=DataRef(source.name, source.fingerprint(), shard.count, has_labels, shard.skipped),
         metric="top-1" if has_labels else "agreement with FP32 top-1", results=(), timings={"load_images_s": load_s})
@@ -292,6 +311,24 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         stats, calib_s = distributed.on_root(ctx, calibrate_once)
         doc = replace(doc, calibration=CalibrationInfo(stats.num_images, stats.data_fingerprint, calib_s,
                                                        len(set(calib_src.ids) & set(source.ids))))
+    calib_stats = {graph.fingerprint(): stats}          # statistics of each (recovered) model, by fingerprint
+
+    def stats_of(g):
+        if g.fingerprint() not in calib_stats:
+            calib_stats[g.fingerprint()] = statistics(g, calib_src, calib_cfg, device, progress=progress)
+        return calib_stats[g.fingerprint()]
+
+    def recovered(spec: ConfigSpec):
+        """The model recovered for ``spec`` and its ranges (calibrated again, the recovery in their meta)."""
+        cfg = CalibrationConfig(method=spec.method)
+        steps = replace(recovery, steps=spec.recover)
+        rec = recover(graph, steps, ranges_of=lambda g: ranges_from_stats(
+                          stats_of(g), cfg, auto_pass=AutoPass(g, calib_src, device, progress=progress)),
+                      images=lambda: first_images(calib_src, steps.images, fixed or settings.batch_size),
+                      device=device, progress=progress)
+        ranges = ranges_from_stats(stats_of(rec.graph), cfg, auto_pass=AutoPass(rec.graph, calib_src, device,
+                                                                                 progress=progress))
+        return rec.graph, replace(ranges, meta={**ranges.meta, "recovery": rec.report.meta()})
 
     rows: list[EngineResult] = []
 
@@ -332,7 +369,10 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 plan = resolve_plan("int8", graph)
             else:
                 plan = resolve_plan("fp16" if spec.precision == "fp16" and settings.backend != "torch" else "fp32", graph)
-            if plan.nodes("int8"):
+            model = graph                                # the recovered model for an int8:METHOD+STEPS config
+            if spec.recover:
+                model, ranges = recovered(spec)
+            elif plan.nodes("int8"):
                 ranges = ranges_from_stats(stats, CalibrationConfig(method=spec.method or "entropy"),
                                            auto_pass=AutoPass(graph, calib_src, device, progress=progress))
             # what TensorRT would build for this configuration (the torch backend runs FP16 by dtype instead)
@@ -340,7 +380,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             tp = spec.precision if spec.precision in FLOAT_CONFIGS and settings.backend == "torch" else None
 
             def build_and_run():                # every rank its shard; an error on any rank is raised by all
-                engine = registry.build(settings.backend, graph, plan, ranges, torch_precision=tp,
+                engine = registry.build(settings.backend, model, plan, ranges, torch_precision=tp,
                                         device=settings.device, example=head[:1])
                 times["build_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
@@ -371,7 +411,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             full = resize_rows(first(settings.batch_size), settings.batch_size)  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
-            art = _artifacts(out, spec.name, graph, plan, trt_plan, ranges, getattr(settings, "trt_version", None))
+            art = _artifacts(out, spec.name, model, plan, trt_plan, ranges, getattr(settings, "trt_version", None),
+                             recovered=bool(spec.recover))
             artifact_blobs.update(art.pop("blobs"))
             fidelity = tuple(OutputFidelity(name, **metrics.fidelity_from_terms(terms))
                              for name, terms in zip(graph.outputs, scores.fidelity))
@@ -386,7 +427,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                 engine_bytes=art["int8_bytes"] if art["int8_bytes"] is not None else _engine_bytes(engine),
                 artifacts=art["files"],
                 peak_device_mb=(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
-                trtexec=tuple(trtexec_commands(rm.onnx_path, trt_plan, Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
+                trtexec=tuple(trtexec_commands(Path(art["files"].get("onnx", rm.onnx_path)), trt_plan,
+                                               Path(art["files"]["qdq"]) if "qdq" in art["files"] else None,
                                                trtexec_shapes(graph, head))),
                 top1=float(scores.top1.mean()) if has_labels else None,
                 top5=float(scores.top5.mean()) if has_labels else None,

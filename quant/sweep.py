@@ -20,6 +20,7 @@ INT8's); the chosen plan is then rebuilt as a real engine and measured (``valida
 
 from __future__ import annotations
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..core import metrics
@@ -51,14 +52,21 @@ from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
 from .planner.search import greedy_search, plan_from_search
 from .planner.simulate import QuantSim
+from .recover import RecoverySettings, describe, first_images, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
 from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
 
 
-def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
-    """Sensitivity pass + search + outputs + validation; returns the sweep record (also ``sweep.json``)."""
+def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: RecoverySettings | None = None) -> Sweep:
+    """Sensitivity pass + search + outputs + validation; returns the sweep record (also ``sweep.json``). With
+    ``recovery`` steps the base is the recovered model (:func:`.recover.recover`, calibrated again), written
+    to ``OUT/model.onnx``: the plan, cache and Q/DQ model are its."""
     t_start = time.perf_counter()
+    recovering = recovery is not None and bool(recovery.steps)
+    if recovering and settings.ranges:
+        raise ConfigError("--recover recalibrates the recovered model", subject="--recover with --ranges",
+                          hint="drop --ranges: the ranges are measured on the recovered model (CLE changes them)")
     target = parse_target(settings.target)
     out = Path(out)
     check_output_dir(out)
@@ -96,11 +104,23 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     else:
         cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                                 method=settings.method, device=settings.device)
-        calib_source = subset(settings.calib_images, settings.seed + 1)
-        stats = distributed.on_root(ctx, lambda: statistics(graph, calib_source, cfg, device, progress=progress))
+        calib = subset(settings.calib_images, settings.seed + 1)
+        stats = distributed.on_root(ctx, lambda: statistics(graph, calib, cfg, device, progress=progress))
         ranges = distributed.on_root(ctx, lambda: ranges_from_stats(     # rank 0's, for every rank
-            stats, cfg, auto_pass=AutoPass(graph, calib_source, device, progress=progress)))
+            stats, cfg, auto_pass=AutoPass(graph, calib, device, progress=progress)))
         calib_note = f"{settings.method} ranges from {stats.num_images} calibration images"
+        if recovering:          # the recovered model is the base of everything below
+            base = graph
+            rec = recover(graph, recovery, ranges_of=lambda g: ranges if g is base else ranges_from_stats(
+                              statistics(g, calib, cfg, device, progress=progress), cfg,
+                              auto_pass=AutoPass(g, calib, device, progress=progress)),
+                          images=lambda: first_images(calib, recovery.images, base.fixed_batch or 32),
+                          device=device, progress=progress)
+            graph = rec.graph
+            ranges = ranges_from_stats(statistics(graph, calib, cfg, device, progress=progress), cfg,
+                                       auto_pass=AutoPass(graph, calib, device, progress=progress))
+            ranges = replace(ranges, meta={**ranges.meta, "recovery": rec.report.meta()})
+            calib_note += f", of the model recovered by {'+'.join(recovery.steps)} ({describe(rec.report)})"
 
     sim = QuantSim(graph, ranges, device)
     all_int8 = set(sim.layers)
@@ -196,8 +216,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
     version, algo = cache_header(CalibrationConfig(trt_version=settings.trt_version))
     cache_text = TrtCache.from_ranges(ranges, algorithm=algo, version=version).to_text()
     flag = layer_precisions_flag(plan)
-    trt_lines = trtexec_commands(rm.onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, xp))
-    trt_lines.append(f"trtexec --onnx={rm.onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
+    onnx_path = out / "model.onnx" if recovering else rm.onnx_path    # TensorRT builds from the recovered model
+    trt_lines = trtexec_commands(onnx_path, plan, out / "model_qdq.onnx", trtexec_shapes(graph, xp))
+    trt_lines.append(f"trtexec --onnx={onnx_path} --int8 --fp16 --calib={out / 'calib.bin'} "
                      f"--precisionConstraints=obey" + (f" --layerPrecisions={flag}" if flag else "")
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
 
@@ -244,15 +265,18 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True) -> Sweep:
                             tuple(SearchStep(s.fp16, s.accuracy, s.cost, s.met, s.action) for s in result.path)),
         validation=validation, trtexec=tuple(trt_lines),
         timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
-        files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")})
+        files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")
+               + (("model.onnx",) if recovering else ())})
 
     def write():                                # rank 0; every rank returns its document (or raises its error)
         # every output together, after everything above succeeded (an error or Ctrl-C leaves the earlier set);
         # the CLI checked the paths and their kinds before any work
         out.mkdir(exist_ok=True)
         with OutputSet(force=True) as outputs:
+            recovered = (("model.onnx", graph.model.SerializeToString()),) if recovering else ()
             for name, data in (("plan.json", plan.to_json()), ("model_qdq.onnx", qdq.SerializeToString()),
-                               ("calib.bin", cache_text), ("sweep.json", document_text(doc)), *sweep_report_texts(doc).items()):
+                               ("calib.bin", cache_text), ("sweep.json", document_text(doc)), *sweep_report_texts(doc).items(),
+                               *recovered):
                 outputs.add(out / name, flag="--out")
                 outputs.stage(out / name, data)
             outputs.commit()

@@ -4,7 +4,6 @@ batch) and of a preprocessing preset against the input, before any image is read
 from __future__ import annotations
 import logging
 
-import numpy as np
 
 from ...core.errors import DataError, ModelError
 from ...core.types import feeds

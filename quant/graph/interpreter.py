@@ -456,6 +456,14 @@ class TorchGraphExecutor:
         ``tap(i, inputs, outputs)`` sees every executed node ``self.nodes[i]``: its inputs as the graph
         gives them (before ``edges``) and its outputs (a second computation can follow the run node by
         node with :meth:`run_node`)."""
+        env = self.feed(feeds, observe, watch, transform)
+        self.run_nodes(env, 0, len(self.nodes), observe, watch, transform, edges, tap)
+        return {o: env[o] for o in self.graph.outputs}
+
+    def feed(self, feeds: Mapping[str, torch.Tensor], observe: Observer | None = None,
+             watch: set[str] | None = None,
+             transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The environment before the first node: the constants and the graph inputs (for :meth:`run_nodes`)."""
         env: dict[str, torch.Tensor] = dict(self.consts)
         for gi in self.graph.inputs:
             if gi.name not in feeds:
@@ -464,8 +472,18 @@ class TorchGraphExecutor:
             if observe and (watch is None or gi.name in watch):
                 observe(gi.name, x)
             env[gi.name] = transform(gi.name, x) if transform else x
+        return env
+
+    def run_nodes(self, env: dict[str, torch.Tensor], start: int, stop: int, observe: Observer | None = None,
+                  watch: set[str] | None = None,
+                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                  edges: Mapping[str, Mapping[int, Callable[[torch.Tensor], torch.Tensor]]] | None = None,
+                  tap: Callable[[int, list, tuple], None] | None = None) -> None:
+        """Execute ``self.nodes[start:stop]`` on ``env`` in place (values past their last use are freed), so a
+        caller can stop between layers, look at or change what the next one reads, and go on."""
         with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
-            for i, (node, a, inputs) in enumerate(self.nodes):
+            for i in range(start, stop):
+                node, a, inputs = self.nodes[i]
                 args = [env[n] if n else None for n in inputs]
                 given = list(args) if tap else None
                 if edges and node.name in edges:
@@ -486,8 +504,6 @@ class TorchGraphExecutor:
                 for name in inputs:
                     if name and self._last_use.get(name) == i and name not in self.consts:
                         env.pop(name, None)
-        return {o: env[o] for o in self.graph.outputs}
-
     def run_node(self, i: int, args: list) -> tuple:
         """Node ``self.nodes[i]`` on ``args`` (its inputs in order, None where absent): its outputs, as
         :meth:`run` computes them (call it inside :meth:`run`, or under ``torch.inference_mode()``)."""

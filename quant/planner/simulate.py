@@ -45,6 +45,13 @@ class QuantSim:
             self._weights[key] = fake_quant_weight(self.ex.consts[q.tensor], q.axis)
         return self._weights[key]
 
+    def set_constant(self, name: str, value: torch.Tensor) -> None:
+        """Replace a weight or bias of the simulated graph (accuracy recovery changes layers one by one); a
+        weight's fake quantization is recomputed from the new values, with the same per-channel rule."""
+        self.ex.consts[name] = value.to(self.ex.device)
+        for key in [k for k in self._weights if k[0] == name]:
+            del self._weights[key]
+
     def edges(self, int8) -> dict:
         """Per-consumer replacements for one forward (``memo`` shares a tensor's fake-quant between its consumers)."""
         memo: dict[str, torch.Tensor] = {}
