@@ -85,7 +85,8 @@ def histogram_errors(hist: TensorHistogram, amaxes: Sequence[float]) -> np.ndarr
         G(u) = 127 D^3 / 12 + (u - a)^3 / 3               for u > a
 
     so ``E_t(a) = sum_k rho_k (G(e_{k+1}) - G(e_k)) / sum_k rho_k (e_{k+1}^3 - e_k^3) / 3`` over bin
-    edges ``e_k`` with densities ``rho_k = b_k / (e_{k+1} - e_k)``. (Negative values clip at -128 D rather than -127 D: ignored, a half step at one end.)
+    edges ``e_k`` with densities ``rho_k = b_k / (e_{k+1} - e_k)``. (Negative values clip at -128 D rather
+    than -127 D: ignored, a half step at one end.)
     """
     counts = np.asarray(hist.counts, dtype=np.float64)
     w = float(hist.bin_width)

@@ -2,12 +2,12 @@
 
 The objective ``E_t(a)`` and the choice are defined in :mod:`..calibrators.auto` (pure); this module
 runs the graph. One pass of the PyTorch interpreter over the first ``Auto.images`` calibration images
-observes, for every INT8 layer ``l`` of the all-INT8 placement (:func:`.artifacts.placement.place_quantizers`),
-its FP32 inputs and its FP32 output ``f_l(x; W_l)``; the layer is then re-run once per distinct
-candidate amax of each quantized input, with that input fake-quantized (:func:`..core.numerics.fake_quant`,
-scale ``fp32(a) / 127`` exactly as shipped) and its weight fake-quantized per channel as shipped
-(:func:`.artifacts.placement.fake_quant_weight`), and the squared output error is accumulated in float64. A
-quantized tensor that no INT8 layer reads (a residual-Add or pooling input) is measured against itself;
+observes, for every INT8 layer ``l`` of the all-INT8 placement
+(:func:`.artifacts.placement.place_quantizers`), its FP32 inputs and its FP32 output ``f_l(x; W_l)``;
+the layer is then re-run once per distinct candidate amax of each quantized input, with that input
+fake-quantized (:func:`..core.numerics.fake_quant`, scale ``fp32(a) / 127`` exactly as shipped) and its
+weight fake-quantized per channel as shipped (:func:`.artifacts.placement.fake_quant_weight`), and the
+squared output error is accumulated in float64. A quantized tensor that no INT8 layer reads (a residual-Add or pooling input) is measured against itself;
 a tensor no quantizer reads is judged from its histogram, without the pass. Nothing but the tensors a
 layer still needs is kept (memory ~ the graph's widest cut, as in the statistics pass).
 """
@@ -120,7 +120,8 @@ class _ErrorPass:
                     self.needed[n] = self.needed.get(n, 0) + 1
         self.watch = set(self.own) | set(self.needed) | set(self.by_output)
         z = lambda k: torch.zeros(k, dtype=torch.float64, device=dev)   # noqa: E731
-        self.sse = {(t, layer.name): z(len(self.scales[t])) for layer in self.layers.values() for t, _ in layer.quantized}
+        self.sse = {(t, layer.name): z(len(self.scales[t]))
+                    for layer in self.layers.values() for t, _ in layer.quantized}
         self.energy = {name: z(1) for name in self.layers}
         self.own_sse = {t: z(len(self.scales[t])) for t in self.own}
         self.own_energy = {t: z(1) for t in self.own}

@@ -108,7 +108,8 @@ def statistics(graph: OnnxGraph, source, cfg: CalibrationConfig, device: torch.d
     return CalibrationStats(hists, graph.fingerprint(), source.fingerprint(), images, cfg.num_bins)
 
 
-def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *, auto_pass: AutoPass | None = None) -> RangeSet:
+def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *,
+                      auto_pass: AutoPass | None = None) -> RangeSet:
     """The method's range for every tensor of ``stats``; ``--method auto`` also runs ``auto_pass`` (the model
     and its calibration images) to measure each candidate (:mod:`.auto_method`)."""
     algo = cfg.algorithm()

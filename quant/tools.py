@@ -43,8 +43,8 @@ def show(path: str | Path) -> str:
     lines = [head, f"{'tensor':<{width}}  {'scale':>12}  {'amax':>12}"
              + (f"  {'method (auto)':<17}  {'error':>9}  objective" if rs.methods else "")]
     if rs.methods:                # --method auto: the method chosen per tensor
-        lines.insert(1, "auto chose " + ", ".join(f"{k} for {v}" for k, v in chosen_counts(rs.methods.values()).items())
-                     + " tensor(s)")
+        counts = chosen_counts(rs.methods.values())
+        lines.insert(1, "auto chose " + ", ".join(f"{k} for {v}" for k, v in counts.items()) + " tensor(s)")
     for name, r in rs.ranges.items():
         if name not in zero:
             choice = rs.methods.get(name)

@@ -199,7 +199,8 @@ def test_each_tensor_gets_its_objective(tmp_path):
         rq = fq(relu["relu_out"], np.float32(c.amax) / np.float32(127)).astype(np.float64)
         assert c.error == pytest.approx(((rq - r) ** 2).sum() / (r ** 2).sum(), rel=1e-4)
     h = res.stats.histograms["conv_out"]
-    assert [c.error for c in m["conv_out"].candidates] == list(histogram_errors(h, [c.amax for c in m["conv_out"].candidates]))
+    cands = m["conv_out"].candidates
+    assert [c.error for c in cands] == list(histogram_errors(h, [c.amax for c in cands]))
 
 
 def test_histogram_error_against_numeric_integration():
@@ -237,7 +238,8 @@ def test_ranges_json_records_the_method_and_round_trips(two, tmp_path, capsys):
     (tmp_path / "old.json").write_text(json.dumps(doc))
     old = read_ranges_json(tmp_path / "old.json")
     assert old.methods == {} and old.amax() == back.amax()
-    by_name["a"]["choice"] = {"objective": "layer output", "chosen": 9, "candidates": [{"method": "minmax", "amax": 40}]}
+    by_name["a"]["choice"] = {"objective": "layer output", "chosen": 9,
+                              "candidates": [{"method": "minmax", "amax": 40}]}
     doc["tensors"] = list(by_name.values())
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(CacheFormatError, match="bad tensor entry in ranges file"):
