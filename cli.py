@@ -375,8 +375,7 @@ def cmd_evaluate(args) -> int:
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
                             metric=args.metric)
     try:
-        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress,
-                       **({"recovery": recovery} if recovery is not None else {}))
+        res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress, recovery=recovery)
     except KeyboardInterrupt:
         partial = Path(args.out) / "results.partial.json"
         kept = (f"finished configurations are kept in {partial}: add --resume to continue" if partial.is_file()

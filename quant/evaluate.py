@@ -229,12 +229,13 @@ def _plan_summary(plan, with_layers: bool) -> PlanSummary:
 
 
 def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, progress: bool = True,
-             recovery: RecoverySettings = RecoverySettings()) -> EvaluationResult:
+             recovery: RecoverySettings | None = None) -> EvaluationResult:
     """Every configuration of ``settings.configs``; an ``int8:METHOD+STEPS`` one is the model recovered by those
     steps (``recovery``'s settings, :func:`.recover.recover`) from the calibration subset, calibrated again,
     built and measured like any other, its model, ranges and Q/DQ model written into ``OUT/<config>/``."""
 
     specs = parse_configs(settings.configs)
+    recovery = recovery or RecoverySettings()
     out = Path(out)
     check_output_dir(out)
     results_path = out / "results.json"

@@ -187,10 +187,9 @@ def test_adaround_reduces_every_layers_output_error_on_held_out_images(adarounde
         wname, bname = node.input[1], node.input[2]
         w, b = torch.from_numpy(w0[wname]), torch.from_numpy(w0[bname])
         s = torch.from_numpy(weight_scales(w0[wname], 0)).reshape(-1, 1, 1, 1)
-        conv = lambda xx, ww: OPS["Conv"](xx, ww, b, **attrs[node.name])      # noqa: E731
-
-        def error(ww):
-            return float((conv(x_q[node.input[0]], ww) - conv(x_fp[node.input[0]], w)).pow(2).sum(1).mean())
+        def error(ww, b=b, w=w, a=attrs[node.name], x=node.input[0]):
+            """Output error (summed over channels, mean over positions) of the INT8 layer with weights ``ww``."""
+            return float((OPS["Conv"](x_q[x], ww, b, **a) - OPS["Conv"](x_fp[x], w, b, **a)).pow(2).sum(1).mean())
 
         e_near, e_ada = error(fake_quant(w, s)), error(torch.from_numpy(w1[wname]))
         assert e_ada < e_near, f"{node.name}: held-out error {e_ada:.5g} with AdaRound vs {e_near:.5g} nearest"
@@ -305,7 +304,7 @@ def test_calibrate_recover_writes_the_recovered_model_its_cache_ranges_and_qdq(t
 
 
 def test_evaluate_and_sweep_start_from_the_recovered_model(tmp_path, capsys):
-    rc, out, err = run_cli(["evaluate", "--model", "tiny_cnn", "--backend", "torch", "--device", "cpu",
+    rc, _, err = run_cli(["evaluate", "--model", "tiny_cnn", "--backend", "torch", "--device", "cpu",
                             "--configs", "fp32,int8:mse,int8:mse+bias", "--calib-images", "10", "--latency-iters", "2",
                             "--no-progress", "--out", tmp_path / "e"], capsys)
     assert rc == 0, err
@@ -323,7 +322,7 @@ def test_evaluate_and_sweep_start_from_the_recovered_model(tmp_path, capsys):
     np.testing.assert_array_equal(qdq[conv.input[2]], _inits(recovered)[conv.input[2]])
     assert not np.array_equal(qdq[conv.input[2]], _inits(original)[conv.input[2]])
     assert any(arts["qdq"] in line for line in rows["int8:mse+bias"]["trtexec"])
-    rc, out, err = run_cli(["sweep", "--model", "tiny_cnn", "--device", "cpu", "--target-drop", "agree:50%",
+    rc, _, err = run_cli(["sweep", "--model", "tiny_cnn", "--device", "cpu", "--target-drop", "agree:50%",
                             "--recover", "bias", "--calib-images", "10", "--proxy-images", "8", "--no-progress",
                             "--out", tmp_path / "s"], capsys)
     assert rc == 0, err
