@@ -528,7 +528,7 @@ def test_L10_text_files_are_not_called_pickles(w, tmp_path, capsys):
 def test_L9_help_is_complete(capsys):
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
-    assert set(sub.choices) == {"calibrate", "build", "cache", "lint", "evaluate", "report", "sweep"}
+    assert set(sub.choices) == {"calibrate", "build", "cache", "lint", "evaluate", "report", "sweep", "debug"}
     for name, p in sub.choices.items():
         assert p.description, name
         for action in p._actions:
