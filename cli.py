@@ -40,11 +40,13 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
-    from trtquant.core.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
+    from trtquant.core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL,  # noqa: E402
+                                        DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, OBJECTIVES)
     from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
-    from .core.defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from .core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
+                                DEFAULT_TARGET_GPU, OBJECTIVES)
     from .core.targets import BACKENDS, TARGET_FORMS
 
 
@@ -450,7 +452,8 @@ def cmd_sweep(args) -> int:
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
-                             margin_pp=args.margin, metric=args.metric)
+                             margin_pp=args.margin, metric=args.metric, objective=args.objective,
+                             target_gpu=args.target_gpu, latency_batch=args.latency_batch)
     doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     if not _is_root():
         return 0                            # under torchrun rank 0 prints the summary
@@ -462,6 +465,10 @@ def cmd_sweep(args) -> int:
     print(f"result  {'met' if s.met else 'NOT met'}{' (partial)' if s.partial else ''}: "
           f"{len(s.fp16_layers)}/{doc.layers} layers FP16, {s.evaluations} full-model evaluations, "
           f"simulated {doc.metric} {fmt(s.simulated_metric)} (FP32 {fp32})")
+    if doc.latency is not None:
+        lat = doc.latency
+        print(f"latency estimated (roofline, {lat.gpu}, batch {lat.batch}, not measured): plan {lat.plan_ms:.4f} ms, "
+              f"all INT8 {lat.all_int8_ms:.4f} ms, all FP16 {lat.all_fp16_ms:.4f} ms; objective {doc.objective}")
     if v.status == "ok":
         print(f"check   {v.backend}: {fmt(v.metric)} -> {'meets' if v.meets_target else 'MISSES'} the target")
     else:
@@ -738,6 +745,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "higher is better; --target-drop is then a drop of it (0.5%% = 0.005 absolute; rel:1%%)")
     w.add_argument("--margin", type=PP, default=0.0, help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
                                                           "room for the real engine's rounding differences")
+    w.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES,
+                   help="among the plans that meet the target: latency = the fastest by the roofline estimate of "
+                        "--target-gpu (default), layers = the fewest FP16 layers")
+    w.add_argument("--target-gpu", default=DEFAULT_TARGET_GPU, metavar="GPU",
+                   help="the GPU whose latency is estimated: auto (the local CUDA GPU, else h100-sxm), h200, h100-sxm, "
+                        "h100-pcie, a100, l40s, l4, a10, t4, rtx4090, orin")
+    w.add_argument("--latency-batch", type=COUNT, default=DEFAULT_LATENCY_BATCH,
+                   help="batch size of the latency estimate")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")
     w.add_argument("--validate-backend", default="onnxruntime", choices=BACKENDS,
                    help="backend that measures the chosen plan")

@@ -3,3 +3,10 @@ offline) on the 20 bundled ImageNet images."""
 
 DEFAULT_MODEL = "mobilenet_v2"
 DEFAULT_DATA = "imagenet_sample"
+
+OBJECTIVES = ("latency", "layers")
+"""What ``sweep --objective`` minimises among the plans that meet the target: the estimated latency on the
+target GPU, or the number of FP16 layers."""
+DEFAULT_OBJECTIVE = "latency"
+DEFAULT_TARGET_GPU = "auto"          # the local CUDA GPU when the latency model knows it (quant.planner.latency)
+DEFAULT_LATENCY_BATCH = 1

@@ -330,6 +330,7 @@ class SensitivityRow(Record):
     layer: str
     regain_sqnr_db: float | None = field(default=None, metadata=_KEEP)
     alone_int8_sqnr_db: float | None = field(default=None, metadata=_KEEP)
+    fp16_cost_ms: float | None = None      # estimated latency added when the layer alone stays FP16
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,32 @@ class SearchStep(Record):
     cost: float
     met: bool
     action: str
+    latency_ms: float | None = None        # the plan's estimated latency (``Sweep.latency`` says how)
+
+
+@dataclass(frozen=True)
+class LatencyEstimate(Record):
+    """How the sweep's latencies were obtained: estimated by a model, never measured (``kind`` names it)."""
+    kind: str                              # "roofline"
+    gpu: str
+    gpu_source: str                        # why this GPU
+    batch: int
+    model: str                             # the model's description, in words
+    all_int8_ms: float
+    all_fp16_ms: float
+    plan_ms: float
+    measured: bool = False
+
+
+@dataclass(frozen=True)
+class FrontPoint(Record):
+    """A plan on the Pareto front of accuracy vs estimated latency."""
+    label: str
+    fp16_layers: int
+    metric: float
+    latency_ms: float
+    step: int | None = None                # its index in the search path (None: not a search step)
+    chosen: bool = False
 
 
 @dataclass(frozen=True)
@@ -393,6 +420,9 @@ class Sweep(Record):
     trtexec: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    objective: str = "layers"              # what the search minimised: "latency" (estimated) or "layers"
+    latency: LatencyEstimate | None = None
+    front: tuple[FrontPoint, ...] = ()     # the Pareto front of the evaluated plans, by latency
     format: str = SWEEP_FORMAT
 
     def __post_init__(self):

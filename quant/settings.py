@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass, fields
 from ..calibrators.auto import Auto, make_method
 from ..core.cache import TRT_ALGORITHMS, trt_version_int
 
-from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
+from ..core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
+                             DEFAULT_TARGET_GPU, OBJECTIVES)
 from ..core.errors import ConfigError
+from ..core.gpus import check_gpu_name
 from ..datasets.gpu_decode import DECODE_MODES
 from .graph.executors import EXECUTORS
 from .graph.models import ResolvedModel, resolve_model
@@ -126,6 +128,18 @@ class SweepSettings(ModelSpec, DataSpec):
     trt_version: str | None = None
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
     metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
+    objective: str = DEFAULT_OBJECTIVE   # latency: the fastest plan (estimated) | layers: the fewest FP16 layers
+    target_gpu: str = DEFAULT_TARGET_GPU  # the GPU the latency model estimates for (planner.latency.GPUS)
+    latency_batch: int = DEFAULT_LATENCY_BATCH   # the batch the latency model estimates
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("unknown objective", subject="--objective", got=repr(self.objective),
+                              expected=" | ".join(OBJECTIVES))
+        check_gpu_name(self.target_gpu)
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise ConfigError("invalid latency batch", subject="--latency-batch", got=repr(self.latency_batch),
+                              expected="an integer >= 1")
 
 
 DEFAULT_DEBUG_IMAGES = 64

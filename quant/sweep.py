@@ -10,9 +10,14 @@
    FP16 in an otherwise INT8 model). The regain view ranks the search.
 3. **Search** (``greedy_search``, a pure function of an evaluation oracle): add layers to FP16 in
    ranking order, verifying the whole mixed model on the evaluation images after each step, until
-   the target holds; then prune every FP16 layer whose return to INT8 keeps the target. Cost = number
-   of FP16 layers (or a per-layer cost). Every step is kept: the path is the accuracy/cost front.
-   A time budget returns the best plan found so far, marked partial.
+   the target holds; then prune every FP16 layer whose return to INT8 keeps the target. Every step is
+   kept, and the cheapest plan that meets the target is the result; a time budget returns the best
+   plan found so far, marked partial.
+4. **Objective** (``--objective``): ``latency`` (default) costs a plan by its estimated latency on the
+   target GPU (``planner.latency``: a roofline, labelled estimated): the ranking is SQNR regained per
+   microsecond added, pruning returns the dearest FP16 layers to INT8 first, and the record keeps the
+   Pareto front of accuracy vs estimated latency of every evaluated plan. ``layers`` costs a plan by its
+   number of FP16 layers (ranking by regain alone).
 
 During the search FP16 layers are simulated in FP32 (FP16's error is orders of magnitude below
 INT8's); the chosen plan is then rebuilt as a real engine and measured (``validate``).
@@ -23,12 +28,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ..core import metrics
 from ..core.cache import TrtCache
 from ..core.errors import ConfigError
 from ..core.fileio import OutputSet, check_output_dir
+from ..core.gpus import resolve_gpu
 from ..core.records import (
     DataRef,
+    FrontPoint,
+    LatencyEstimate,
     ModelRef,
     SearchRecord,
     SearchStep,
@@ -50,7 +60,8 @@ from .artifacts.trtexec import layer_precisions_flag, trtexec_commands, trtexec_
 from .engines import registry
 from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
-from .planner.search import greedy_search, plan_from_search
+from .planner.latency import RooflineModel, latency_order
+from .planner.search import Step, greedy_search, pareto_front, plan_from_search
 from .planner.simulate import QuantSim
 from .recover import RecoverySettings, describe, first_images, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
@@ -191,7 +202,17 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     sens_s = time.perf_counter() - t_sens
     if partial_rank:
         notes.append(f"time budget spent during the sensitivity pass: {len(regain)} of {len(sim.layers)} layers ranked")
-    order = sorted(regain, key=lambda k: -regain[k])
+    gpu, gpu_source = resolve_gpu(settings.target_gpu, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    latency = RooflineModel(graph, xp[:1], gpu, batch=settings.latency_batch)
+    fp16_cost = latency.fp16_costs()
+    latency_ms = lambda fp16: latency.estimate_fp16(fp16) * 1e3            # noqa: E731
+    if settings.objective == "latency":
+        order = latency_order(regain, fp16_cost)
+        prune = sorted((n for n in regain if fp16_cost[n] > 0), key=lambda k: -fp16_cost[k])   # dearest first
+        cost = latency_ms
+    else:
+        order = sorted(regain, key=lambda k: -regain[k])
+        prune, cost = None, None
 
     t_search = time.perf_counter()
     remaining = distributed.on_root(ctx, lambda: None if settings.time_budget_s is None else
@@ -201,10 +222,32 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     if settings.margin_pp:
         notes.append(f"searched with a margin of {settings.margin_pp:g} pp below the target")
     result = greedy_search(order, lambda fp16: metric(evaluate_plan(all_int8 - set(fp16))),
-                           lambda acc: target.met(fp32_metric, acc, settings.margin_pp), time_budget_s=remaining,
+                           lambda acc: target.met(fp32_metric, acc, settings.margin_pp), cost=cost,
+                           time_budget_s=remaining, prune_order=prune,
                            clock=distributed.clock(ctx, time.perf_counter), fmt=target.format)
     search_s = time.perf_counter() - t_search
+    all_fp16 = tuple(sim.layers)
+    fp16_metric = metric(ref_outputs)        # FP16 is simulated in FP32: the all-FP16 plan is the FP32 pass
+    if settings.objective == "latency" and all(st.fp16 != all_fp16 for st in result.path):
+        best = min((st.cost for st in result.path if st.met), default=None)
+        if (best is None or latency_ms(all_fp16) < best) and target.met(fp32_metric, fp16_metric, settings.margin_pp):
+            result.path.append(Step(all_fp16, fp16_metric, latency_ms(all_fp16), True,
+                                    "all FP16: estimated faster than every mixed plan found"))
+            result.fp16, result.met = all_fp16, True
+            result.note = ("every layer in FP16 is estimated faster than every plan with INT8 layers that meets the "
+                           "target (on this GPU and batch, INT8's savings do not pay for its reformats)")
     plan = plan_from_search(graph, result.fp16, regain, target, name=f"sweep-{rm.name}")
+    steps = tuple(SearchStep(st.fp16, st.accuracy, st.cost, st.met, st.action, latency_ms(st.fp16))
+                  for st in result.path)
+    # the Pareto front of accuracy vs estimated latency: the evaluated plans and the all-FP16 model
+    points = [(st.metric, st.latency_ms) for st in steps]
+    labels = [(st.action, len(st.fp16), i) for i, st in enumerate(steps)]
+    if all(st.fp16 != all_fp16 for st in steps):
+        points.append((fp16_metric, latency_ms(all_fp16)))
+        labels.append(("all FP16 (simulated as FP32)", len(all_fp16), None))
+    chosen = next((i for i, st in enumerate(steps) if st.fp16 == result.fp16 and st.met), None)
+    front = tuple(FrontPoint(labels[i][0], labels[i][1], points[i][0], points[i][1], labels[i][2], i == chosen)
+                  for i in pareto_front(points))
     final_sim = result.path[-1].accuracy if result.path else float("nan")
     for s in reversed(result.path):
         if s.fp16 == result.fp16:
@@ -258,11 +301,13 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         metric=(f"metric {settings.metric}" if user_metric is not None else
                 target.metric_name or ("top-1" if by_top1 else "agreement with FP32 top-1")), fp32_metric=fp32_metric,
         calibration=calib_note, layers=len(sim.layers), notes=tuple(notes + ([result.note] if result.note else [])),
-        sensitivity=tuple([SensitivityRow(n, regain.get(n), alone.get(n)) for n in order]
-                          + [SensitivityRow(n) for n in sim.layers if n not in regain]),
+        sensitivity=tuple([SensitivityRow(n, regain.get(n), alone.get(n), fp16_cost[n] * 1e3) for n in order]
+                          + [SensitivityRow(n, fp16_cost_ms=fp16_cost[n] * 1e3) for n in sim.layers if n not in regain]),
         all_int8_sqnr_db=float(base_sqnr), ranking_partial=partial_rank,
-        search=SearchRecord(result.met, result.partial, result.evaluations, tuple(result.fp16), final_sim,
-                            tuple(SearchStep(s.fp16, s.accuracy, s.cost, s.met, s.action) for s in result.path)),
+        search=SearchRecord(result.met, result.partial, result.evaluations, tuple(result.fp16), final_sim, steps),
+        objective=settings.objective, front=front,
+        latency=LatencyEstimate("roofline", gpu.key, gpu_source, settings.latency_batch, latency.describe(),
+                                latency_ms(()), latency_ms(sim.layers), latency_ms(result.fp16)),
         validation=validation, trtexec=tuple(trt_lines),
         timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
         files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")

@@ -30,8 +30,9 @@ def sweep_page(doc: Sweep) -> Page:
     ranking = []
     for i, row in enumerate(doc.sensitivity):
         r, a = row.regain_sqnr_db, row.alone_int8_sqnr_db
+        c = row.fp16_cost_ms
         ranking.append((str(i + 1), row.layer, "" if r is None else f"{r:+.2f}", "" if a is None else f"{a:.1f}",
-                        "FP16" if row.layer in fp16 else "INT8"))
+                        "" if c is None else f"{c * 1e3:+.2f}", "FP16" if row.layer in fp16 else "INT8"))
     t = doc.timings
     page.add(Para((f"Target `{doc.target.text}`: {doc.target.meaning}. Metric: {doc.metric} "
                    f"(FP32 {fmt(doc.fp32_metric) if doc.fp32_metric is not None else 'exact'}). "
@@ -41,19 +42,81 @@ def sweep_page(doc: Sweep) -> Page:
                    f"in FP16, {s.evaluations} full-model evaluations. Simulated {doc.metric}: "
                    f"{fmt(s.simulated_metric)}.",)),
              Para((validation,)),
-             Heading("Search path (the accuracy/cost front)"),
-             Table(("step", "action", "FP16 layers", "metric" if target.kind in FIDELITY_KINDS else "metric %", "target"),
-                   tuple((str(i), p.action, str(len(p.fp16)), fmt(p.metric).rstrip("%"), "met" if p.met else "")
-                         for i, p in enumerate(s.path))),
+             Heading("Search path"),
+             Table(("step", "action", "FP16 layers", "metric" if target.kind in FIDELITY_KINDS else "metric %",
+                    "est. latency ms", "target"),
+                   tuple((str(i), p.action, str(len(p.fp16)), fmt(p.metric).rstrip("%"), _ms(p.latency_ms),
+                          "met" if p.met else "") for i, p in enumerate(s.path))),
+             *latency_blocks(doc),
              Figure("Sensitivity: SQNR regained when the layer alone stays FP16 (red: FP16 in the plan)",
                     sensitivity_svg(doc)),
              Heading("Sensitivity ranking"),
-             Table(("rank", "layer", "regain when FP16 (SQNR dB)", "alone INT8 (SQNR dB)", "plan"), tuple(ranking)),
+             Table(("rank", "layer", "regain when FP16 (SQNR dB)", "alone INT8 (SQNR dB)",
+                    "FP16 cost (est. µs)", "plan"), tuple(ranking)),
              Heading("Build it"),
              Bullets(tuple((f"`{c}`", ()) for c in doc.trtexec)),
              Para((f"Time: sensitivity {t['sensitivity_s']:.1f} s, search {t['search_s']:.1f} s, "
                    f"total {t['total_s']:.1f} s.",)))
     return page
+
+
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def latency_blocks(doc: Sweep) -> tuple:
+    """The latency estimate, in words, and the Pareto front of accuracy vs estimated latency (figure + table)."""
+    lat = doc.latency
+    if lat is None:
+        return ()
+    fmt = sweep_target(doc).format
+    objective = ("the fastest plan by estimated latency" if doc.objective == "latency" else
+                 "the fewest FP16 layers")
+    return (Heading("Accuracy vs estimated latency"),
+            Para((f"Objective: {objective}. Latencies are **estimated, not measured**: {lat.model} "
+                  f"(GPU: {lat.gpu_source}). All INT8 {lat.all_int8_ms:.4f} ms, all FP16 {lat.all_fp16_ms:.4f} ms, "
+                  f"the plan {lat.plan_ms:.4f} ms.",)),
+            Figure("Pareto front of the evaluated plans: metric vs estimated latency (grey: every plan evaluated; "
+                   "blue: the front; red: the chosen plan)", pareto_svg(doc)),
+            Table(("plan", "FP16 layers", "metric", "est. latency ms", ""),
+                  tuple((f.label, str(f.fp16_layers), fmt(f.metric), _ms(f.latency_ms), "chosen" if f.chosen else "")
+                        for f in doc.front)))
+
+
+def pareto_svg(doc: Sweep, width: int = 640, height: int = 320) -> str:
+    pts = [(p.latency_ms, p.metric) for p in doc.search.path if p.latency_ms is not None]
+    front = [(f.latency_ms, f.metric, f.chosen) for f in doc.front]
+    every = pts + [(x, y) for x, y, _ in front]
+    if not every:
+        return "<p>No plans.</p>"
+    left, right, top, bottom = 70, 20, 15, 45
+    xs, ys = [x for x, _ in every], [y for _, y in every]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1e-6), (y1 if y1 > y0 else y0 + 1e-6)
+    px = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)            # noqa: E731
+    py = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
+    fmt = sweep_target(doc).format
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="accuracy vs estimated latency">',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#444"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#444"/>',
+             f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" font-size="11">'
+             f'estimated latency, ms ({html.escape(doc.latency.gpu)}, batch {doc.latency.batch}; not measured)</text>',
+             f'<text x="{left - 6}" y="{py(y0) + 4:.1f}" text-anchor="end" font-size="10">{html.escape(fmt(y0))}</text>',
+             f'<text x="{left - 6}" y="{py(y1) + 4:.1f}" text-anchor="end" font-size="10">{html.escape(fmt(y1))}</text>',
+             f'<text x="{px(x0):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">{x0:.4f}</text>',
+             f'<text x="{px(x1):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">{x1:.4f}</text>']
+    for x, y in pts:
+        parts.append(f'<circle class="plan" cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="#bbb"/>')
+    if len(front) > 1:
+        line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in front)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+    for x, y, chosen in front:
+        parts.append(f'<circle class="{"chosen" if chosen else "front"}" cx="{px(x):.1f}" cy="{py(y):.1f}" '
+                     f'r="{6 if chosen else 4}" fill="{"#d62728" if chosen else "#1f77b4"}"/>')
+    parts.append("</svg>")
+    return "\n".join(parts)
 
 
 def sweep_markdown(doc: Sweep) -> str:

@@ -31,11 +31,14 @@ class SearchResult:
 
 def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], meets: Callable[[float], bool], *,
                   cost: Callable[[Sequence[str]], float] | None = None, time_budget_s: float | None = None,
-                  clock: Callable[[], float] = time.perf_counter,
+                  prune_order: Sequence[str] | None = None, clock: Callable[[], float] = time.perf_counter,
                   fmt: Callable[[float], str] = lambda v: f"{v * 100:.2f}%") -> SearchResult:
     """Greedy FP16 selection in ``order`` with whole-model verification, then pruning.
 
-    ``evaluate(fp16_set) -> metric`` measures the mixed model; ``meets(metric)`` is the target.
+    ``evaluate(fp16_set) -> metric`` measures the mixed model; ``meets(metric)`` is the target; ``cost(fp16)``
+    is what the plan costs (default: its number of FP16 layers). Pruning tries the FP16 layers in
+    ``prune_order`` (default: the reverse of ``order``, least sensitive first). The result is the cheapest
+    evaluated plan that meets the target (fewer FP16 layers on a tie).
     """
     cost = cost or (lambda layers: float(len(layers)))
     start = clock()
@@ -71,7 +74,8 @@ def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], 
                     f"{fmt(best.accuracy)})")
         return res
     # prune: return to INT8 every FP16 layer that turns out unnecessary (least sensitive first)
-    for layer in reversed(list(fp16)):
+    chosen = list(fp16)
+    for layer in ([n for n in prune_order if n in chosen] if prune_order is not None else reversed(chosen)):
         if over_budget():
             res.partial = True
             break
@@ -81,8 +85,9 @@ def greedy_search(order: Sequence[str], evaluate: Callable[[frozenset], float], 
         else:
             res.path[-1] = Step(res.path[-1].fp16, res.path[-1].accuracy, res.path[-1].cost, False,
                                 f"- {layer} back to INT8 (kept FP16)")
-    res.fp16 = tuple(fp16)
-    res.note = f"{len(fp16)} layer(s) in FP16 meet the target"
+    best = min((s for s in res.path if s.met), key=lambda s: (s.cost, len(s.fp16)))
+    res.fp16 = best.fp16
+    res.note = f"{len(res.fp16)} layer(s) in FP16 meet the target"
     return res
 
 
@@ -97,3 +102,15 @@ def plan_from_search(graph: OnnxGraph, fp16: Sequence[str], sensitivity: dict[st
         else:
             layers[n] = LayerPrecision(n, "int8", "INT8 within the target", s)
     return PrecisionPlan(name, layers, default="fp32", meta={"target": target.text, "target_meaning": target.describe()})
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points ``(metric, cost)`` that no other point beats on both (a higher or equal metric at a
+    lower or equal cost, one of them strictly), by increasing cost; of equal points the first is kept."""
+    front = []
+    for i, (m, c) in enumerate(points):
+        dominated = any((m2 >= m and c2 <= c and (m2 > m or c2 < c)) or ((m2, c2) == (m, c) and j < i)
+                        for j, (m2, c2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
