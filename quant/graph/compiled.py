@@ -1,0 +1,236 @@
+"""Compiled forwards of the ONNX interpreter: ``torch.compile`` over :class:`.TorchGraphExecutor`'s nodes.
+
+The interpreter runs ~100 nodes one by one from Python, and fake quantization adds four elementwise
+kernels (divide, round, clamp, multiply) per quantized tensor. :class:`CompiledGraph` turns the
+executor's node list into one plain Python function (a closure over the nodes, their attributes and
+the shape arithmetic) and hands it to ``torch.compile``: inductor fuses the convolutions' epilogues
+(bias + ReLU6) with the fake quantization that follows them into one kernel, and the Python loop
+disappears.
+
+Fake quantization is *tensor-driven*, so one compiled graph serves every INT8 plan: each quantizer
+slot (a consumer's input) reads ``where(flags[i], fake_quant(v, scales[t]), v)`` with ``flags`` a
+boolean tensor input, and the weights a consumer reads (FP32 or fake-quantized) are inputs too. Changing
+the plan, or a weight (accuracy recovery), changes input values only: no recompilation.
+
+Shapes are static (``dynamic=False``): one compilation per input shape (the batch size; a last partial
+batch is a second one), and the graph's shape arithmetic (``Shape -> Gather -> Concat -> Reshape``) is
+evaluated once per shape on the real shapes, then baked in as constants. The seconds spent compiling
+are counted apart (:attr:`CompiledGraph.compile_s`). When compilation fails (no C compiler for the CPU
+backend, an operator inductor cannot lower, ...) the failure is logged once and :meth:`CompiledGraph.run`
+answers ``None``: the caller runs the interpreter instead; a user's run never fails because of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import types
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from ...core.errors import ConfigError
+from ...core.numerics import fake_quant
+from ...core.runtime import strict_fp32
+from .interpreter import OPS, TorchGraphExecutor, _ints, _softmax
+
+log = logging.getLogger(__name__)
+
+COMPILE_CHOICES = ("off", "on", "auto")
+DEFAULT_COMPILE = "off"
+"""``--compile``: off (the interpreter), on (``torch.compile``, CPU too), auto (on a CUDA device only).
+Off by default: compiling costs seconds to minutes once per input shape, repaid over many batches."""
+
+CUDA_ENGINE_MODE = "max-autotune-no-cudagraphs"
+"""The inductor mode of a compiled engine on CUDA (the engine captures its own CUDA graph around it)."""
+
+# inputs the interpreter reads as Python integers (shapes, axes, pads): baked as lists when constant
+_INT_SLOTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Slice": (1, 2, 3, 4), "Unsqueeze": (1,), "Squeeze": (1,), "Expand": (1,),
+    "Split": (1,), "ReduceMean": (1,), "Pad": (1,), "ConstantOfShape": (0,)}
+
+_serial = 0
+
+
+def _passed(v: torch.Tensor) -> bool:
+    """A constant handed to the compiled function as an input (weights: their values may change); the
+    small integer tensors the interpreter keeps on the CPU are baked in instead."""
+    return v.is_floating_point() or v.numel() > 64 or v.device.type != "cpu"
+
+
+def compile_enabled(choice: str, device: torch.device | str) -> bool:
+    """Whether ``--compile CHOICE`` compiles on ``device`` (auto: on CUDA only)."""
+    if choice not in COMPILE_CHOICES:
+        raise ConfigError("unknown compile choice", subject="--compile", got=repr(choice),
+                          expected=" | ".join(COMPILE_CHOICES))
+    return choice == "on" or (choice == "auto" and torch.device(device).type == "cuda")
+
+
+@dataclass(frozen=True)
+class ActivationSlot:
+    """A consumer's input that may read the fake-quantized tensor: ``node``'s input ``index`` reads
+    ``tensor`` (its scale: ``scales[scale_index]``; enabled by ``flags[position]``)."""
+    node: str
+    index: int
+    tensor: str
+    scale_index: int
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """A consumer's input whose value is given per call (the FP32 weight or its fake quantization)."""
+    node: str
+    index: int
+    tensor: str
+
+
+class CompiledGraph:
+    """``torch.compile`` of an executor's graph with optional fake-quant slots (see the module docstring).
+
+    ``run(feeds, weights=..., flags=..., scales=...)``: the graph's outputs by name, or ``None`` when
+    compiling failed (then, and from then on, the caller runs the interpreter)."""
+
+    def __init__(self, ex: TorchGraphExecutor, *, activations: Sequence[ActivationSlot] = (),
+                 weights: Sequence[WeightSlot] = (), mode: str | None = None, label: str = "graph",
+                 backend: str = "inductor"):
+        self.ex = ex
+        self.activations = tuple(activations)
+        self.weights = tuple(weights)
+        self.mode = None if mode in (None, "default") else mode
+        self.label = label
+        self.backend = backend                    # "eager"/"aot_eager": the tracing without code generation
+        self.failed = False
+        self.compile_s = 0.0                      # seconds spent in first calls (compiling), all shapes
+        self.compiles = 0
+        self._fns: dict[tuple, object] = {}
+        self._static_nodes = self._find_static_nodes()
+
+    # -- building ----------------------------------------------------------------------------------
+    def _find_static_nodes(self) -> set[int]:
+        """Nodes whose outputs depend on the input shapes only (Shape and the arithmetic on it)."""
+        static_names: set[str] = set()
+        out = set()
+        for i, (node, _, inputs) in enumerate(self.ex.nodes):
+            names = [n for n in inputs if n]
+            if node.op_type == "Shape" or (names and all(n in self.ex.consts or n in static_names for n in names)):
+                out.add(i)
+                static_names.update(n for n in node.output if n)
+        return out
+
+    def _static_values(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs of the shape-only nodes for these input shapes (one interpreted forward)."""
+        if not self._static_nodes:
+            return {}
+        values: dict[str, torch.Tensor] = {}
+
+        def tap(i, _inputs, outs):
+            if i in self._static_nodes:
+                node = self.ex.nodes[i][0]
+                values.update((n, v) for n, v in zip(node.output, outs) if n)
+        self.ex.run(feeds, tap=tap)
+        return values
+
+    def _build(self, static: dict[str, torch.Tensor], const_names: list[str], input_names: list[str]):
+        ex = self.ex
+        by_node: dict[str, list] = {}
+        for k, s in enumerate(self.activations):
+            by_node.setdefault(s.node, []).append(("a", s.index, k, s.scale_index))
+        for k, s in enumerate(self.weights):
+            by_node.setdefault(s.node, []).append(("w", s.index, k, 0))
+        steps = []
+        for i, (node, a, inputs) in enumerate(ex.nodes):
+            if i in self._static_nodes:
+                continue
+            int_slots = _INT_SLOTS.get(node.op_type, ())
+            getters = []
+            for j, name in enumerate(inputs):
+                if not name:
+                    getters.append(("none", None))
+                    continue
+                fixed = static.get(name)
+                if fixed is None and name in ex.consts and not _passed(ex.consts[name]):
+                    fixed = ex.consts[name]                 # a small integer constant (shape, axes)
+                if fixed is None:
+                    getters.append(("env", name))
+                else:
+                    lit = _ints(fixed) if j in int_slots and not fixed.is_floating_point() else fixed
+                    getters.append(("lit", lit))
+            steps.append((node.op_type, tuple(node.output), a, tuple(getters), tuple(by_node.get(node.name, ()))))
+        outputs = tuple(ex.graph.outputs)
+        opset = ex.graph.opset
+
+        def forward(inputs, consts, weights, flags, scales):
+            env = dict(zip(const_names, consts))
+            env.update(zip(input_names, inputs))
+            memo = {}
+            for op, outs, a, getters, slots in steps:
+                args = [env[v] if kind == "env" else v for kind, v in getters]
+                for kind, j, k, t in slots:
+                    if kind == "w":
+                        args[j] = weights[k]
+                    else:
+                        if t not in memo:
+                            memo[t] = fake_quant(args[j], scales[t])
+                        args[j] = torch.where(flags[k], memo[t], args[j])
+                while args and args[-1] is None:
+                    args.pop()
+                out = _softmax(args[0], opset, **a) if op == "Softmax" else OPS[op](*args, **a)
+                for name, val in zip(outs, out if isinstance(out, (tuple, list)) else (out,)):
+                    if name:
+                        env[name] = val
+            return tuple(env[o] for o in outputs)
+
+        # a code object of its own: dynamo's cache (and its recompile limit) is per code object
+        global _serial
+        _serial += 1
+        code = forward.__code__.replace(co_name=f"trtquant_forward_{_serial}")
+        fn = types.FunctionType(code, forward.__globals__, code.co_name, None, forward.__closure__)
+        if self.backend != "inductor":
+            return torch.compile(fn, backend=self.backend, dynamic=False)
+        return torch.compile(fn, mode=self.mode, dynamic=False, fullgraph=False)
+
+    # -- running -----------------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, torch.Tensor], *, weights: Sequence[torch.Tensor] = (),
+            flags: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
+        """The outputs by name (``weights``: one tensor per weight slot; ``flags``: bool per activation
+        slot; ``scales``: float32 per scale index), or ``None`` when compiling failed."""
+        if self.failed:
+            return None
+        ex = self.ex
+        fed = {gi.name: feeds[gi.name].to(ex.device) for gi in ex.graph.inputs if gi.name in feeds}
+        if len(fed) != len(ex.graph.inputs):
+            return None                                   # the interpreter names the missing input
+        names = list(fed)
+        key = tuple((tuple(v.shape), v.dtype) for v in fed.values())
+        flags = torch.zeros(0, dtype=torch.bool, device=ex.device) if flags is None else flags
+        scales = torch.zeros(0, dtype=torch.float32, device=ex.device) if scales is None else scales
+        fresh = key not in self._fns
+        t0 = time.perf_counter()
+        try:
+            ctx = contextlib.nullcontext() if ex.allow_tf32 else strict_fp32()
+            with torch.inference_mode(), ctx:
+                if fresh:
+                    static = self._static_values(fed)
+                    const_names = [k for k, v in ex.consts.items() if k not in static and _passed(v)]
+                    self._fns[key] = (self._build(static, const_names, names), const_names)
+                fn, const_names = self._fns[key]
+                outs = fn([fed[n] for n in names], [ex.consts[k] for k in const_names], list(weights), flags, scales)
+                if fresh and ex.device.type == "cuda":
+                    torch.cuda.synchronize(ex.device)
+        except Exception as err:                # noqa: BLE001 - any compiler failure: the interpreter runs instead
+            if not fresh:
+                raise
+            self.failed = True
+            self._fns.pop(key, None)
+            log.warning("torch.compile of %s failed (%s: %s); running the interpreter instead",
+                        self.label, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+            return None
+        if fresh:
+            took = time.perf_counter() - t0
+            self.compile_s += took
+            self.compiles += 1
+            log.info("compiled %s for input shapes %s in %.1f s (mode %s)", self.label,
+                     [tuple(v.shape) for v in fed.values()], took, self.mode or "default")
+        return dict(zip(ex.graph.outputs, outs))
