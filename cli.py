@@ -40,11 +40,11 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
-    from trtquant.core.defaults import DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
+    from trtquant.core.defaults import COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA, DEFAULT_MODEL  # noqa: E402
     from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
-    from .core.defaults import DEFAULT_DATA, DEFAULT_MODEL
+    from .core.defaults import COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA, DEFAULT_MODEL
     from .core.targets import BACKENDS, TARGET_FORMS
 
 
@@ -113,6 +113,12 @@ def _checked_by(check, expected: str | None):
             raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected or expected}") from err
         return value
     return parse
+
+
+def _compile_flag(p, what: str) -> None:
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default=DEFAULT_COMPILE,
+                   help=f"torch.compile {what}: fused convolution epilogues and fake quantization (auto: on a "
+                        "CUDA device only; the compile seconds are reported apart)")
 
 
 def _trt_version(value: str) -> str:
@@ -373,7 +379,7 @@ def cmd_evaluate(args) -> int:
                             weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
-                            metric=args.metric)
+                            metric=args.metric, compile=args.compile)
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress, recovery=recovery)
     except KeyboardInterrupt:
@@ -450,7 +456,7 @@ def cmd_sweep(args) -> int:
                              calib_images=args.calib_images, method=args.method, ranges=args.ranges,
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
-                             margin_pp=args.margin, metric=args.metric)
+                             margin_pp=args.margin, metric=args.metric, compile=args.compile)
     doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     if not _is_root():
         return 0                            # under torchrun rank 0 prints the summary
@@ -694,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=COUNT, default=64, help="evaluation and throughput batch size")
     e.add_argument("--latency-iters", type=COUNT, default=50, help="latency iterations, at batch 1 (or the model's fixed batch)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
+    _compile_flag(e, "the torch backend's engines")
     e.add_argument("--target-drop", default="0.5%", type=_target,
                    help="the recommendation's accuracy target: " + TARGET_FORMS.replace("%", "%%"))
     e.add_argument("--metric", default=None, metavar="MODULE:FUNCTION",
@@ -739,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--margin", type=PP, default=0.0, help="pp the simulated plan must beat the target by (e.g. 0.2%%): "
                                                           "room for the real engine's rounding differences")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _compile_flag(w, "the quantization simulator (one compiled graph for every plan) and a torch --validate-backend")
     w.add_argument("--validate-backend", default="onnxruntime", choices=BACKENDS,
                    help="backend that measures the chosen plan")
     w.add_argument("--trt-version", default=None, type=_trt_version,

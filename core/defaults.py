@@ -3,3 +3,8 @@ offline) on the 20 bundled ImageNet images."""
 
 DEFAULT_MODEL = "mobilenet_v2"
 DEFAULT_DATA = "imagenet_sample"
+
+COMPILE_CHOICES = ("off", "on", "auto")
+DEFAULT_COMPILE = "off"
+"""``--compile``: off (the ONNX interpreter), on (``torch.compile``, on the CPU too), auto (on a CUDA device
+only). Off by default: compiling costs seconds to minutes once per input shape, repaid over many batches."""

@@ -12,6 +12,7 @@ from ..core.cache import TRT_ALGORITHMS, trt_version_int
 from ..core.defaults import DEFAULT_DATA, DEFAULT_MODEL
 from ..core.errors import ConfigError
 from ..datasets.gpu_decode import DECODE_MODES
+from .graph.compiled import DEFAULT_COMPILE, compile_enabled
 from .graph.executors import EXECUTORS
 from .graph.models import ResolvedModel, resolve_model
 
@@ -126,6 +127,10 @@ class SweepSettings(ModelSpec, DataSpec):
     trt_version: str | None = None
     margin_pp: float = 0.0               # the search must beat the target by this much (validation noise)
     metric: str | None = None            # a user metric MODULE:FUNCTION: the target judges it (core.metrics)
+    compile: str = DEFAULT_COMPILE       # off | on | auto (CUDA): torch.compile the simulator (quant/graph/compiled.py)
+
+    def __post_init__(self):
+        compile_enabled(self.compile, "cpu")           # an unknown --compile fails here
 
 
 DEFAULT_DEBUG_IMAGES = 64
@@ -174,6 +179,10 @@ class EvalSettings(ModelSpec, DataSpec):
     target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
     bootstrap: int = 2000
     metric: str | None = None            # a user metric MODULE:FUNCTION (core.metrics.load_user_metric)
+    compile: str = DEFAULT_COMPILE       # off | on | auto (CUDA): torch.compile the torch backend's engines
+
+    def __post_init__(self):
+        compile_enabled(self.compile, "cpu")           # an unknown --compile fails here
 
     def key(self) -> dict:
         """The settings that make two measurements of one configuration comparable (for --resume)."""

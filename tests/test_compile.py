@@ -137,3 +137,19 @@ def test_the_compiled_forward_bakes_the_shape_arithmetic(tiny):
     assert set(seen[0]) == {"s", "b", "bu", "shp"}                              # the baked shape values
     out = compiled.run({"x": torch.randn(5, 2, 3)})                             # another batch: baked again
     assert out["y"].shape == (5, 6) and compiled.compiles == 2
+
+
+def test_the_compile_flag_and_its_one_default():
+    from trtquant import cli
+    from trtquant.core.defaults import DEFAULT_COMPILE
+    from trtquant.quant.settings import EvalSettings, SweepSettings
+
+    parser = cli.build_parser()
+    ev = parser.parse_args(["evaluate", "--out", "x"])
+    sw = parser.parse_args(["sweep", "--compile", "auto"])
+    assert ev.compile == EvalSettings().compile == SweepSettings().compile == DEFAULT_COMPILE == "off"
+    assert sw.compile == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--out", "x", "--compile", "yes"])
+    with pytest.raises(ConfigError):
+        EvalSettings(compile="yes")

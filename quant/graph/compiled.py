@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ...core.defaults import COMPILE_CHOICES, DEFAULT_COMPILE
 from ...core.errors import ConfigError
 from ...core.numerics import fake_quant
 from ...core.runtime import strict_fp32
@@ -38,10 +39,8 @@ from .interpreter import OPS, TorchGraphExecutor, _ints, _softmax
 
 log = logging.getLogger(__name__)
 
-COMPILE_CHOICES = ("off", "on", "auto")
-DEFAULT_COMPILE = "off"
-"""``--compile``: off (the interpreter), on (``torch.compile``, CPU too), auto (on a CUDA device only).
-Off by default: compiling costs seconds to minutes once per input shape, repaid over many batches."""
+__all__ = ["COMPILE_CHOICES", "DEFAULT_COMPILE", "CUDA_ENGINE_MODE", "ActivationSlot", "CompiledGraph", "WeightSlot",
+           "compile_enabled"]
 
 CUDA_ENGINE_MODE = "max-autotune-no-cudagraphs"
 """The inductor mode of a compiled engine on CUDA (the engine captures its own CUDA graph around it)."""
