@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from trtquant.core.errors import ConfigError
 from trtquant.quant.artifacts.plan import resolve_plan
@@ -47,6 +48,7 @@ def test_one_compiled_simulator_serves_every_plan(tiny):
     sim = QuantSim(graph, ranges, torch.device("cpu"), compile=True)
     layers = sorted(sim.layers)
     plans = [set(), set(layers), set(layers[:2]), {layers[-1]}]
+    graphs_before = counters["stats"]["unique_graphs"]
     for int8 in plans:
         want, got = eager.logits(x, int8), sim.logits(x, int8)
         # the same fake-quant grid (the same float32 scale, round-half-even, clamp): what differs is the float
@@ -57,6 +59,7 @@ def test_one_compiled_simulator_serves_every_plan(tiny):
         assert (want.argmax(1) == got.argmax(1)).all()
     assert np.abs(eager.logits(x, set()) - eager.logits(x, set(layers))).max() > 1e-3   # INT8 does change them
     assert sim.compiled is not None and sim.compiled.compiles == 1 and not sim.compiled.failed   # one graph, 4 plans
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1      # and no recompilation inside dynamo either
     assert sim.compile_s > 0
     # a new weight (accuracy recovery) is an input value: no recompilation, the new numbers
     w = next(q.tensor for q in sim.placement(sim.layers).weights())
@@ -153,3 +156,40 @@ def test_the_compile_flag_and_its_one_default():
         parser.parse_args(["evaluate", "--out", "x", "--compile", "yes"])
     with pytest.raises(ConfigError):
         EvalSettings(compile="yes")
+
+
+# ------------------------------------------------------------------------------------------------
+# on a CUDA GPU (benchmarks/gpu_fast_check.sh runs these): inductor's Triton kernels, inside CUDA graphs
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_compiled_engine_matches_the_cuda_graph_engine(tiny, precision):
+    graph, _, x = tiny
+    plan = resolve_plan("fp32", graph)
+    eager = build("torch", graph, plan, torch_precision=precision, device="cuda")
+    # inductor's default mode keeps the test short; the benchmark measures max-autotune
+    comp = build("torch", graph, plan, torch_precision=precision, device="cuda", compile="on", compile_mode="default")
+    xt = torch.from_numpy(x).cuda()
+    want = eager.run_tensor(xt).float().cpu().numpy()
+    got = comp.run_tensor(xt).float().cpu().numpy()          # compiled, then captured in the engine's CUDA graph
+    assert comp.compile_s > 0 and not comp.compiled.failed and len(comp._graphs) == 1
+    # the same math, other kernels (Triton epilogues vs cuDNN + ATen): float rounding only
+    tol = 1e-4 if precision == "fp32" else 2e-2 * np.abs(want).max()
+    assert np.abs(want - got).max() <= tol and (want.argmax(1) == got.argmax(1)).all()
+    np.testing.assert_array_equal(comp.run_tensor(xt).float().cpu().numpy(), got)      # replay: the same
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_simulator_matches_the_interpreter(tiny):
+    graph, ranges, x = tiny
+    eager = QuantSim(graph, ranges, torch.device("cuda"))
+    sim = QuantSim(graph, ranges, torch.device("cuda"), compile=True)
+    layers = set(sim.layers)
+    for int8 in (set(), layers):
+        want, got = eager.logits(x, int8), sim.logits(x, int8)
+        # eager CUDA divides by a Python scale as x * (1/s), the compiled kernel as x / s: a value on a rounding
+        # tie may land one LSB away (a handful of positions); that moves the logits by ~1e-3 of their range
+        assert np.abs(want - got).max() <= 1e-2 * np.abs(want).max(), (len(int8), np.abs(want - got).max())
+        assert (want.argmax(1) == got.argmax(1)).mean() >= 5 / 6
+    assert sim.compiled.compiles == 1 and not sim.compiled.failed

@@ -131,6 +131,15 @@ class CompiledGraph:
         self.ex.run(feeds, tap=tap)
         return values
 
+    def _const_inputs(self, static: dict) -> list[str]:
+        """The constants the compiled function takes as inputs: those some node reads other than through a
+        weight slot (a weight slot's FP32 value must not alias a constant input: dynamo guards on aliasing,
+        and a plan that quantizes the weight would then compile a second graph)."""
+        slots = {(s.node, s.index) for s in self.weights}
+        read = {name for i, (node, _, inputs) in enumerate(self.ex.nodes) if i not in self._static_nodes
+                for j, name in enumerate(inputs) if name and (node.name, j) not in slots}
+        return [k for k, v in self.ex.consts.items() if k in read and k not in static and _passed(v)]
+
     def _build(self, static: dict[str, torch.Tensor], const_names: list[str], input_names: list[str]):
         ex = self.ex
         by_node: dict[str, list] = {}
@@ -144,8 +153,9 @@ class CompiledGraph:
                 continue
             int_slots = _INT_SLOTS.get(node.op_type, ())
             getters = []
+            weight_slots = {j for kind, j, _, _ in by_node.get(node.name, ()) if kind == "w"}
             for j, name in enumerate(inputs):
-                if not name:
+                if not name or j in weight_slots:         # absent, or given per call
                     getters.append(("none", None))
                     continue
                 fixed = static.get(name)
@@ -212,7 +222,7 @@ class CompiledGraph:
             with torch.inference_mode(), ctx:
                 if fresh:
                     static = self._static_values(fed)
-                    const_names = [k for k, v in ex.consts.items() if k not in static and _passed(v)]
+                    const_names = self._const_inputs(static)
                     self._fns[key] = (self._build(static, const_names, names), const_names)
                 fn, const_names = self._fns[key]
                 outs = fn([fed[n] for n in names], [ex.consts[k] for k in const_names], list(weights), flags, scales)
