@@ -189,4 +189,6 @@ class EvalSettings(ModelSpec, DataSpec):
         d = asdict(self)
         d.pop("configs")
         d.pop("target")
+        if d["compile"] == DEFAULT_COMPILE:      # the key of a run without --compile, as before the flag existed
+            d.pop("compile")
         return d
