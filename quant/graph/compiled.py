@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ...core.defaults import COMPILE_CHOICES, DEFAULT_COMPILE
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, QuantError
 from ...core.numerics import fake_quant
 from ...core.runtime import strict_fp32
 from .interpreter import OPS, TorchGraphExecutor, _ints, _softmax
@@ -104,6 +104,7 @@ class CompiledGraph:
         self.compile_s = 0.0                      # seconds spent in first calls (compiling), all shapes
         self.compiles = 0
         self._fns: dict[tuple, object] = {}
+        self._none: tuple[torch.Tensor, torch.Tensor] | None = None      # no slots: empty flags and scales
         self._static_nodes = self._find_static_nodes()
 
     # -- building ----------------------------------------------------------------------------------
@@ -213,8 +214,12 @@ class CompiledGraph:
             return None                                   # the interpreter names the missing input
         names = list(fed)
         key = tuple((tuple(v.shape), v.dtype) for v in fed.values())
-        flags = torch.zeros(0, dtype=torch.bool, device=ex.device) if flags is None else flags
-        scales = torch.zeros(0, dtype=torch.float32, device=ex.device) if scales is None else scales
+        if flags is None or scales is None:
+            if self._none is None:
+                self._none = (torch.zeros(0, dtype=torch.bool, device=ex.device),
+                              torch.zeros(0, dtype=torch.float32, device=ex.device))
+            flags = self._none[0] if flags is None else flags
+            scales = self._none[1] if scales is None else scales
         fresh = key not in self._fns
         t0 = time.perf_counter()
         try:
@@ -228,6 +233,8 @@ class CompiledGraph:
                 outs = fn([fed[n] for n in names], [ex.consts[k] for k in const_names], list(weights), flags, scales)
                 if fresh and ex.device.type == "cuda":
                     torch.cuda.synchronize(ex.device)
+        except QuantError:
+            raise                               # the interpreter's own error (a bad input): it names the cause
         except Exception as err:                # noqa: BLE001 - any compiler failure: the interpreter runs instead
             if not fresh:
                 raise
