@@ -119,7 +119,8 @@ def test_the_compiled_forward_bakes_the_shape_arithmetic(tiny):
              helper.make_node("Gather", ["s", "zero"], ["b"], name="gather", axis=0),
              helper.make_node("Unsqueeze", ["b", "ax0"], ["bu"], name="unsq"),
              helper.make_node("Concat", ["bu", "minus1"], ["shp"], name="concat", axis=0),
-             helper.make_node("Reshape", ["r", "shp"], ["y"], name="reshape")]
+             helper.make_node("Reshape", ["r", "shp"], ["y0"], name="reshape"),
+             helper.make_node("Flatten", ["y0"], ["y"], name="flatten", axis=1)]     # MobileNetV2's classifier input
     inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]), helper.make_tensor("ax0", TensorProto.INT64, [1], [0]),
              helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])]
     g = helper.make_graph(nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 3])],
@@ -138,6 +139,7 @@ def test_the_compiled_forward_bakes_the_shape_arithmetic(tiny):
     out = compiled.run({"x": xin})
     assert out is not None and torch.equal(out["y"], torch.relu(xin).reshape(4, 6))
     assert set(seen[0]) == {"s", "b", "bu", "shp"}                              # the baked shape values
+    assert not compiled._partial            # traced whole (fullgraph=True): no graph break (Flatten's arithmetic)
     out = compiled.run({"x": torch.randn(5, 2, 3)})                             # another batch: baked again
     assert out["y"].shape == (5, 6) and compiled.compiles == 2
 
@@ -193,3 +195,27 @@ def test_cuda_compiled_simulator_matches_the_interpreter(tiny):
         assert np.abs(want - got).max() <= 1e-2 * np.abs(want).max(), (len(int8), np.abs(want - got).max())
         assert (want.argmax(1) == got.argmax(1)).mean() >= 5 / 6
     assert sim.compiled.compiles == 1 and not sim.compiled.failed
+
+
+def test_a_graph_break_compiles_in_pieces(caplog, monkeypatch):
+    """An operator dynamo cannot trace into one graph (here a Relu with an explicit graph break): the compiled
+    forward retries without ``fullgraph`` (logged) and still gives the interpreter's values."""
+    from onnx import TensorProto, helper
+
+    from trtquant.quant.graph import interpreter
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+
+    def relu(x, **a):
+        torch._dynamo.graph_break()
+        return torch.relu(x)
+    monkeypatch.setitem(interpreter.OPS, "Relu", relu)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    g = helper.make_graph(nodes, "brk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    ex = interpreter.TorchGraphExecutor(OnnxGraph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    compiled = CompiledGraph(ex, label="relu", backend="eager")
+    x = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING):
+        out = compiled.run({"x": x})
+    assert "does not trace into one torch.compile graph" in caplog.text and compiled._partial and not compiled.failed
+    assert torch.equal(out["y"], -torch.relu(x))

@@ -105,6 +105,7 @@ class CompiledGraph:
         self.compiles = 0
         self._fns: dict[tuple, object] = {}
         self._none: tuple[torch.Tensor, torch.Tensor] | None = None      # no slots: empty flags and scales
+        self._partial = False                     # True once the graph did not trace whole (fullgraph=False)
         self._static_nodes = self._find_static_nodes()
 
     # -- building ----------------------------------------------------------------------------------
@@ -197,9 +198,12 @@ class CompiledGraph:
         _serial += 1
         code = forward.__code__.replace(co_name=f"trtquant_forward_{_serial}")
         fn = types.FunctionType(code, forward.__globals__, code.co_name, None, forward.__closure__)
+        # one graph or an error: a graph break inside the node loop would make dynamo skip the whole frame and
+        # compile each operator function alone (slower than the interpreter); run() then retries without it
+        full = not self._partial
         if self.backend != "inductor":
-            return torch.compile(fn, backend=self.backend, dynamic=False)
-        return torch.compile(fn, mode=self.mode, dynamic=False, fullgraph=False)
+            return torch.compile(fn, backend=self.backend, dynamic=False, fullgraph=full)
+        return torch.compile(fn, mode=self.mode, dynamic=False, fullgraph=full)
 
     # -- running -----------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, torch.Tensor], *, weights: Sequence[torch.Tensor] = (),
@@ -222,27 +226,25 @@ class CompiledGraph:
             scales = self._none[1] if scales is None else scales
         fresh = key not in self._fns
         t0 = time.perf_counter()
-        try:
-            ctx = contextlib.nullcontext() if ex.allow_tf32 else strict_fp32()
-            with torch.inference_mode(), ctx:
-                if fresh:
-                    static = self._static_values(fed)
-                    const_names = self._const_inputs(static)
-                    self._fns[key] = (self._build(static, const_names, names), const_names)
-                fn, const_names = self._fns[key]
-                outs = fn([fed[n] for n in names], [ex.consts[k] for k in const_names], list(weights), flags, scales)
-                if fresh and ex.device.type == "cuda":
-                    torch.cuda.synchronize(ex.device)
-        except QuantError:
-            raise                               # the interpreter's own error (a bad input): it names the cause
-        except Exception as err:                # noqa: BLE001 - any compiler failure: the interpreter runs instead
-            if not fresh:
-                raise
-            self.failed = True
-            self._fns.pop(key, None)
-            log.warning("torch.compile of %s failed (%s: %s); running the interpreter instead",
-                        self.label, type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
-            return None
+        while True:
+            try:
+                outs = self._call(key, fed, names, weights, flags, scales, fresh)
+                break
+            except QuantError:
+                raise                           # the interpreter's own error (a bad input): it names the cause
+            except Exception as err:            # noqa: BLE001 - any compiler failure: the interpreter runs instead
+                if not fresh:
+                    raise
+                self._fns.pop(key, None)
+                what = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                if not self._partial and _is_graph_break(err):
+                    self._partial = True
+                    log.warning("the graph of %s does not trace into one torch.compile graph (%s); compiling "
+                                "it in pieces", self.label, what)
+                    continue
+                self.failed = True
+                log.warning("torch.compile of %s failed (%s); running the interpreter instead", self.label, what)
+                return None
         if fresh:
             took = time.perf_counter() - t0
             self.compile_s += took
@@ -250,3 +252,23 @@ class CompiledGraph:
             log.info("compiled %s for input shapes %s in %.1f s (mode %s)", self.label,
                      [tuple(v.shape) for v in fed.values()], took, self.mode or "default")
         return dict(zip(ex.graph.outputs, outs))
+
+    def _call(self, key, fed, names, weights, flags, scales, fresh: bool):
+        """One forward of the compiled function for ``key`` (built first when ``fresh``)."""
+        ex = self.ex
+        with torch.inference_mode(), (contextlib.nullcontext() if ex.allow_tf32 else strict_fp32()):
+            if fresh:
+                static = self._static_values(fed)
+                const_names = self._const_inputs(static)
+                self._fns[key] = (self._build(static, const_names, names), const_names)
+            fn, const_names = self._fns[key]
+            outs = fn([fed[n] for n in names], [ex.consts[k] for k in const_names], list(weights), flags, scales)
+            if fresh and ex.device.type == "cuda":
+                torch.cuda.synchronize(ex.device)
+        return outs
+
+def _is_graph_break(err: Exception) -> bool:
+    """Whether ``err`` is dynamo refusing a graph break under ``fullgraph=True`` (not a compiler failure)."""
+    from torch._dynamo import exc
+
+    return isinstance(err, (exc.Unsupported, getattr(exc, "UserError", exc.Unsupported)))
