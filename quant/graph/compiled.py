@@ -15,7 +15,8 @@ the plan, or a weight (accuracy recovery), changes input values only: no recompi
 Shapes are static (``dynamic=False``): one compilation per input shape (the batch size; a last partial
 batch is a second one), and the graph's shape arithmetic (``Shape -> Gather -> Concat -> Reshape``) is
 evaluated once per shape on the real shapes, then baked in as constants. The seconds spent compiling
-are counted apart (:attr:`CompiledGraph.compile_s`). When compilation fails (no C compiler for the CPU
+are counted apart (:attr:`CompiledGraph.compile_s`). The function is traced whole (``fullgraph=True``);
+an operator that breaks the graph is logged and the graph compiled in pieces. When compilation fails (no C compiler for the CPU
 backend, an operator inductor cannot lower, ...) the failure is logged once and :meth:`CompiledGraph.run`
 answers ``None``: the caller runs the interpreter instead; a user's run never fails because of it.
 """

@@ -109,9 +109,15 @@ class QuantSim:
         return tuple(out.values())
 
     def _slots_cover(self, p: Placement) -> bool:
+        """Whether every quantizer edge of ``p`` has its slot (an edge reads one tensor whatever the plan: only
+        which edges are quantized varies; a weight shared by two layers may have other consumers in ``p``)."""
         for q in p.quantizers:
             for edge in q.consumers:
-                if (self._weight_slots.get(edge) != q) if q.kind == "weight" else (self._act_slots.get(edge) != q.tensor):
+                if q.kind == "weight":
+                    slot = self._weight_slots.get(edge)
+                    if slot is None or (slot.tensor, slot.axis) != (q.tensor, q.axis):
+                        return False
+                elif self._act_slots.get(edge) != q.tensor:
                     return False
         return True
 
