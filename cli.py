@@ -40,13 +40,14 @@ def _import_package():
 if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
-    from trtquant.core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL,  # noqa: E402
-                                        DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, OBJECTIVES)
+    from trtquant.core.defaults import (COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA,  # noqa: E402
+                                        DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
+                                        DEFAULT_TARGET_GPU, OBJECTIVES)
     from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
-    from .core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
-                                DEFAULT_TARGET_GPU, OBJECTIVES)
+    from .core.defaults import (COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL,
+                                DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, OBJECTIVES)
     from .core.targets import BACKENDS, TARGET_FORMS
 
 
@@ -115,6 +116,12 @@ def _checked_by(check, expected: str | None):
             raise argparse.ArgumentTypeError(f"got {value!r}, expected {err.expected or expected}") from err
         return value
     return parse
+
+
+def _compile_flag(p, what: str) -> None:
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default=DEFAULT_COMPILE,
+                   help=f"torch.compile {what}: fused convolution epilogues and fake quantization (auto: on a "
+                        "CUDA device only; the compile seconds are reported apart)")
 
 
 def _trt_version(value: str) -> str:
@@ -375,7 +382,7 @@ def cmd_evaluate(args) -> int:
                             weights=args.weights, preset=args.preset, data=args.data, data_dir=args.data_dir, num_images=args.num_images,
                             calib_images=args.calib_images, seed=args.seed, batch_size=args.batch_size,
                             latency_iters=args.latency_iters, device=args.device, target=args.target_drop,
-                            metric=args.metric)
+                            metric=args.metric, compile=args.compile)
     try:
         res = evaluate(settings, args.out, resume=args.resume, progress=not args.no_progress, recovery=recovery)
     except KeyboardInterrupt:
@@ -453,7 +460,7 @@ def cmd_sweep(args) -> int:
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin, metric=args.metric, objective=args.objective,
-                             target_gpu=args.target_gpu, latency_batch=args.latency_batch)
+                             target_gpu=args.target_gpu, latency_batch=args.latency_batch, compile=args.compile)
     doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     if not _is_root():
         return 0                            # under torchrun rank 0 prints the summary
@@ -701,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=COUNT, default=64, help="evaluation and throughput batch size")
     e.add_argument("--latency-iters", type=COUNT, default=50, help="latency iterations, at batch 1 (or the model's fixed batch)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (torch backend and calibration)")
+    _compile_flag(e, "the torch backend's engines")
     e.add_argument("--target-drop", default="0.5%", type=_target,
                    help="the recommendation's accuracy target: " + TARGET_FORMS.replace("%", "%%"))
     e.add_argument("--metric", default=None, metavar="MODULE:FUNCTION",
@@ -754,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--latency-batch", type=COUNT, default=DEFAULT_LATENCY_BATCH,
                    help="batch size of the latency estimate")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _compile_flag(w, "the quantization simulator (one compiled graph for every plan) and a torch --validate-backend")
     w.add_argument("--validate-backend", default="onnxruntime", choices=BACKENDS,
                    help="backend that measures the chosen plan")
     w.add_argument("--trt-version", default=None, type=_trt_version,

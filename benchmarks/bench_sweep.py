@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--proxy-images", type=int, default=64)
     ap.add_argument("--target", default="0.5%")
+    ap.add_argument("--compile", default="off", choices=("off", "on", "auto"), help="sweep --compile")
     args = ap.parse_args()
     _bootstrap()
     import logging
@@ -42,7 +43,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             doc = sweep(SweepSettings(model=name, data=args.data, num_images=args.images, target=args.target,
-                                      proxy_images=args.proxy_images), Path(tmp) / "s", progress=False)
+                                      proxy_images=args.proxy_images, compile=args.compile),
+                        Path(tmp) / "s", progress=False)
             wall = time.perf_counter() - t
             ranges, _, _ = load_ranges(Path(tmp) / "s" / "calib.bin")
         s, tm, v = doc.search, doc.timings, doc.validation
@@ -54,13 +56,14 @@ def main():
               f"validation {float('nan') if v.metric is None else v.metric * 100:.2f}%")
         # fake-quantized evaluation throughput vs the plain FP32 forward, same executor, same device
         rm = resolve_model(name)
-        sim = QuantSim(rm.graph, ranges, dev)
+        sim = QuantSim(rm.graph, ranges, dev, compile=args.compile == "on" or (args.compile == "auto" and dev.type == "cuda"))
         src = open_source(args.data, preprocess=PRESETS[rm.preset], num_images=256, seed=0)
         x = torch.from_numpy(next(iter(src.batches(256, progress=False))).images).to(dev)
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         rates = {}
         for label, layers in (("fp32", set()), ("int8", set(sim.layers))):
             sim.run(x, layers)
+            sim.run(x, layers)                   # a compiled simulator: compiled by the first call
             sync()
             t = time.perf_counter()
             for _ in range(3):
@@ -68,7 +71,8 @@ def main():
             sync()
             rates[label] = 3 * len(x) / (time.perf_counter() - t)
         print(f"{'':<18} fake-quantized forward {rates['int8']:.0f} img/s vs FP32 {rates['fp32']:.0f} img/s "
-              f"= {rates['int8'] / rates['fp32'] * 100:.0f}%")
+              f"= {rates['int8'] / rates['fp32'] * 100:.0f}% (compile {args.compile}"
+              + (f", {sim.compile_s:.1f} s compiling" if sim.compile_s else "") + ")")
 
 
 if __name__ == "__main__":

@@ -10,3 +10,8 @@ target GPU, or the number of FP16 layers."""
 DEFAULT_OBJECTIVE = "latency"
 DEFAULT_TARGET_GPU = "auto"          # the local CUDA GPU when the latency model knows it (quant.planner.latency)
 DEFAULT_LATENCY_BATCH = 1
+
+COMPILE_CHOICES = ("off", "on", "auto")
+DEFAULT_COMPILE = "off"
+"""``--compile``: off (the ONNX interpreter), on (``torch.compile``, on the CPU too), auto (on a CUDA device
+only). Off by default: compiling costs seconds to minutes once per input shape, repaid over many batches."""

@@ -207,6 +207,7 @@ class EngineResult(Record):
     build_s: float | None = None
     accuracy_pass_s: float | None = None
     timing_s: float | None = None
+    compile_s: float | None = None       # --compile: torch.compile's seconds, part of accuracy_pass_s + timing_s
     engine: EngineInfo | None = None
     plan: PlanSummary | None = None
     latency_ms: Latency | None = None

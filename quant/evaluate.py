@@ -382,7 +382,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
 
             def build_and_run():                # every rank its shard; an error on any rank is raised by all
                 engine = registry.build(settings.backend, model, plan, ranges, torch_precision=tp,
-                                        device=settings.device, example=head[:1])
+                                        device=settings.device, example=head[:1], compile=settings.compile)
                 times["build_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
@@ -412,6 +412,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
             full = resize_rows(first(settings.batch_size), settings.batch_size)  # tiled to a full batch
             thr = _timed(engine, full, max(3, settings.latency_iters // 10))
             times["timing_s"] = time.perf_counter() - t2
+            if getattr(engine, "compile_s", 0.0):     # --compile: spent inside the accuracy pass and the timing
+                times["compile_s"] = float(engine.compile_s)
             art = _artifacts(out, spec.name, model, plan, trt_plan, ranges, getattr(settings, "trt_version", None),
                              recovered=bool(spec.recover))
             artifact_blobs.update(art.pop("blobs"))

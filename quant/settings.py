@@ -14,6 +14,7 @@ from ..core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL,
 from ..core.errors import ConfigError
 from ..core.gpus import check_gpu_name
 from ..datasets.gpu_decode import DECODE_MODES
+from .graph.compiled import DEFAULT_COMPILE, compile_enabled
 from .graph.executors import EXECUTORS
 from .graph.models import ResolvedModel, resolve_model
 
@@ -131,8 +132,10 @@ class SweepSettings(ModelSpec, DataSpec):
     objective: str = DEFAULT_OBJECTIVE   # latency: the fastest plan (estimated) | layers: the fewest FP16 layers
     target_gpu: str = DEFAULT_TARGET_GPU  # the GPU the latency model estimates for (planner.latency.GPUS)
     latency_batch: int = DEFAULT_LATENCY_BATCH   # the batch the latency model estimates
+    compile: str = DEFAULT_COMPILE       # off | on | auto (CUDA): torch.compile the simulator (quant/graph/compiled.py)
 
     def __post_init__(self):
+        compile_enabled(self.compile, "cpu")           # an unknown --compile fails here
         if self.objective not in OBJECTIVES:
             raise ConfigError("unknown objective", subject="--objective", got=repr(self.objective),
                               expected=" | ".join(OBJECTIVES))
@@ -188,10 +191,16 @@ class EvalSettings(ModelSpec, DataSpec):
     target: str = "0.5%"                 # the target grammar of core.targets (drop, agree:, sqnr:, cosine:)
     bootstrap: int = 2000
     metric: str | None = None            # a user metric MODULE:FUNCTION (core.metrics.load_user_metric)
+    compile: str = DEFAULT_COMPILE       # off | on | auto (CUDA): torch.compile the torch backend's engines
+
+    def __post_init__(self):
+        compile_enabled(self.compile, "cpu")           # an unknown --compile fails here
 
     def key(self) -> dict:
         """The settings that make two measurements of one configuration comparable (for --resume)."""
         d = asdict(self)
         d.pop("configs")
         d.pop("target")
+        if d["compile"] == DEFAULT_COMPILE:      # the key of a run without --compile, as before the flag existed
+            d.pop("compile")
         return d

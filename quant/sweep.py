@@ -62,6 +62,7 @@ from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
 from .planner.latency import RooflineModel, latency_order
 from .planner.search import Step, greedy_search, pareto_front, plan_from_search
+from .graph.compiled import compile_enabled
 from .planner.simulate import QuantSim
 from .recover import RecoverySettings, describe, first_images, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
@@ -133,7 +134,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
             ranges = replace(ranges, meta={**ranges.meta, "recovery": rec.report.meta()})
             calib_note += f", of the model recovered by {'+'.join(recovery.steps)} ({describe(rec.report)})"
 
-    sim = QuantSim(graph, ranges, device)
+    sim = QuantSim(graph, ranges, device, compile=compile_enabled(settings.compile, device))
     all_int8 = set(sim.layers)
 
     def evaluate_plan(int8) -> tuple | None:     # what the search runs: this rank's outputs of a plan (None: no images)
@@ -277,7 +278,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
 
         def build_and_run():                    # every rank its shard
             engine = registry.build(settings.validate_backend, graph, vplan, ranges, device=settings.device,
-                                    example=xp[:1])
+                                    example=xp[:1], compile=settings.compile)
             run = engine.run_all if user_metric is not None else (lambda c: (engine.run(c),))
             return engine, (run_batched(run, lambda lo, hi: x[lo:hi], len(x), 64, graph.fixed_batch) if len(x) else None)
         engine, local = distributed.together(ctx, build_and_run)
@@ -293,6 +294,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     except Exception as err:  # validation must not lose the plan: report why it failed
         validation = Validation(settings.validate_backend, "failed", note=vnote,
                                 reason=f"{type(err).__name__}: {err}"[:400])
+    if sim.compile_s:                             # --compile: apart from the search's seconds
+        notes.append(f"torch.compile of the simulator: {sim.compile_s:.1f} s (once per batch shape; every plan "
+                     f"ran on the one compiled graph)")
 
     doc = Sweep(
         model=ModelRef(rm.name, graph.fingerprint()),

@@ -70,7 +70,7 @@ def evaluation_page(doc: Evaluation) -> Page:
                     + (f"{r.agreement * 100:.1f}", _fmt_drop(r), f"{r.sqnr_db:.1f}",
                        f"{lat.p50:.2f}/{lat.p90:.2f}/{lat.p99:.2f}{' simulated' if sim else ''}",
                        f"{r.throughput.images_per_s:.0f} (b{r.throughput.batch}){' simulated' if sim else ''}",
-                       f"{r.build_s:.2f}", f"{(r.engine_bytes or 0) / 2**20:.1f}",
+                       f"{r.build_s:.2f}" + (f" (+{r.compile_s:.1f} compile)" if r.compile_s else ""), f"{(r.engine_bytes or 0) / 2**20:.1f}",
                        "*" if r.config in front else ""))
     page = Page("trtquant evaluation",
                 f"Evaluation: {doc.model.name} on {doc.data.name} ({doc.data.images} images)")

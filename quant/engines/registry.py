@@ -26,6 +26,7 @@ from ...core.targets import BACKENDS
 from ...core.types import RangeSet, feeds
 from ..artifacts.plan import PrecisionPlan
 from ..artifacts.qdq import build_qdq_model
+from ..graph.compiled import CUDA_ENGINE_MODE, DEFAULT_COMPILE, compile_enabled
 from ..graph.onnx_graph import OnnxGraph
 from .base import Engine
 from .onnxruntime import build_ort_engine
@@ -47,10 +48,13 @@ def _plan_precision(plan: PrecisionPlan) -> str:
 
 def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet | None = None, *,
           torch_precision: str | None = None, device: str = "auto",
-          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit", example=None) -> Engine:
+          fast: bool = True, out_dir: Path | None = None, trt_mode: str = "explicit", example=None,
+          compile: str = DEFAULT_COMPILE, compile_mode: str | None = None) -> Engine:
     """Build an engine for ``plan`` on ``backend``. ``torch_precision`` (fp32|tf32|fp16|bf16) applies
     to the torch backend's non-INT8 execution. ``example``: a batch of the data (an array or
-    :class:`Inputs`), whose sizes fix the TensorRT profile's dynamic dims besides the batch. Every INT8 engine runs the one Q/DQ model we ship."""
+    :class:`Inputs`), whose sizes fix the TensorRT profile's dynamic dims besides the batch. Every INT8 engine runs the one Q/DQ model we ship.
+    ``compile`` (off | on | auto: on CUDA): the torch backend runs the graph ``torch.compile``'d
+    (``compile_mode``: the inductor mode; default :data:`.CUDA_ENGINE_MODE` on CUDA); other backends ignore it."""
     if backend not in BACKENDS:
         raise ConfigError("unknown backend", subject="--backend", got=repr(backend), expected=" | ".join(BACKENDS))
     needs_ranges = bool(plan.nodes("int8"))
@@ -86,7 +90,12 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
                           simulated=simulated, description=desc)
         if fast and dev.type == "cuda":
             info = replace(info, description=info.description + ", channels-last, CUDA graphs")
-        return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast)
+        compiled = compile_enabled(compile, dev)
+        if compiled:
+            mode = compile_mode or (CUDA_ENGINE_MODE if dev.type == "cuda" else "default")
+            info = replace(info, description=info.description + f", torch.compile (mode {mode})")
+        return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast, compile=compiled,
+                           compile_mode=compile_mode)
 
     shapes = None if example is None else {k: v.shape for k, v in feeds([gi.name for gi in graph.inputs], example).items()}
     return build_trt_engine(graph, plan, ranges, out_dir=out_dir, mode=trt_mode, example_shapes=shapes)

@@ -13,6 +13,7 @@ exactly that graph and hand each of those tensors to an ``observe(name, tensor)`
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -143,7 +144,7 @@ def _reshape(x, shape, **a):
 def _flatten(x, **a):
     axis = a.get("axis", 1)
     axis = axis + x.dim() if axis < 0 else axis
-    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    lead = math.prod(x.shape[:axis]) if axis else 1     # Python ints: torch.compile traces it without a break
     return x.reshape(lead, -1)
 
 
@@ -257,7 +258,7 @@ def _softmax(x, opset, **a):
         return torch.softmax(x, dim=a.get("axis", -1))
     axis = a.get("axis", 1)
     shape = x.shape
-    return torch.softmax(x.reshape(int(np.prod(shape[:axis])), -1), dim=1).reshape(shape)
+    return torch.softmax(x.reshape(math.prod(shape[:axis]), -1), dim=1).reshape(shape)
 
 
 def _concat(*xs, **a):
