@@ -47,6 +47,7 @@ def main():
     from trtquant.quant.graph.models import resolve_model
     from trtquant.quant.planner.simulate import QuantSim
     from trtquant.quant.recover import RecoverySettings, parse_recovery, recover
+    from trtquant.quant.auto_method import AutoPass
     from trtquant.quant.settings import CalibrationConfig
     from trtquant.quant.statistics import ranges_from_stats, statistics
 
@@ -76,7 +77,7 @@ def main():
                     key = g.fingerprint()
                     if key not in stats_memo:
                         stats_memo[key] = statistics(g, calib_src, cfg, dev, progress=False)
-                    return ranges_from_stats(stats_memo[key], cfg)
+                    return ranges_from_stats(stats_memo[key], cfg, auto_pass=AutoPass(g, calib_src, dev, progress=False))
                 return ranges_of
 
             sim = QuantSim(graph, ranges_for("minmax")(graph), dev)
