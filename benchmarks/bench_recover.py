@@ -30,8 +30,8 @@ def main():
     ap.add_argument("--recover-images", type=int, default=None)
     ap.add_argument("--adaround-iters", type=int, default=None)
     ap.add_argument("--cle-replace-relu6", action="store_true")
-    ap.add_argument("--keep-ranges", action="store_true",
-                    help="evaluate a recovered model with the ranges it was recovered with, not recalibrated")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="evaluate a recovered model calibrated again, not with the ranges it shipped with")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -94,16 +94,13 @@ def main():
                     settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,
                                                 cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
                                                 **({"images": args.recover_images} if args.recover_images else {}))
-                    used = {}
-
-                    def ranges_of(g, method=method):
-                        used["ranges"] = ranges_for(method)(g)
-                        return used["ranges"]
-                    g = recover(graph, settings, ranges_of=ranges_of, images=lambda: np.load(calib_path),
-                                device=dev, progress=False).graph
+                    rec = recover(graph, settings, ranges_of=ranges_for(method), images=lambda: np.load(calib_path),
+                                  device=dev, progress=False)
+                    g = rec.graph
                     secs_recover = time.perf_counter() - t
-                    # the recovered model calibrated again (what ships), or the ranges it was recovered with
-                    ranges = used["ranges"] if args.keep_ranges and "ranges" in used else ranges_for(method)(g)
+                    # what ships (the ranges the layer-wise steps learned against), or the recovered model
+                    # calibrated again (--recalibrate, to compare)
+                    ranges = ranges_for(method)(g) if args.recalibrate else rec.shipped_ranges(ranges_for(method))
                 else:
                     g, ranges = graph, ranges_for(method)(graph)
                     secs_recover = 0.0

@@ -101,7 +101,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     onnx_path = auto_pass = None
     executor_kind = "stats-file"
     device = torch.device("cpu")
-    report = None
+    report = rec = None
     graph = None
     try:
         if from_stats is not None:
@@ -161,9 +161,10 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                                            "skipped": [list(s) for s in skipped]})
             auto_pass = AutoPass(graph, source, device, cfg.batch_size, cfg.workers, progress)
         t2 = time.perf_counter()
-        ranges = ranges_from_stats(stats, cfg, auto_pass=auto_pass)
-        if report is not None:
-            ranges = replace(ranges, meta={**ranges.meta, "recovery": report.meta()})
+        if rec is not None:       # the ranges the layer-wise steps learned against, else the recovered model's
+            ranges = rec.shipped_ranges(lambda g: ranges_from_stats(stats, cfg, auto_pass=auto_pass))
+        else:
+            ranges = ranges_from_stats(stats, cfg, auto_pass=auto_pass)
         timings["ranges_s"] = time.perf_counter() - t2
         version, algorithm = cache_header(cfg)
         cache = TrtCache.from_ranges(ranges, algorithm=algorithm, version=version)

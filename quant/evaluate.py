@@ -320,16 +320,15 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         return calib_stats[g.fingerprint()]
 
     def recovered(spec: ConfigSpec):
-        """The model recovered for ``spec`` and its ranges (calibrated again, the recovery in their meta)."""
+        """The model recovered for ``spec`` and the ranges shipped with it (:meth:`.recover.Recovered.shipped_ranges`)."""
         cfg = CalibrationConfig(method=spec.method)
         steps = replace(recovery, steps=spec.recover)
         rec = recover(graph, steps, ranges_of=lambda g: ranges_from_stats(
                           stats_of(g), cfg, auto_pass=AutoPass(g, calib_src, device, progress=progress)),
                       images=lambda: first_images(calib_src, steps.images, fixed or settings.batch_size),
                       device=device, progress=progress)
-        ranges = ranges_from_stats(stats_of(rec.graph), cfg, auto_pass=AutoPass(rec.graph, calib_src, device,
-                                                                                 progress=progress))
-        return rec.graph, replace(ranges, meta={**ranges.meta, "recovery": rec.report.meta()})
+        return rec.graph, rec.shipped_ranges(lambda g: ranges_from_stats(
+            stats_of(g), cfg, auto_pass=AutoPass(g, calib_src, device, progress=progress)))
 
     rows: list[EngineResult] = []
 

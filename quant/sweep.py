@@ -25,7 +25,6 @@ INT8's); the chosen plan is then rebuilt as a real engine and measured (``valida
 
 from __future__ import annotations
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -129,9 +128,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
                           images=lambda: first_images(calib, recovery.images, base.fixed_batch or 32),
                           device=device, progress=progress)
             graph = rec.graph
-            ranges = ranges_from_stats(statistics(graph, calib, cfg, device, progress=progress), cfg,
-                                       auto_pass=AutoPass(graph, calib, device, progress=progress))
-            ranges = replace(ranges, meta={**ranges.meta, "recovery": rec.report.meta()})
+            ranges = rec.shipped_ranges(lambda g: ranges_from_stats(statistics(g, calib, cfg, device, progress=progress),
+                                                                    cfg, auto_pass=AutoPass(g, calib, device,
+                                                                                            progress=progress)))
             calib_note += f", of the model recovered by {'+'.join(recovery.steps)} ({describe(rec.report)})"
 
     sim = QuantSim(graph, ranges, device, compile=compile_enabled(settings.compile, device))

@@ -21,7 +21,7 @@ from trtquant.quant.graph.interpreter import OPS, TorchGraphExecutor
 from trtquant.quant.graph.models import resolve_model
 from trtquant.quant.graph.onnx_graph import OnnxGraph
 from trtquant.quant.planner.simulate import QuantSim
-from trtquant.quant.recover import RecoverySettings, equalize, parse_recovery, recover_layers
+from trtquant.quant.recover import RecoverySettings, equalize, parse_recovery, recover, recover_layers
 from trtquant.quant.settings import CalibrationConfig
 from trtquant.quant.statistics import ranges_from_stats, statistics
 
@@ -363,3 +363,28 @@ def test_recovery_steps_parse_in_application_order_and_the_help_states_the_defau
     d = RecoverySettings()
     assert f"(default: {d.images})" in text
     assert f"{d.iterations(torch.device('cuda'))} on a GPU, {d.iterations(CPU)} on the CPU" in " ".join(text.split())
+
+
+def test_shipped_ranges_are_those_the_layerwise_steps_learned_against(adarounded, sample_images):
+    """After adaround/bias the model ships with the ranges its rounding compensated (recalibrating moves them);
+    after CLE alone it is calibrated again. Either way the ranges carry the recovered model's fingerprint."""
+    g, _, ranges, _, _ = adarounded
+    x = sample_images[0][:12]
+    calls = []
+
+    def calibrate(graph):
+        calls.append(graph.fingerprint())
+        return RangeSet({n: TensorRange(n, r.amax * 2) for n, r in ranges.ranges.items()})
+
+    rec = recover(g, RecoverySettings(steps=("adaround",), adaround_iters=20), ranges_of=lambda _: ranges,
+                  images=lambda: x, device=CPU, progress=False)
+    shipped = rec.shipped_ranges(calibrate)
+    assert calls == [] and rec.ranges is ranges
+    assert {n: r.amax for n, r in shipped.ranges.items()} == {n: r.amax for n, r in ranges.ranges.items()}
+    assert shipped.model_fingerprint == rec.graph.fingerprint() != g.fingerprint()
+    assert list(shipped.meta["recovery"]["steps"]) == ["adaround"] and "started from" in shipped.meta["ranges_of"]
+    cle = recover(g, RecoverySettings(steps=("cle",)), ranges_of=lambda _: ranges, images=lambda: x, device=CPU,
+                  progress=False)
+    again = cle.shipped_ranges(calibrate)
+    assert cle.ranges is None and calls == [cle.graph.fingerprint()]
+    assert all(again.ranges[n].amax == ranges.ranges[n].amax * 2 for n in ranges.ranges)
