@@ -3,6 +3,7 @@ layers and images, cross-layer equalization's exactness and equalised ranges, th
 weight grid, the verbs end to end on the tiny model, and bad input."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -374,7 +375,7 @@ def test_shipped_ranges_are_those_the_layerwise_steps_learned_against(adarounded
 
     def calibrate(graph):
         calls.append(graph.fingerprint())
-        return RangeSet({n: TensorRange(n, r.amax * 2) for n, r in ranges.ranges.items()})
+        return replace(ranges, ranges={n: TensorRange(n, r.amax * 2) for n, r in ranges.ranges.items()})
 
     rec = recover(g, RecoverySettings(steps=("adaround",), adaround_iters=20), ranges_of=lambda _: ranges,
                   images=lambda: x, device=CPU, progress=False)
