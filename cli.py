@@ -41,13 +41,14 @@ if __name__ == "__main__":
     _import_package()
     from trtquant.core.errors import ConfigError, QuantError  # noqa: E402
     from trtquant.core.defaults import (COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA,  # noqa: E402
-                                        DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
-                                        DEFAULT_TARGET_GPU, OBJECTIVES)
+                                        DEFAULT_LATENCY_BATCH, DEFAULT_LATENCY_MODEL, DEFAULT_MODEL,
+                                        DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, LATENCY_MODELS, OBJECTIVES)
     from trtquant.core.targets import BACKENDS, TARGET_FORMS  # noqa: E402
 else:
     from .core.errors import ConfigError, QuantError
-    from .core.defaults import (COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL,
-                                DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, OBJECTIVES)
+    from .core.defaults import (COMPILE_CHOICES, DEFAULT_COMPILE, DEFAULT_DATA, DEFAULT_LATENCY_BATCH,
+                                DEFAULT_LATENCY_MODEL, DEFAULT_MODEL, DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU,
+                                LATENCY_MODELS, OBJECTIVES)
     from .core.targets import BACKENDS, TARGET_FORMS
 
 
@@ -460,7 +461,8 @@ def cmd_sweep(args) -> int:
                              proxy_images=args.proxy_images, time_budget_s=args.time_budget, device=args.device,
                              validate_backend=args.validate_backend, trt_version=args.trt_version, seed=args.seed,
                              margin_pp=args.margin, metric=args.metric, objective=args.objective,
-                             target_gpu=args.target_gpu, latency_batch=args.latency_batch, compile=args.compile)
+                             target_gpu=args.target_gpu, latency_batch=args.latency_batch,
+                             latency_model=args.latency_model, compile=args.compile)
     doc = sweep(settings, out, progress=not args.no_progress, recovery=recovery)
     if not _is_root():
         return 0                            # under torchrun rank 0 prints the summary
@@ -474,7 +476,7 @@ def cmd_sweep(args) -> int:
           f"simulated {doc.metric} {fmt(s.simulated_metric)} (FP32 {fp32})")
     if doc.latency is not None:
         lat = doc.latency
-        print(f"latency estimated (roofline, {lat.gpu}, batch {lat.batch}, not measured): plan {lat.plan_ms:.4f} ms, "
+        print(f"latency estimated ({lat.kind}, {lat.gpu}, batch {lat.batch}; plan totals not measured): plan {lat.plan_ms:.4f} ms, "
               f"all INT8 {lat.all_int8_ms:.4f} ms, all FP16 {lat.all_fp16_ms:.4f} ms; objective {doc.objective}")
     if v.status == "ok":
         print(f"check   {v.backend}: {fmt(v.metric)} -> {'meets' if v.meets_target else 'MISSES'} the target")
@@ -761,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "h100-pcie, a100, l40s, l4, a10, t4, rtx4090, orin")
     w.add_argument("--latency-batch", type=COUNT, default=DEFAULT_LATENCY_BATCH,
                    help="batch size of the latency estimate")
+    w.add_argument("--latency-model", default=DEFAULT_LATENCY_MODEL, choices=LATENCY_MODELS,
+                   help="tensorrt: TensorRT's per-layer times of an all-INT8 and an all-FP16 engine (needs TensorRT "
+                        "and a CUDA GPU); roofline: the estimate for --target-gpu; auto: tensorrt where it can run")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda")
     _compile_flag(w, "the quantization simulator (one compiled graph for every plan) and a torch --validate-backend")
     w.add_argument("--validate-backend", default="onnxruntime", choices=BACKENDS,

@@ -10,6 +10,10 @@ target GPU, or the number of FP16 layers."""
 DEFAULT_OBJECTIVE = "latency"
 DEFAULT_TARGET_GPU = "auto"          # the local CUDA GPU when the latency model knows it (quant.planner.latency)
 DEFAULT_LATENCY_BATCH = 1
+LATENCY_MODELS = ("auto", "roofline", "tensorrt")
+"""``sweep --latency-model``: tensorrt = TensorRT's measured per-layer times (needs TensorRT and a CUDA GPU),
+roofline = the estimate for --target-gpu, auto = tensorrt where it can run, else roofline."""
+DEFAULT_LATENCY_MODEL = "auto"
 
 COMPILE_CHOICES = ("off", "on", "auto")
 DEFAULT_COMPILE = "off"

@@ -347,7 +347,7 @@ class SearchStep(Record):
 @dataclass(frozen=True)
 class LatencyEstimate(Record):
     """How the sweep's latencies were obtained: estimated by a model, never measured (``kind`` names it)."""
-    kind: str                              # "roofline"
+    kind: str                              # "roofline" | "tensorrt-layers" (TensorRT's measured layer times)
     gpu: str
     gpu_source: str                        # why this GPU
     batch: int

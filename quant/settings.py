@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from ..calibrators.auto import Auto, make_method
 from ..core.cache import TRT_ALGORITHMS, trt_version_int
 
-from ..core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_MODEL, DEFAULT_OBJECTIVE,
-                             DEFAULT_TARGET_GPU, OBJECTIVES)
+from ..core.defaults import (DEFAULT_DATA, DEFAULT_LATENCY_BATCH, DEFAULT_LATENCY_MODEL, DEFAULT_MODEL,
+                             DEFAULT_OBJECTIVE, DEFAULT_TARGET_GPU, LATENCY_MODELS, OBJECTIVES)
 from ..core.errors import ConfigError
 from ..core.gpus import check_gpu_name
 from ..datasets.gpu_decode import DECODE_MODES
@@ -132,6 +132,7 @@ class SweepSettings(ModelSpec, DataSpec):
     objective: str = DEFAULT_OBJECTIVE   # latency: the fastest plan (estimated) | layers: the fewest FP16 layers
     target_gpu: str = DEFAULT_TARGET_GPU  # the GPU the latency model estimates for (planner.latency.GPUS)
     latency_batch: int = DEFAULT_LATENCY_BATCH   # the batch the latency model estimates
+    latency_model: str = DEFAULT_LATENCY_MODEL   # auto | roofline | tensorrt (core.defaults.LATENCY_MODELS)
     compile: str = DEFAULT_COMPILE       # off | on | auto (CUDA): torch.compile the simulator (quant/graph/compiled.py)
 
     def __post_init__(self):
@@ -140,6 +141,9 @@ class SweepSettings(ModelSpec, DataSpec):
             raise ConfigError("unknown objective", subject="--objective", got=repr(self.objective),
                               expected=" | ".join(OBJECTIVES))
         check_gpu_name(self.target_gpu)
+        if self.latency_model not in LATENCY_MODELS:
+            raise ConfigError("unknown latency model", subject="--latency-model", got=repr(self.latency_model),
+                              expected=" | ".join(LATENCY_MODELS))
         if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
             raise ConfigError("invalid latency batch", subject="--latency-batch", got=repr(self.latency_batch),
                               expected="an integer >= 1")

@@ -47,19 +47,20 @@ from ..core.records import (
     Validation,
     document_text,
 )
-from ..core.runtime import resolve_device
+from ..core.runtime import installed_trt_version, resolve_device
 from ..core.targets import FIDELITY_KINDS, Target, parse_target
+from ..core.types import resize_rows
 from ..datasets.sources import open_capped
 from ..reports.sweep_render import sweep_report_texts
 from . import distributed
-from .artifacts.plan import LayerPrecision, PrecisionPlan
+from .artifacts.plan import LayerPrecision, PrecisionPlan, preset_plan
 from .artifacts.qdq import build_qdq_model
 from .artifacts.ranges import load_ranges
 from .artifacts.trtexec import layer_precisions_flag, trtexec_commands, trtexec_shapes
 from .engines import registry
 from .graph.inputs import check_input_shape, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
-from .planner.latency import RooflineModel, latency_order
+from .planner.latency import LayerTimesModel, RooflineModel, latency_order
 from .planner.search import Step, greedy_search, pareto_front, plan_from_search
 from .graph.compiled import compile_enabled
 from .planner.simulate import QuantSim
@@ -67,6 +68,35 @@ from .recover import RecoverySettings, describe, first_images, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, SweepSettings
 from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
+
+
+def check_latency_model(settings: SweepSettings, device: torch.device) -> None:
+    """``--latency-model tensorrt`` where it cannot run: refused before any work."""
+    has_trt = installed_trt_version() is not None
+    if settings.latency_model == "tensorrt" and (device.type != "cuda" or not has_trt):
+        raise ConfigError("TensorRT's layer times need TensorRT and a CUDA GPU", subject="--latency-model tensorrt",
+                          got=f"device {device}, TensorRT {'installed' if has_trt else 'not installed'}",
+                          hint="use --latency-model roofline (an estimate for --target-gpu)")
+
+
+def latency_model(settings: SweepSettings, graph, ranges, x, device: torch.device, ctx=distributed.SINGLE):
+    """``(model, kind, gpu, why)``: the latency model of ``--latency-model``: TensorRT's measured per-layer times
+    (``tensorrt``; ``auto`` where TensorRT is installed and the device is a CUDA GPU), else the roofline of
+    ``--target-gpu``."""
+    has_trt = installed_trt_version() is not None
+    use_trt = settings.latency_model == "tensorrt" or (settings.latency_model == "auto" and has_trt
+                                                       and device.type == "cuda")
+    if not use_trt:
+        gpu, why = resolve_gpu(settings.target_gpu, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+        return RooflineModel(graph, x[:1], gpu, batch=settings.latency_batch), "roofline", gpu.key, why
+    check_latency_model(settings, device)
+    example = resize_rows(x[:1], settings.latency_batch)
+    times = distributed.on_root(ctx, lambda: {         # rank 0's times, for every rank
+        p: registry.build("tensorrt", graph, preset_plan(p, graph), ranges, device=settings.device,
+                          example=example).layer_times(example) for p in ("int8", "fp16")})
+    local = torch.cuda.get_device_name(device)
+    return (LayerTimesModel(graph, times["int8"], times["fp16"], gpu=local, batch=settings.latency_batch),
+            "tensorrt-layers", local, "measured here with TensorRT's profiler")
 
 
 def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: RecoverySettings | None = None) -> Sweep:
@@ -89,6 +119,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     ctx = distributed.join(settings.device)     # several processes under torchrun: each takes a shard of the images
     progress = progress and ctx.is_root
     device = resolve_device(settings.device)
+    check_latency_model(settings, device)
     rm = settings.resolve()
     graph = rm.graph
     pre = rm.preprocess()
@@ -202,8 +233,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     sens_s = time.perf_counter() - t_sens
     if partial_rank:
         notes.append(f"time budget spent during the sensitivity pass: {len(regain)} of {len(sim.layers)} layers ranked")
-    gpu, gpu_source = resolve_gpu(settings.target_gpu, torch.cuda.get_device_name(device) if device.type == "cuda" else None)
-    latency = RooflineModel(graph, xp[:1], gpu, batch=settings.latency_batch)
+    latency, latency_kind, gpu_key, gpu_source = latency_model(settings, graph, ranges, xp, device, ctx)
     fp16_cost = latency.fp16_costs()
     latency_ms = lambda fp16: latency.estimate_fp16(fp16) * 1e3            # noqa: E731
     if settings.objective == "latency":
@@ -309,7 +339,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         all_int8_sqnr_db=float(base_sqnr), ranking_partial=partial_rank,
         search=SearchRecord(result.met, result.partial, result.evaluations, tuple(result.fp16), final_sim, steps),
         objective=settings.objective, front=front,
-        latency=LatencyEstimate("roofline", gpu.key, gpu_source, settings.latency_batch, latency.describe(),
+        latency=LatencyEstimate(latency_kind, gpu_key, gpu_source, settings.latency_batch, latency.describe(),
                                 latency_ms(()), latency_ms(sim.layers), latency_ms(result.fp16)),
         validation=validation, trtexec=tuple(trt_lines),
         timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},

@@ -12,7 +12,7 @@ from trtquant import cli
 from trtquant.core.errors import ConfigError
 from trtquant.core.gpus import FALLBACK_GPU, GPUS, GpuSpec, resolve_gpu
 from trtquant.quant.graph.onnx_graph import OnnxGraph
-from trtquant.quant.planner.latency import RooflineModel, latency_order
+from trtquant.quant.planner.latency import LayerTimesModel, RooflineModel, latency_order
 from trtquant.quant.planner.search import greedy_search, pareto_front
 from trtquant.quant.settings import SweepSettings
 from trtquant.quant.sweep import sweep
@@ -178,3 +178,23 @@ def test_cli_refuses_an_unknown_target_gpu_before_any_work(tmp_path, capsys):
     rc = cli.main(["sweep", "--target-gpu", "h900", "--out", str(tmp_path / "s"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "--target-gpu" in err and "h200" in err and not (tmp_path / "s").exists()
+
+
+def test_layer_times_model_by_hand():
+    """TensorRT's per-layer times (ms, names as TensorRT gives them: fused layers joined by ' + ')."""
+    g = two_convs()
+    int8 = {"Reformatting CopyNode for Input Tensor 0 to A + relu": 0.01, "A + relu": 0.10, "B": 0.20}
+    fp16 = {"A + relu": 0.15, "B": 0.30}
+    m = LayerTimesModel(g, int8, fp16, gpu="test", batch=4)
+    assert m.estimate({"A", "B"}) == pytest.approx((0.01 + 0.10 + 0.20) * 1e-3)
+    assert m.estimate({"B"}) == pytest.approx((0.01 + 0.15 + 0.20) * 1e-3)      # A's layers at FP16's times
+    assert m.estimate(set()) == pytest.approx((0.01 + 0.15 + 0.30) * 1e-3)
+    assert m.fp16_costs() == pytest.approx({"A": 0.05e-3, "B": 0.10e-3})
+    assert "measured" in m.describe() and "reformats between precisions not included" in m.describe()
+
+
+def test_tensorrt_latency_model_needs_tensorrt_and_a_gpu(tmp_path, capsys):
+    rc = cli.main(["sweep", "--model", "tiny_cnn", "--latency-model", "tensorrt", "--device", "cpu", "--num-images",
+                   "8", "--calib-images", "8", "--proxy-images", "4", "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--latency-model tensorrt" in err and "roofline" in err and not (tmp_path / "s").exists()

@@ -140,3 +140,20 @@ def test_profiles_follow_every_input(conf):
     assert t["build_errors"] == [] and t["profiles"]["b"] == [[1, 3, 8, 8]] * 3
     # one array for a two-input engine is refused naming the input it lacks (Inputs feed both by name)
     assert "data for a model input is missing" in t["run_error"] and "'b'" in t["run_error"]
+
+
+def test_layer_times_come_from_tensorrts_profiler(conf):
+    """Issue 13.5: the sweep's measured latency model reads TensorRT's per-layer times (``IProfiler``)."""
+    version, res = conf
+    r = res["layer_times"]
+    assert "error" not in r, r.get("trace")
+    assert r["violations"] == [] and r["profiler"] == "IProfiler"
+    assert r["runs"] == 5                                   # one warm-up, then 4 profiled runs
+    times = r["times"]
+    assert times and all(ms == pytest.approx(0.125 * (i + 1)) for i, ms in enumerate(times.values()))
+    assert r["layers"] == ["conv0", "fc"]
+    own = {n: sum(ms for name, ms in times.items() if n in name.split(" + ")) for n in r["layers"]}
+    rest = sum(times.values()) - sum(own.values())
+    # all INT8: every layer's INT8 time; fc kept FP16: fc's layers at the FP16 engine's (here doubled) times
+    assert r["int8_s"] == pytest.approx(sum(times.values()) * 1e-3)
+    assert r["fc_fp16_s"] == pytest.approx((rest + own["conv0"] + 2 * own["fc"]) * 1e-3) and own["fc"] > 0

@@ -231,6 +231,49 @@ def _macs(node, attrs: dict, inputs: list[str], shapes: dict, ex: TorchGraphExec
     return int(np.prod(out)) * int(k)
 
 
+class LayerTimesModel:
+    """A plan's latency from TensorRT's **measured** per-layer times of two engines of the graph, all INT8 and all
+    FP16 (``TrtEngine.layer_times``): each quantizable layer costs the time of the engine layers it is part of (a
+    fused layer's name lists its ONNX nodes) in its precision's engine, every other engine layer its all-INT8 time.
+    The per-layer times are measured; a plan's total is their sum, so it is an estimate (reformats at precision
+    switches of a mixed plan are not in either engine)."""
+
+    def __init__(self, graph: OnnxGraph, int8_ms: dict[str, float], fp16_ms: dict[str, float], *, gpu: str,
+                 batch: int):
+        self.layers = quantizable_nodes(graph)
+        self.gpu, self.batch = gpu, batch
+        known = set(self.layers)
+        self._int8 = _by_owner(int8_ms, known)
+        self._fp16 = _by_owner(fp16_ms, known)
+
+    def estimate(self, int8: Iterable[str]) -> float:
+        int8 = set(int8)
+        total = sum(self._int8.get(None, {}).values())
+        for n in self.layers:
+            total += sum((self._int8 if n in int8 else self._fp16).get(n, {}).values())
+        return total * 1e-3
+
+    def estimate_fp16(self, fp16: Iterable[str]) -> float:
+        return self.estimate(set(self.layers) - set(fp16))
+
+    def fp16_costs(self) -> dict[str, float]:
+        base = self.estimate(self.layers)
+        return {n: self.estimate_fp16({n}) - base for n in self.layers}
+
+    def describe(self) -> str:
+        return (f"estimated from TensorRT's per-layer times (IProfiler, measured) of an all-INT8 and an all-FP16 "
+                f"engine on {self.gpu}, batch {self.batch}; reformats between precisions not included")
+
+
+def _by_owner(times: dict[str, float], layers: set[str]) -> dict[str | None, dict[str, float]]:
+    """Engine layer times by the quantizable ONNX node each one runs (None: layers that run none)."""
+    out: dict[str | None, dict[str, float]] = {}
+    for name, ms in times.items():
+        owner = next((p for p in (part.strip() for part in name.split(" + ")) if p in layers), None)
+        out.setdefault(owner, {})[name] = ms
+    return out
+
+
 def latency_order(regain: dict[str, float], fp16_cost: dict[str, float]) -> list[str]:
     """The search order of the latency objective: layers whose FP16 costs nothing first (most regain first),
     then by SQNR regained per second of latency added, layers that regain nothing last."""

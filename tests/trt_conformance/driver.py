@@ -231,6 +231,18 @@ def s_two_inputs():
     return build_facts(plan=plan({}), model=model)
 
 
+def s_layer_times():
+    """TensorRT's profiler on an engine of ours: every layer's mean time, the sweep's latency model from them."""
+    from trtquant.quant.planner.latency import LayerTimesModel
+    engine = trt_backend.build_trt_engine(OnnxGraph(tiny_model()), plan({"conv0": "int8", "fc": "int8"}), RANGES,
+                                          out_dir=None, max_batch=64)
+    times = engine.layer_times(np.zeros((2, 3, 8, 8), np.float32), iters=4)
+    model = LayerTimesModel(OnnxGraph(tiny_model()), times, {k: 2 * v for k, v in times.items()}, gpu="double",
+                            batch=2)
+    return {"times": times, "runs": len(engine.context._streams), "profiler": type(engine.context._props["profiler"]).__mro__[1].__name__,
+            "int8_s": model.estimate({"conv0", "fc"}), "fc_fp16_s": model.estimate({"conv0"}), "layers": model.layers}
+
+
 SCENARIOS = {n[2:]: f for n, f in dict(globals()).items() if n.startswith("s_")}
 
 
