@@ -22,6 +22,9 @@ def main():
     ap.add_argument("--proxy-images", type=int, default=64)
     ap.add_argument("--target", default="0.5%")
     ap.add_argument("--compile", default="off", choices=("off", "on", "auto"), help="sweep --compile")
+    ap.add_argument("--objectives", default="latency", help="sweep --objective values, e.g. latency,layers (compared)")
+    ap.add_argument("--target-gpu", default="auto", help="sweep --target-gpu")
+    ap.add_argument("--latency-batch", type=int, default=1, help="sweep --latency-batch")
     args = ap.parse_args()
     _bootstrap()
     import logging
@@ -40,13 +43,24 @@ def main():
     dev = resolve_device("auto")
     print(f"\nsweep benchmark | {torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'} | {args.images} images")
     for name in args.models.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            doc = sweep(SweepSettings(model=name, data=args.data, num_images=args.images, target=args.target,
-                                      proxy_images=args.proxy_images, compile=args.compile),
-                        Path(tmp) / "s", progress=False)
-            wall = time.perf_counter() - t
-            ranges, _, _ = load_ranges(Path(tmp) / "s" / "calib.bin")
+        plans = {}
+        for objective in args.objectives.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                doc = sweep(SweepSettings(model=name, data=args.data, num_images=args.images, target=args.target,
+                                          proxy_images=args.proxy_images, compile=args.compile, objective=objective,
+                                          target_gpu=args.target_gpu, latency_batch=args.latency_batch),
+                            Path(tmp) / "s", progress=False)
+                wall = time.perf_counter() - t
+                ranges, _, _ = load_ranges(Path(tmp) / "s" / "calib.bin")
+            plans[objective] = doc
+            lat = doc.latency
+            print(f"{name:<18} objective {objective:<8} FP16 layers {len(doc.search.fp16_layers):3d} | estimated latency "
+                  f"({lat.kind}, {lat.gpu}, batch {lat.batch}) {lat.plan_ms:.4f} ms, all INT8 {lat.all_int8_ms:.4f}, "
+                  f"all FP16 {lat.all_fp16_ms:.4f} | {len(doc.front)} plans on the Pareto front | {wall:.1f} s")
+        if {"latency", "layers"} <= set(plans):
+            a, b = plans["latency"].latency.plan_ms, plans["layers"].latency.plan_ms
+            print(f"{'':<18} latency objective / layers objective, estimated plan latency: {a / b:.3f}")
         s, tm, v = doc.search, doc.timings, doc.validation
         fp32 = "n/a" if doc.fp32_metric is None else f"{doc.fp32_metric * 100:.2f}%"
         print(f"{name:<18} wall {wall:6.1f} s (sensitivity {tm['sensitivity_s']:.1f} s, search {tm['search_s']:.1f} s) | "
