@@ -157,3 +157,8 @@ def test_layer_times_come_from_tensorrts_profiler(conf):
     # all INT8: every layer's INT8 time; fc kept FP16: fc's layers at the FP16 engine's (here doubled) times
     assert r["int8_s"] == pytest.approx(sum(times.values()) * 1e-3)
     assert r["fc_fp16_s"] == pytest.approx((rest + own["conv0"] + 2 * own["fc"]) * 1e-3) and own["fc"] > 0
+
+    m = res["sweep_latency_model"]                          # the sweep's use of it: two engines, all INT8 and all FP16
+    assert "error" not in m, m.get("trace")
+    assert m["violations"] == [] and m["kind"] == "tensorrt-layers" and m["gpu"] == "TensorRT double"
+    assert set(m["costs"]) == {"conv0", "fc"} and m["int8_s"] > 0 and m["fp16_s"] > 0

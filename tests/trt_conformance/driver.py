@@ -243,6 +243,17 @@ def s_layer_times():
             "int8_s": model.estimate({"conv0", "fc"}), "fc_fp16_s": model.estimate({"conv0"}), "layers": model.layers}
 
 
+def s_sweep_latency_model():
+    """The sweep's --latency-model tensorrt: two engines of the graph (all INT8, all FP16) timed by the profiler."""
+    from trtquant.quant.settings import SweepSettings
+    from trtquant.quant.sweep import latency_model
+    model, kind, gpu, why = latency_model(SweepSettings(latency_model="tensorrt", latency_batch=2),
+                                          OnnxGraph(tiny_model()), RANGES, np.zeros((1, 3, 8, 8), np.float32),
+                                          torch.device("cuda"))
+    return {"kind": kind, "gpu": gpu, "why": why, "costs": model.fp16_costs(), "int8_s": model.estimate(model.layers),
+            "fp16_s": model.estimate(set())}
+
+
 SCENARIOS = {n[2:]: f for n, f in dict(globals()).items() if n.startswith("s_")}
 
 
