@@ -1,7 +1,9 @@
-"""The planner's latency model: what a precision plan is estimated to cost on a target GPU, by a roofline.
+"""The planner's latency models: what a precision plan is estimated to cost on a GPU.
 
-TensorRT is not run here, so a plan's latency is **estimated**, never measured, and every record and report
-says so. The model (:class:`RooflineModel`), for an engine the way TensorRT builds one from our Q/DQ model:
+Where TensorRT runs, :class:`LayerTimesModel` sums TensorRT's measured per-layer times of an all-INT8 and an
+all-FP16 engine. Elsewhere a plan's latency is **estimated** by a roofline, never measured, and every record and
+report says so. The roofline (:class:`RooflineModel`), for an engine the way TensorRT builds one from our Q/DQ
+model:
 
 - **Kernels.** Every compute layer (Conv, ConvTranspose, Gemm, MatMul) is one kernel with the elementwise
   layers that follow it fused into its epilogue (BatchNorm, ReLU/Clip, residual Add, ...: TensorRT's
@@ -61,7 +63,29 @@ class _Kernel:
     readers: list[str] = field(default_factory=list)   # kernels that read ``out`` ("" = the graph's output)
 
 
-class RooflineModel:
+class LatencyModel:
+    """What the planner asks of a latency model: ``estimate(int8)`` = seconds of a batch with the layers ``int8``
+    in INT8 and every other quantizable layer in FP16, and words for the report (``describe``)."""
+
+    layers: list[str]
+
+    def estimate(self, int8: Iterable[str]) -> float:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def estimate_fp16(self, fp16: Iterable[str]) -> float:
+        """The seconds of the plan that keeps ``fp16`` in FP16 and the other quantizable layers INT8."""
+        return self.estimate(set(self.layers) - set(fp16))
+
+    def fp16_costs(self) -> dict[str, float]:
+        """Seconds each quantizable layer adds when it alone stays FP16 in an otherwise INT8 model."""
+        base = self.estimate(self.layers)
+        return {n: self.estimate_fp16({n}) - base for n in self.layers}
+
+
+class RooflineModel(LatencyModel):
     """Estimated latency of any plan of one graph on one GPU (the module docstring has the model)."""
 
     def __init__(self, graph: OnnxGraph, example: np.ndarray | Inputs, gpu: GpuSpec, *,
@@ -113,7 +137,7 @@ class RooflineModel:
             k = _Kernel(node.name, node.name if node.name in layers else None, inputs=acts,
                         act_in=sum(numel(t) for t in acts))
             if node.op_type in COMPUTE_OPS:
-                k.weights = sum(numel_const(ex, t) for t in ex.nodes[i][2][1:2] if t in consts)
+                k.weights = sum(_numel_const(ex, t) for t in ex.nodes[i][2][1:2] if t in consts)
                 k.macs = _macs(node, ex.nodes[i][1], ex.nodes[i][2], shapes, ex)
             owner[i] = k
             kernels.append(k)
@@ -156,10 +180,6 @@ class RooflineModel:
         """Seconds of one batch of ``batch`` images with the layers ``int8`` in INT8 and every other one in FP16."""
         return self.breakdown(int8)["total_s"]
 
-    def estimate_fp16(self, fp16: Iterable[str]) -> float:
-        """The same, of the plan that keeps ``fp16`` in FP16 and the other quantizable layers INT8."""
-        return self.estimate(set(self.layers) - set(fp16))
-
     def breakdown(self, int8: Iterable[str]) -> dict:
         int8 = set(int8)
         is8 = {k.anchor: k.layer is not None and k.layer in int8 for k in self.kernels}
@@ -185,17 +205,12 @@ class RooflineModel:
             per_kernel[k.anchor] = max(2.0 * k.macs * b / peak, moved / bw) + over
         return {"total_s": sum(per_kernel.values()) + reformat, "kernels_s": per_kernel, "reformat_s": reformat}
 
-    def fp16_costs(self) -> dict[str, float]:
-        """Seconds each quantizable layer adds when it alone stays FP16 in an otherwise INT8 model."""
-        base = self.estimate(self.layers)
-        return {n: self.estimate_fp16({n}) - base for n in self.layers}
-
     def describe(self) -> str:
         return (f"estimated (roofline), {self.gpu.describe}, batch {self.batch}, {self.overhead_us:g} µs per kernel; "
                 f"{len(self.kernels)} kernels")
 
 
-def numel_const(ex: TorchGraphExecutor, name: str) -> int:
+def _numel_const(ex: TorchGraphExecutor, name: str) -> int:
     return int(ex.consts[name].numel()) if name in ex.consts else 0
 
 
@@ -231,7 +246,7 @@ def _macs(node, attrs: dict, inputs: list[str], shapes: dict, ex: TorchGraphExec
     return int(np.prod(out)) * int(k)
 
 
-class LayerTimesModel:
+class LayerTimesModel(LatencyModel):
     """A plan's latency from TensorRT's **measured** per-layer times of two engines of the graph, all INT8 and all
     FP16 (``TrtEngine.layer_times``): each quantizable layer costs the time of the engine layers it is part of (a
     fused layer's name lists its ONNX nodes) in its precision's engine, every other engine layer its all-INT8 time.
@@ -252,13 +267,6 @@ class LayerTimesModel:
         for n in self.layers:
             total += sum((self._int8 if n in int8 else self._fp16).get(n, {}).values())
         return total * 1e-3
-
-    def estimate_fp16(self, fp16: Iterable[str]) -> float:
-        return self.estimate(set(self.layers) - set(fp16))
-
-    def fp16_costs(self) -> dict[str, float]:
-        base = self.estimate(self.layers)
-        return {n: self.estimate_fp16({n}) - base for n in self.layers}
 
     def describe(self) -> str:
         return (f"estimated from TensorRT's per-layer times (IProfiler, measured) of an all-INT8 and an all-FP16 "
