@@ -445,23 +445,18 @@ class RoundingProblem:
         E(W~) = mean over positions p of  sum_c ( W~_c . x~_p  -  W_c . x_p )^2
 
     (``x_p``: the FP32 model's input patch at output position p, ``x~_p`` the INT8 model's, fake-quantized;
-    the bias cancels). Held exactly, over every position of every calibration image, in one of two forms:
-
-    - moments (when K <= the number of positions): with ``dW = W~ - W`` and ``e = x~ - x``,
-      ``E = sum(dW H * dW) + 2 sum(dW * C) + c0`` where ``H = E[x~ x~^T]`` (G, K, K), ``C = W E[e x~^T]^T``
-      (G, Co, K) and ``c0 = sum(W E[e e^T] * W)``: every term is of the size of the error itself (no
-      cancellation of large terms in float32);
-    - positions (fewer positions than K, e.g. a classifier fed one vector per image): ``cols`` = x~ (G, P, K)
-      and ``target`` = W x (G, P, Co).
+    the bias cancels). Held exactly, over every position of every calibration image, as moments (a layer has
+    at least ``MIN_POSITIONS_PER_INPUT`` positions per input, :func:`_adaround_layer`): with ``dW = W~ - W``
+    and ``e = x~ - x``, ``E = sum(dW H * dW) + 2 sum(dW * C) + c0`` where ``H = E[x~ x~^T]`` (G, K, K),
+    ``C = W E[e x~^T]^T`` (G, Co, K) and ``c0 = sum(W E[e e^T] * W)``: every term is of the size of the error
+    itself (no cancellation of large terms in float32).
     """
 
     w: torch.Tensor
     scale: torch.Tensor
-    h: torch.Tensor | None = None
-    c: torch.Tensor | None = None
+    h: torch.Tensor
+    c: torch.Tensor
     c0: float = 0.0
-    cols: torch.Tensor | None = None
-    target: torch.Tensor | None = None
 
     def error(self, wq: torch.Tensor) -> torch.Tensor:
         """``E(wq)``."""
@@ -469,16 +464,11 @@ class RoundingProblem:
 
     def error_of(self, dw: torch.Tensor) -> torch.Tensor:
         """``E(W + dw)``."""
-        if self.cols is not None:
-            return (torch.bmm(self.cols, (self.w + dw).transpose(1, 2)) - self.target).pow(2).sum(dim=(0, 2)).mean()
         return (torch.bmm(dw, self.h) * dw).sum() + 2 * (dw * self.c).sum() + self.c0
 
     def descent(self, dw: torch.Tensor) -> torch.Tensor:
-        """A function of ``dw`` whose gradient is ``E``'s (its value is not ``E``'s): in the moments form
-        ``2 (dw H + C)``, from one matrix product per step instead of the two that differentiating ``E``
-        takes; in the positions form ``E`` itself."""
-        if self.cols is not None:
-            return self.error_of(dw)
+        """A function of ``dw`` whose gradient is ``E``'s (its value is not ``E``'s): ``2 (dw H + C)``, from one
+        matrix product per step instead of the two that differentiating ``E`` takes."""
         return (2 * (torch.bmm(dw.detach(), self.h) + self.c) * dw).sum()
 
     def nearest(self) -> torch.Tensor:
@@ -627,22 +617,13 @@ def _positions(layer: _Layer, x: torch.Tensor) -> int:
 
 
 def _rounding_problem(layer: _Layer, w: torch.Tensor, x_fp: list[torch.Tensor], x_q: list[torch.Tensor],
-                      scale: torch.Tensor) -> RoundingProblem:
-    """The layer's :class:`RoundingProblem` over every output position of the inputs ``x_fp`` (FP32 model)
-    and ``x_q`` (INT8 model, fake-quantized), batch by batch."""
+                      scale: torch.Tensor, total: int) -> RoundingProblem:
+    """The layer's :class:`RoundingProblem` over every output position (``total`` of them) of the inputs
+    ``x_fp`` (FP32 model) and ``x_q`` (INT8 model, fake-quantized), batch by batch."""
     g = layer.groups if layer.kind == "conv2d" else 1
     wm = layer.to_matrix(w)
     c_out, k = wm.shape[0] * wm.shape[1], wm.shape[2]
     sm = scale.reshape(g, c_out // g, 1)
-    total = sum(_positions(layer, x) for x in x_q)
-    if total < k:                                            # fewer positions than inputs: keep the positions
-        cols, target = [], []
-        for xf, xq in zip(x_fp, x_q):
-            cq, cf = layer.columns(xq), layer.columns(xf)    # (n, K, L)
-            cols.append(cq.permute(1, 0, 2).reshape(g, k, -1))
-            target.append(torch.bmm(wm, cf.permute(1, 0, 2).reshape(g, k, -1)))
-        return RoundingProblem(wm, sm, cols=torch.cat(cols, 2).transpose(1, 2).contiguous(),
-                               target=torch.cat(target, 2).transpose(1, 2).contiguous())
     h = torch.zeros(g, k, k, dtype=torch.float64, device=w.device)
     d = torch.zeros_like(h)
     ee = torch.zeros_like(h)
@@ -672,17 +653,17 @@ def _adaround_layer(layer: _Layer, sim: QuantSim, env_fp, env_q, in_edges, setti
     w = sim.ex.consts[layer.weight].float()
     in_scale = sim.scales[in_edges[(node.name, 0)].tensor]
     x_fp = [e[node.input[0]] for e in env_fp]
-    x_q = [fake_quant(e[node.input[0]], in_scale) for e in env_q]       # what the INT8 layer reads
-    scale = torch.from_numpy(weight_scales(w.detach().cpu().numpy(), layer.axis)).to(w.device)
     k = layer.to_matrix(w).shape[2]
-    positions = sum(_positions(layer, x) for x in x_q)
+    positions = sum(_positions(layer, x) for x in x_fp)
     if positions < MIN_POSITIONS_PER_INPUT * k:
         # e.g. a classifier fed one vector per image: the floor/ceil choices of K inputs per output would fit
         # the calibration images' own activation errors (and be worse on other images)
         return LayerRecovery(node.name, note=f"adaround: {positions} output positions for {k} inputs per output "
                                              f"(fewer than {MIN_POSITIONS_PER_INPUT}x): nearest rounding kept, "
                                              f"learning would fit the calibration images"), None
-    problem = _rounding_problem(layer, w, x_fp, x_q, scale)
+    x_q = [fake_quant(e[node.input[0]], in_scale) for e in env_q]       # what the INT8 layer reads
+    scale = torch.from_numpy(weight_scales(w.detach().cpu().numpy(), layer.axis)).to(w.device)
+    problem = _rounding_problem(layer, w, x_fp, x_q, scale, positions)
     x0 = x_fp[0][:1]
     del x_fp, x_q
     with torch.enable_grad():

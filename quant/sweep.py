@@ -13,8 +13,8 @@
    the target holds; then prune every FP16 layer whose return to INT8 keeps the target. Every step is
    kept, and the cheapest plan that meets the target is the result; a time budget returns the best
    plan found so far, marked partial.
-4. **Objective** (``--objective``): ``latency`` (default) costs a plan by its estimated latency on the
-   target GPU (``planner.latency``: a roofline, labelled estimated): the ranking is SQNR regained per
+4. **Objective** (``--objective``): ``latency`` (default) costs a plan by its latency (``planner.latency``:
+   TensorRT's per-layer times where TensorRT runs, else a roofline of the target GPU; labelled estimated): the ranking is SQNR regained per
    microsecond added, pruning returns the dearest FP16 layers to INT8 first, and the record keeps the
    Pareto front of accuracy vs estimated latency of every evaluated plan. ``layers`` costs a plan by its
    number of FP16 layers (ranking by regain alone).
@@ -101,7 +101,7 @@ def latency_model(settings: SweepSettings, graph, ranges, x, device: torch.devic
 
 def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: RecoverySettings | None = None) -> Sweep:
     """Sensitivity pass + search + outputs + validation; returns the sweep record (also ``sweep.json``). With
-    ``recovery`` steps the base is the recovered model (:func:`.recover.recover`, calibrated again), written
+    ``recovery`` steps the base is the recovered model (:func:`.recover.recover`, with its shipped ranges), written
     to ``OUT/model.onnx``: the plan, cache and Q/DQ model are its."""
     t_start = time.perf_counter()
     recovering = recovery is not None and bool(recovery.steps)

@@ -94,8 +94,7 @@ class RooflineModel(LatencyModel):
             raise ConfigError("invalid latency batch", subject="--latency-batch", got=str(batch), expected=">= 1")
         self.graph, self.gpu, self.batch, self.overhead_us = graph, gpu, batch, overhead_us
         self.layers = quantizable_nodes(graph)
-        self.kernels = self._kernels(self._shapes(example))
-        self._by_layer = {k.layer: k for k in self.kernels if k.layer}
+        self.kernels = self._kernels(*self._shapes(example))
 
     # ---- the graph, once ----------------------------------------------------------------------------------
     def _shapes(self, example) -> tuple[TorchGraphExecutor, dict[str, tuple[int, ...]]]:
@@ -117,8 +116,7 @@ class RooflineModel(LatencyModel):
             ex.run(fed, tap=tap)
         return ex, shapes
 
-    def _kernels(self, ex_shapes) -> list[_Kernel]:
-        ex, shapes = ex_shapes
+    def _kernels(self, ex: TorchGraphExecutor, shapes: dict[str, tuple[int, ...]]) -> list[_Kernel]:
         consts = set(ex.consts)
         numel = lambda t: int(np.prod(shapes[t])) if t in shapes else 0          # noqa: E731
         nodes = [n for n, _, _ in ex.nodes]
@@ -171,7 +169,6 @@ class RooflineModel(LatencyModel):
             if src in by_out:
                 by_out[src].readers.append("")
         self._sources = {k.anchor: [through(t) for t in k.inputs] for k in kernels}
-        self._graph_inputs = {gi.name for gi in self.graph.inputs}
         self._input_elems = {gi.name: numel(gi.name) for gi in self.graph.inputs}
         return kernels
 
