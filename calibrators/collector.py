@@ -86,7 +86,29 @@ class HistogramCollector:
         # `group_bytes`, on a side stream that overlaps the forward's next layers (`overlap`)
         self.group_bytes = 1 << 30
         self.overlap = True
+        self.prioritize = True          # with overlap: the forward on a high-priority stream (forward_stream)
         self._side_stream: torch.cuda.Stream | None = None
+        self._forward_stream: torch.cuda.Stream | None = None
+
+    @contextlib.contextmanager
+    def forward_stream(self):
+        """Where the statistics overlap the forward (CUDA, ``overlap``), the forward runs on a stream of the
+        highest priority: the GPU's block scheduler serves the forward's kernels first and the statistics kernel
+        (on the side stream, default priority) fills the SMs they leave idle, instead of both sharing them."""
+        if not (self.overlap and self.prioritize and self.device.type == "cuda" and self.with_histograms
+                and self.fused_kernel):
+            yield
+            return
+        dev = self.device if self.device.index is not None else torch.device("cuda", torch.cuda.current_device())
+        if self._forward_stream is None or self._forward_stream.device != dev:
+            self._forward_stream = torch.cuda.Stream(dev, priority=-100)   # clamped to the highest
+        caller = torch.cuda.current_stream(dev)
+        self._forward_stream.wait_stream(caller)       # the batch's input is ready
+        try:
+            with torch.cuda.stream(self._forward_stream):
+                yield
+        finally:
+            caller.wait_stream(self._forward_stream)   # the caller's later work (and reuse of the input) after it
 
     def begin(self, only: Iterable[str] | None = None, *, batch_ids: Sequence[str] = ()) -> "Pass":
         return Pass(self, set(self.names if only is None else only), list(batch_ids))
@@ -187,11 +209,20 @@ class Pass:
             torch.cuda.current_stream(self.c._side_stream.device).wait_stream(self.c._side_stream)
         if not self._order:
             return set()
+        # the fold, queued before the sync so the GPU runs it while the host waits (one multi-tensor launch): every
+        # histogram made with a range known before this batch; a tensor whose range grew takes its back below
+        folded = {}
+        for name, h in zip(self._order, self._hists):
+            st = self.c._state[name]
+            if h is not None and st.width > 0 and self.c.with_histograms:
+                folded[name] = h.to(self.c.device, torch.float64)
+        if folded:
+            torch._foreach_add_([self.c._state[n].counts for n in folded], list(folded.values()))
         lohi = torch.stack(self._maxes).double().cpu().numpy()   # the one host sync of the batch
         maxes = np.maximum(-lohi[:, 0], lohi[:, 1]) if len(lohi) else lohi
         maxes = np.where(np.isnan(lohi).any(axis=1), np.nan, maxes) if len(lohi) else maxes
         redo = set()
-        for name, m, h, numel in zip(self._order, maxes, self._hists, self._numels):
+        for name, m, numel in zip(self._order, maxes, self._numels):
             st = self.c._state[name]
             if not math.isfinite(m):
                 where = f" (batch starting at {self.batch_ids[0]})" if self.batch_ids else ""
@@ -213,6 +244,8 @@ class Pass:
                 redo.add(name)
                 continue
             if m > st.hi:
+                if name in folded:                # made with the old range: the batch is histogrammed again
+                    st.counts -= folded[name]
                 nb = max(st.nbins, math.ceil(m / st.width))
                 while nb * st.width < m:
                     nb += 1
@@ -221,8 +254,7 @@ class Pass:
                 st.nbins, st.hi = nb, nb * st.width
                 redo.add(name)
                 continue
-            st.counts += h.to(self.c.device)   # float64 accumulator
-            st.amax = max(st.amax, m)
+            st.amax = max(st.amax, m)           # (its histogram was folded in above)
             st.numel += numel
         return redo
 
@@ -232,6 +264,11 @@ def collect_batch(collector: HistogramCollector, run: Callable[[Callable, set | 
     """Fold one batch into ``collector``. ``run(observe, watch)`` runs the model on the batch, calling
     ``observe(name, tensor)`` for the tensors in ``watch`` (None: all); it is called again, for just the
     tensors whose range grew, until every histogram has the batch (the forward must be deterministic)."""
+    with collector.forward_stream():
+        _collect_batch(collector, run, batch_ids)
+
+
+def _collect_batch(collector, run, batch_ids) -> None:
     p = collector.begin(batch_ids=batch_ids)
     run(p.observe, None)
     redo = p.commit()

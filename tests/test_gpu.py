@@ -90,11 +90,12 @@ def _need_batched_kernel():
         pytest.skip("the NVRTC statistics kernel is unavailable (torch.cuda._compile_kernel)")
 
 
-VARIANTS = [(0, 0), (0, 1), (1, 0), (2, 0)]      # (warp aggregation, reciprocal division) compiled variants
+# (warp aggregation, reciprocal division, values == hi counted in registers): the compiled variants
+VARIANTS = [(0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 0, 1), (2, 0, 0)]
 
 
-@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
-def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv):
+@pytest.mark.parametrize("agg,fastdiv,top", VARIANTS)
+def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv, top):
     """One launch over all 101 activations equals torch.histc (same float32 bin formula) and aminmax, exactly."""
     _need_batched_kernel()
     acts = {}
@@ -103,8 +104,10 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
     names = list(acts)
     tensors = [acts[n] for n in names]
     bins = [(4096, 1000, 2 * 2048 + 6)[j % 3] for j in range(len(names))]     # as the collector's grown ranges
-    hi = [float(v.abs().max()) * 1.01 for v in tensors]
-    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, chunk=1 << 14)
+    # every third range ends exactly at the tensor's max (the collector's first batch: ReLU6's 6.0s are == hi)
+    hi = [float(v.abs().max()) * (1.01 if j % 3 else 1.0) for j, v in enumerate(tensors)]
+    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, top=top,
+                                       chunk=1 << 14)
     for j, (n, v) in enumerate(zip(names, tensors)):
         mn, mx = torch.aminmax(v)
         assert float(lohi[j, 0]) == float(mn) and float(lohi[j, 1]) == float(mx), n
@@ -113,8 +116,8 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
         assert moved == 0, f"{n}: {moved} of {v.numel()} values in another bin than torch.histc's"
 
 
-@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
-def test_batched_kernel_edge_cases(agg, fastdiv):
+@pytest.mark.parametrize("agg,fastdiv,top", VARIANTS)
+def test_batched_kernel_edge_cases(agg, fastdiv, top):
     """Zeros and -0.0, values at hi and outside, NaN, negative-only and one-element tensors, unaligned views
     and tails, many tensors of different bin counts in one launch: equal to torch.histc and aminmax."""
     _need_batched_kernel()
@@ -135,7 +138,7 @@ def test_batched_kernel_edge_cases(agg, fastdiv):
              (nan, 64, -4.0, 4.0)]
     for chunk in (1 << 10, gpu_stats.CHUNK):
         lohi, hists = gpu_stats.statistics([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
-                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, chunk=chunk)
+                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, top=top, chunk=chunk)
         for j, (t, bins, lo, hi) in enumerate(cases):
             ref = torch.histc(t, bins, lo, hi)
             assert torch.equal(hists[j].long(), ref.long()), (j, chunk)
@@ -231,3 +234,53 @@ def test_calibration_with_gpu_decoding_matches_cpu_decoding(tmp_path):
     gpu = calibrate(CalibrationConfig(decode="gpu", **kw), cache_path=tmp_path / "g.bin", progress=False)
     close = sum(abs(gpu.ranges.ranges[n].amax - r.amax) <= 0.01 * r.amax for n, r in cpu.ranges.ranges.items())
     assert close >= 0.95 * len(cpu.ranges.ranges)
+
+
+def test_fused_fake_quant_kernel_equals_the_cpu_bit_for_bit(mobilenet, sample_images):
+    """The one-pass Triton fake quantization gives the CPU's values exactly: on every real activation of
+    MobileNetV2 (contiguous and channels-last, into a new tensor and in place) and on rounding ties and their
+    float neighbours, saturation, NaN and -0.0 (what PyTorch's own CUDA division by a scalar does not)."""
+    from trtquant.core import fake_quant_cuda
+    from trtquant.core.numerics import QMAX, QMIN, fake_quant
+
+    if fake_quant_cuda._kernel() is None:
+        pytest.skip("no Triton")
+    acts = {}
+    TorchGraphExecutor(mobilenet.graph, "cpu").run({"input": torch.from_numpy(sample_images[0][:4])},
+                                                   observe=lambda n, v: acts.__setitem__(n, v))
+    s = 0.0472440943
+    ties = (torch.arange(-140, 140, dtype=torch.float32) + 0.5) * torch.tensor(s, dtype=torch.float32)
+    acts["ties"] = torch.cat([ties, torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1),
+                              torch.tensor([float("nan"), -0.0, 1e30, -1e30])])
+    used = 0
+    for name, v in acts.items():
+        if name == "ties":
+            scale = s
+        else:                                    # 0.9 of the range: the largest values saturate
+            scale = float(v.abs().amax()) / 127 * 0.9 or 1.0
+        ref = fake_quant(v, scale)                                       # the CPU's ops
+        forms = [v.cuda()] + ([v.cuda().contiguous(memory_format=torch.channels_last)] if v.dim() == 4 else [])
+        for x in forms:
+            y = fake_quant_cuda.fake_quant_cuda(x, scale, float(QMIN), float(QMAX))
+            assert y is not None and y.stride() == x.stride()
+            inplace = torch.empty_like(x)
+            assert fake_quant(x, scale, out=inplace) is inplace
+            for got in (y, inplace, fake_quant(x, scale)):
+                got = got.cpu().contiguous()
+                nan = torch.isnan(ref)
+                assert torch.equal(torch.isnan(got), nan), name
+                assert torch.equal(got[~nan].view(torch.int32), ref[~nan].view(torch.int32)), name
+            used += 1
+    assert used > 100
+
+
+def test_normalisation_on_the_gpu_equals_numpy_bit_for_bit():
+    """Every uint8 level of every channel, for each preset: what evaluate and the statistics pass compute on
+    the GPU is the NumPy path's float32, bit for bit."""
+    from trtquant.datasets import PRESETS
+
+    px = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :, None], (2, 3, 256, 4)).copy()
+    for name, pre in PRESETS.items():
+        cpu = pre.normalize(px[:, :len(pre.mean)])
+        gpu = pre.normalize_torch(torch.from_numpy(px[:, :len(pre.mean)]).cuda()).cpu().numpy()
+        assert np.array_equal(cpu.view(np.int32), gpu.view(np.int32)), name
