@@ -68,6 +68,7 @@ from .graph.interpreter import unsupported_ops
 from .graph.onnx_graph import OnnxGraph
 from .planner.simulate import QuantSim
 from .settings import DEFAULT_DEBUG_IMAGES, CalibrationConfig, DebugSettings
+from .auto_method import AutoPass
 from .statistics import ranges_from_stats, statistics
 
 log = logging.getLogger(__name__)
@@ -320,8 +321,10 @@ def debug_ranges(settings: DebugSettings, graph: OnnxGraph, device: torch.device
         return ranges, f"ranges from {settings.ranges}"
     cfg = CalibrationConfig(**settings.model_spec(), data=settings.data, data_dir=settings.data_dir,
                             method=settings.method, device=settings.device)
-    stats = statistics(graph, subset(settings.calib_images, settings.seed + 1), cfg, device, progress=progress)
-    return ranges_from_stats(stats, cfg), f"{settings.method} ranges from {stats.num_images} calibration images"
+    calib = subset(settings.calib_images, settings.seed + 1)
+    stats = statistics(graph, calib, cfg, device, progress=progress)
+    return (ranges_from_stats(stats, cfg, auto_pass=AutoPass(graph, calib, device, progress=progress)),
+            f"{settings.method} ranges from {stats.num_images} calibration images")
 
 
 def _chunks(x: np.ndarray, batch: int, fixed: int | None, notes: list[str]) -> list[np.ndarray]:

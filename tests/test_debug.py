@@ -204,6 +204,17 @@ def test_a_weight_outlier_that_ruins_one_layers_scales_is_named_as_the_first_jum
     assert rows["conv1"].added_sqnr_db > 30 and rows["conv3"].added_sqnr_db > 30
 
 
+def test_debug_calibrates_with_method_auto(chain, tmp_path):
+    """``debug --method auto`` runs the auto pass on its calibration images (it used to stop after the
+    statistics pass: the auto method had no model and images to measure its candidates on)."""
+    d, model, data, _, _ = chain
+    doc = debug(DebugSettings(onnx=str(model), data=str(data), method="auto", batch_size=4, device="cpu"),
+                tmp_path / "out", progress=False)
+    assert doc.calibration.startswith("auto ranges from")
+    ranges = json.loads((tmp_path / "out" / "debug.json").read_text())
+    assert {r["node"] for r in ranges["tensors"]} >= {"conv1", "conv2", "conv3"}
+
+
 # --- (4) the suggested plan ----------------------------------------------------------------------
 
 def test_the_suggested_plan_keeps_the_worst_layers_fp16_and_improves_sqnr(chain, tmp_path):
