@@ -39,6 +39,7 @@ def main():
     from trtquant.quant.planner.simulate import QuantSim
     from trtquant.quant.settings import SweepSettings
     from trtquant.quant.sweep import sweep
+    from trtquant.reports.sweep_render import TIME_PHASES
 
     dev = resolve_device("auto")
     print(f"\nsweep benchmark | {torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU'} | {args.images} images")
@@ -63,7 +64,8 @@ def main():
             print(f"{'':<18} latency objective / layers objective, estimated plan latency: {a / b:.3f}")
         s, tm, v = doc.search, doc.timings, doc.validation
         fp32 = "n/a" if doc.fp32_metric is None else f"{doc.fp32_metric * 100:.2f}%"
-        print(f"{name:<18} wall {wall:6.1f} s (sensitivity {tm['sensitivity_s']:.1f} s, search {tm['search_s']:.1f} s) | "
+        phases = ", ".join(f"{label} {tm[k]:.1f}" for k, label in TIME_PHASES if k in tm and k != "total_s")
+        print(f"{name:<18} wall {wall:6.1f} s ({phases}) | "
               f"{s.evaluations} full-model evaluations for {doc.layers} layers | FP16 layers {len(s.fp16_layers)} | "
               f"target {'met' if s.met else 'NOT met'} | all-INT8 {doc.metric} "
               f"{s.path[0].metric * 100:.2f}% vs FP32 {fp32} | "

@@ -15,6 +15,11 @@ QMIN, QMAX = -128, 127
 def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``dequantize(quantize(x))`` in float arithmetic (no int8 round trip). ``out``: written in place
     (the same values, no temporaries; for a scalar ``scale`` and ``out`` of ``x``'s shape and dtype)."""
+    if isinstance(scale, float) and x.is_cuda:      # one fused kernel on the GPU, the same values
+        from .fake_quant_cuda import fake_quant_cuda
+        y = fake_quant_cuda(x, scale, float(QMIN), float(QMAX), out)
+        if y is not None:
+            return y
     if out is not None:
         return torch.div(x, scale, out=out).round_().clamp_(QMIN, QMAX).mul_(scale)
     return torch.clamp(torch.round(x / scale), QMIN, QMAX) * scale

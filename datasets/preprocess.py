@@ -145,7 +145,7 @@ class Preprocess:
         import torch
 
         out = pixels.to(torch.float32)
-        out /= 255.0
+        out /= torch.tensor(255.0, device=out.device)   # a tensor: CUDA divides by a host scalar via its reciprocal
         out -= torch.tensor(self.mean, dtype=torch.float32, device=out.device)[:, None, None]
         out /= torch.tensor(self.std, dtype=torch.float32, device=out.device)[:, None, None]
         return out

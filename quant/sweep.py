@@ -128,9 +128,11 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         return open_capped(settings.data, preprocess=pre, limit=limit, seed=seed, data_dir=settings.data_dir,
                            inputs=data_inputs(graph))
 
+    t_load = time.perf_counter()
     source = subset(settings.num_images if settings.num_images is not None else DEFAULT_MAX_IMAGES, settings.seed)
     check_preset_fits(graph, rm.preset, source)
     shard = distributed.load_images(ctx, source, graph.fixed_batch or 64, batch_size=64, progress=progress)
+    load_s = time.perf_counter() - t_load
     x = shard.images                              # this rank's rows shard.lo..hi of every image (all of them alone)
     check_input_shape(graph, x[:1], source.name,
                        hint="use data of the model's input size (sweep preprocesses with the model's own preset)")
@@ -140,6 +142,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     if not labelled and target.kind in ("abs", "rel") and user_metric is None:
         target = Target("agree", 100 - target.allowed_drop(1.0), target.text)
         notes.append(f"no labels: the target is read as agreement with FP32 ({target.describe()})")
+    t_calib = time.perf_counter()
     if settings.ranges:
         ranges, _, _ = load_ranges(settings.ranges)
         calib_note = f"ranges from {settings.ranges}"
@@ -164,12 +167,15 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
                                                                                             progress=progress)))
             calib_note += f", of the model recovered by {'+'.join(recovery.steps)} ({describe(rec.report)})"
 
+    calib_s = time.perf_counter() - t_calib
+    t_fp32 = time.perf_counter()
     sim = QuantSim(graph, ranges, device, compile=compile_enabled(settings.compile, device))
     all_int8 = set(sim.layers)
+    xs = sim.resident(x)                          # on the GPU once, where it fits: every pass below reads it there
 
     def evaluate_plan(int8) -> tuple | None:     # what the search runs: this rank's outputs of a plan (None: no images)
-        return distributed.together(ctx, lambda: (sim.outputs(x, int8) if user_metric is not None else
-                                                  (sim.logits(x, int8),)) if len(x) else None)
+        return distributed.together(ctx, lambda: (sim.outputs(xs, int8) if user_metric is not None else
+                                                  (sim.logits(xs, int8),)) if len(x) else None)
 
     # the FP32 pass, once: every output where the user's metric reads them, else the first
     ref_outputs = evaluate_plan(set())
@@ -210,11 +216,13 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
 
         fp32_metric = metric(ref_outputs) if by_top1 else 1.0
 
+    fp32_s = time.perf_counter() - t_fp32
     # sensitivity on the proxy subset: one FP32 pass (ref) reused, two views per layer
     t_sens = time.perf_counter()
     xp, refp = distributed.head_rows(ctx, shard, x, settings.proxy_images), distributed.head_rows(
         ctx, shard, ref, settings.proxy_images)               # the first images, on every rank
-    base_sqnr = metrics.sqnr_db(refp, sim.logits(xp, all_int8))
+    xps = sim.resident(xp)
+    base_sqnr = metrics.sqnr_db(refp, sim.logits(xps, all_int8))
 
     def rank_layers():                          # the layers are shared out between the ranks
         alone, regain, partial_rank = {}, {}, False
@@ -223,8 +231,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
             if settings.time_budget_s is not None and time.perf_counter() - t_start > settings.time_budget_s:
                 partial_rank = True
                 break
-            alone[layer] = metrics.sqnr_db(refp, sim.logits(xp, {layer}))
-            regain[layer] = metrics.sqnr_db(refp, sim.logits(xp, all_int8 - {layer})) - base_sqnr
+            alone[layer] = metrics.sqnr_db(refp, sim.logits(xps, {layer}))
+            regain[layer] = metrics.sqnr_db(refp, sim.logits(xps, all_int8 - {layer})) - base_sqnr
         return alone, regain, partial_rank
     ranked = distributed.exchange(ctx, rank_layers)
     alone = {n: a[n] for n in sim.layers for a, _, _ in ranked if n in a}        # in layer order, as one process
@@ -239,6 +247,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         notes.append(f"latency costs from TensorRT's per-layer profiler: an all-INT8 and an all-FP16 engine built "
                      f"and timed in {time.perf_counter() - t_latency:.1f} s (--latency-model roofline skips them)")
     fp16_cost = latency.fp16_costs()
+    latency_s = time.perf_counter() - t_latency
     latency_ms = lambda fp16: latency.estimate_fp16(fp16) * 1e3            # noqa: E731
     if settings.objective == "latency":
         order = latency_order(regain, fp16_cost)
@@ -300,6 +309,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
                      + "   # TensorRT <= 10, implicit INT8 with the calibration cache")
 
     # validation: the chosen plan as a real engine
+    t_valid = time.perf_counter()
     vnote = None
     try:
         vplan = plan
@@ -327,6 +337,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     except Exception as err:  # validation must not lose the plan: report why it failed
         validation = Validation(settings.validate_backend, "failed", note=vnote,
                                 reason=f"{type(err).__name__}: {err}"[:400])
+    validation_s = time.perf_counter() - t_valid
     if sim.compile_s:                             # --compile: apart from the search's seconds
         notes.append(f"torch.compile of the simulator: {sim.compile_s:.1f} s (once per batch shape; every plan "
                      f"ran on the one compiled graph)")
@@ -346,7 +357,9 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         latency=LatencyEstimate(latency_kind, gpu_key, gpu_source, settings.latency_batch, latency.describe(),
                                 latency_ms(()), latency_ms(sim.layers), latency_ms(result.fp16)),
         validation=validation, trtexec=tuple(trt_lines),
-        timings={"sensitivity_s": sens_s, "search_s": search_s, "total_s": time.perf_counter() - t_start},
+        timings={"load_images_s": load_s, "calibration_s": calib_s, "fp32_pass_s": fp32_s, "sensitivity_s": sens_s,
+                 "latency_model_s": latency_s, "search_s": search_s, "validation_s": validation_s,
+                 "total_s": time.perf_counter() - t_start},
         files={k: str(out / k) for k in ("plan.json", "model_qdq.onnx", "calib.bin", "sweep.json", "sweep.md", "sweep.html")
                + (("model.onnx",) if recovering else ())})
 

@@ -55,8 +55,7 @@ def sweep_page(doc: Sweep) -> Page:
                     "FP16 cost (est. µs)", "plan"), tuple(ranking)),
              Heading("Build it"),
              Bullets(tuple((f"`{c}`", ()) for c in doc.trtexec)),
-             Para((f"Time: sensitivity {t['sensitivity_s']:.1f} s, search {t['search_s']:.1f} s, "
-                   f"total {t['total_s']:.1f} s.",)))
+             Para(("Time: " + ", ".join(f"{label} {t[k]:.1f} s" for k, label in TIME_PHASES if k in t) + ".",)))
     return page
 
 
@@ -121,6 +120,12 @@ def pareto_svg(doc: Sweep, width: int = 640, height: int = 320) -> str:
 
 def sweep_markdown(doc: Sweep) -> str:
     return to_markdown(sweep_page(doc))
+
+
+# the phases of ``Sweep.timings`` in the order they run (older files have only some of them)
+TIME_PHASES = (("load_images_s", "loading images"), ("calibration_s", "calibration"), ("fp32_pass_s", "FP32 pass"),
+               ("sensitivity_s", "sensitivity"), ("latency_model_s", "latency model"), ("search_s", "search"),
+               ("validation_s", "validation"), ("total_s", "total"))
 
 
 def sensitivity_svg(doc: Sweep, width: int = 720, bar: int = 9) -> str:
