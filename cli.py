@@ -555,12 +555,13 @@ def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
     g = p.add_argument_group("accuracy recovery (changes the weights: a new model with the same tensor names)")
     if steps:
         g.add_argument("--recover", default=None, metavar="STEPS",
-                       help="steps joined by '+' from cle, adaround, bias, applied in the order cle -> adaround -> "
-                            "bias: cross-layer equalization (exact through ReLU), AdaRound (learned rounding of each "
-                            "INT8 layer's weights) and empirical bias correction, layer by layer on the calibration "
-                            "images" + (f"; {writes}" if writes else ""))
+                       help="steps joined by '+' from cle, adaround, bias, ranges, applied in the order cle -> "
+                            "adaround -> bias -> ranges: cross-layer equalization (exact through ReLU), AdaRound "
+                            "(learned rounding of each INT8 layer's weights) and empirical bias correction, layer by "
+                            "layer on the calibration images, then every activation range learned end to end against "
+                            "FP32 (kept if held-out images agree)" + (f"; {writes}" if writes else ""))
     g.add_argument("--recover-images", type=COUNT, default=None,
-                   help="calibration images adaround and bias read, the first ones (default: 128)")
+                   help="calibration images adaround, bias and ranges read, the first ones (default: 128)")
     g.add_argument("--adaround-iters", type=COUNT, default=None,
                    help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
     g.add_argument("--cle-replace-relu6", action="store_true",

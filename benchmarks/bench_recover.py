@@ -6,6 +6,7 @@ with the shipped quantizer placement (``QuantSim``: what the Q/DQ model computes
 
     .venv/bin/python benchmarks/bench_recover.py --data ../shared/data/imagenet-sample --calib 256
     .venv/bin/python benchmarks/bench_recover.py --configs mse,mse+adaround --adaround-iters 500
+    python3 benchmarks/bench_recover.py --configs auto,auto+ranges,auto+adaround+bias+ranges --device cuda
 """
 
 import argparse
@@ -29,6 +30,7 @@ def main():
     ap.add_argument("--calib", type=int, default=256, help="calibration images; the rest are evaluated")
     ap.add_argument("--recover-images", type=int, default=None)
     ap.add_argument("--adaround-iters", type=int, default=None)
+    ap.add_argument("--range-steps", type=int, default=None, help="Adam steps of the learned ranges (+ranges)")
     ap.add_argument("--cle-replace-relu6", action="store_true")
     ap.add_argument("--recalibrate", action="store_true",
                     help="evaluate a recovered model calibrated again, not with the ranges it shipped with")
@@ -92,6 +94,7 @@ def main():
                 t = time.perf_counter()
                 if steps:
                     settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,
+                                                range_steps=args.range_steps,
                                                 cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
                                                 **({"images": args.recover_images} if args.recover_images else {}))
                     rec = recover(graph, settings, ranges_of=ranges_for(method), images=lambda: np.load(calib_path),

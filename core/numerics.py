@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .fake_quant_cuda import fake_quant_cuda
+
 QMIN, QMAX = -128, 127
 
 
@@ -16,7 +18,6 @@ def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, *, out: torch.Tenso
     """``dequantize(quantize(x))`` in float arithmetic (no int8 round trip). ``out``: written in place
     (the same values, no temporaries; for a scalar ``scale`` and ``out`` of ``x``'s shape and dtype)."""
     if isinstance(scale, float) and x.is_cuda:      # one fused kernel on the GPU, the same values
-        from .fake_quant_cuda import fake_quant_cuda
         y = fake_quant_cuda(x, scale, float(QMIN), float(QMAX), out)
         if y is not None:
             return y

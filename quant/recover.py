@@ -2,7 +2,7 @@
 
 Each step changes weights, so the result is a new ONNX model with the same node and tensor names (a cache
 or ranges JSON keyed by tensor names still matches it). The steps, applied in this order whatever order the
-user lists them in (``--recover cle+bias+adaround`` == ``cle+adaround+bias``):
+user lists them in (``--recover cle+bias+adaround`` == ``cle+adaround+bias``; ``ranges`` always last):
 
 1. **cle** (cross-layer equalization, Nagel et al. 2019, *Data-Free Quantization*): for every pair
    ``Conv1 -> act -> Conv2`` where ``act`` is ReLU, LeakyReLU or nothing and each tensor on the way feeds only the
@@ -38,6 +38,10 @@ user lists them in (``--recover cle+bias+adaround`` == ``cle+adaround+bias``):
    output channel ``c`` over the calibration images and every output position; later layers see the
    corrected output.
 
+4. **ranges** (:mod:`.range_learning`): every INT8 activation's amax learned end to end (LSQ on the scales, the
+   weights as shipped), against the FP32 output on the same images, kept only if a held-out fifth of them agrees;
+   the recovered model ships with those ranges.
+
 AdaRound and bias correction run in one pass over the graph (for each layer: its rounding is learned,
 then its bias corrected), holding every calibration image's activations at the current layer: the FP32 and
 the INT8 model advance side by side (:meth:`.graph.interpreter.TorchGraphExecutor.run_nodes`), the INT8 one
@@ -69,10 +73,11 @@ from .artifacts.plan import quantizable_nodes
 from .graph.interpreter import TorchGraphExecutor, _pad_pairs, _resolve_pads
 from .graph.onnx_graph import OnnxGraph
 from .planner.simulate import QuantSim
+from .range_learning import RangeLearning, learn_ranges
 
 log = logging.getLogger(__name__)
 
-RECOVERY_STEPS = ("cle", "adaround", "bias")
+RECOVERY_STEPS = ("cle", "adaround", "bias", "ranges")
 """Every recovery step, in the order they are applied."""
 
 ZETA, GAMMA = 1.1, -0.1           # AdaRound's rectified-sigmoid stretch
@@ -90,7 +95,7 @@ def parse_recovery(text: str | None, *, flag: str = "--recover") -> tuple[str, .
     if unknown or len(set(parts)) != len(parts):
         raise ConfigError("unknown recovery step" if unknown else "recovery step listed twice", subject=flag,
                           got=repr(text), expected="steps joined by '+' from " + ", ".join(RECOVERY_STEPS)
-                          + " (e.g. cle+adaround+bias)", hint="they apply in the order cle -> adaround -> bias")
+                          + " (e.g. cle+adaround+bias)", hint="they apply in the order cle -> adaround -> bias -> ranges")
     return tuple(s for s in RECOVERY_STEPS if s in parts)
 
 
@@ -107,13 +112,16 @@ class RecoverySettings:
     beta: tuple[float, float] = (20.0, 2.0)
     cle_replace_relu6: bool = False      # CLE through ReLU6 by replacing it with ReLU in the written model
     cle_rounds: int = 20                 # sweeps over the pairs (stops earlier when the scales converge)
+    range_steps: int | None = None       # Adam steps of the learned ranges; None: 400 on a GPU, 100 on the CPU
+    range_lr: float = 5e-3               # Adam's learning rate on log(scale)
 
     def __post_init__(self):
         bad = [s for s in self.steps if s not in RECOVERY_STEPS]
         if bad:
             raise ConfigError("unknown recovery step", subject="--recover", got=", ".join(bad),
                               expected=", ".join(RECOVERY_STEPS))
-        for name, value, low in (("--recover-images", self.images, 1), ("--adaround-iters", self.adaround_iters, 1)):
+        for name, value, low in (("--recover-images", self.images, 1), ("--adaround-iters", self.adaround_iters, 1),
+                                 ("--range-steps", self.range_steps, 1)):
             if value is not None and value < low:
                 raise ConfigError("invalid recovery setting", subject=name, got=str(value), expected=f">= {low}")
 
@@ -121,6 +129,11 @@ class RecoverySettings:
         if self.adaround_iters is not None:
             return self.adaround_iters
         return 1000 if device.type == "cuda" else 200
+
+    def range_iterations(self, device: torch.device) -> int:
+        if self.range_steps is not None:
+            return self.range_steps
+        return 400 if device.type == "cuda" else 100
 
     @property
     def layerwise(self) -> bool:
@@ -143,7 +156,7 @@ class RecoveryReport:
     """The recovery steps applied, recorded in the ranges JSON's meta (``meta.recovery``)."""
 
     steps: tuple[str, ...]
-    order: str = "cle -> adaround -> bias"
+    order: str = "cle -> adaround -> bias -> ranges"
     device: str = "cpu"
     images: int = 0
     adaround_iters: int | None = None
@@ -151,10 +164,13 @@ class RecoveryReport:
     cle_skipped: tuple[str, ...] = ()     # "conv -> act -> conv: reason"
     relu6_replaced: tuple[str, ...] = ()  # Clip nodes written as Relu
     layers: tuple[LayerRecovery, ...] = ()
+    ranges: RangeLearning | None = None   # the learned ranges (step 4)
     seconds: float = 0.0
 
     def meta(self) -> dict:
         d = asdict(self)
+        if self.ranges is None:
+            d.pop("ranges")
         d["layers"] = [{k: v for k, v in asdict(r).items() if v not in (None, "")} for r in self.layers]
         return d
 
@@ -790,9 +806,12 @@ class Recovered:
         with these vs 91.67 % recalibrated, mse alone 92.34 %), else ``calibrate(graph)`` (CLE alone changes
         the activation ranges)."""
         ranges = self.ranges if self.ranges is not None else calibrate(self.graph)
-        return replace(ranges, model_fingerprint=self.graph.fingerprint(), meta={**ranges.meta, "recovery": self.report.meta(),
-                                     "ranges_of": ("the model the layer-wise steps started from" if self.ranges
-                                                   is not None else "the recovered model")})
+        learned = self.report.ranges
+        of = ("the recovered model, learned end to end" if learned is not None and learned.kept == "learned" else
+              "the model the layer-wise steps started from" if self.ranges is not None and self.report.layers else
+              "the recovered model")
+        return replace(ranges, model_fingerprint=self.graph.fingerprint(),
+                       meta={**ranges.meta, "recovery": self.report.meta(), "ranges_of": of})
 
 
 def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable[[OnnxGraph], RangeSet],
@@ -806,12 +825,18 @@ def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable
     g = graph
     if "cle" in settings.steps:
         g, report = equalize(g, replace_relu6=settings.cle_replace_relu6, rounds=settings.cle_rounds)
-    layers = ranges = None
+    layers = ranges = learning = None
+    imgs = images()[:settings.images] if settings.layerwise or "ranges" in settings.steps else None
     if settings.layerwise:
         ranges = ranges_of(g)
-        g, layers = recover_layers(g, ranges, images()[:settings.images], settings, device, progress=progress)
-    report = RecoveryReport(steps=settings.steps, device=str(device), images=layers.images if layers else 0,
+        g, layers = recover_layers(g, ranges, imgs, settings, device, progress=progress)
+    if "ranges" in settings.steps:              # last: the ranges of the final weights, learned end to end
+        ranges, learning = learn_ranges(g, ranges if ranges is not None else ranges_of(g), imgs, device,
+                                        steps=settings.range_iterations(device), lr=settings.range_lr,
+                                        progress=progress)
+    used = layers.images if layers else (learning.train_images + learning.held_out_images if learning else 0)
+    report = RecoveryReport(steps=settings.steps, device=str(device), images=used,
                             adaround_iters=layers.adaround_iters if layers else None, cle_pairs=report.cle_pairs,
                             cle_skipped=report.cle_skipped, relu6_replaced=report.relu6_replaced,
-                            layers=layers.layers if layers else (), seconds=time.perf_counter() - t0)
+                            layers=layers.layers if layers else (), ranges=learning, seconds=time.perf_counter() - t0)
     return Recovered(g, report, ranges)

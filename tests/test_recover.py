@@ -292,7 +292,7 @@ def test_calibrate_recover_writes_the_recovered_model_its_cache_ranges_and_qdq(t
     model = OnnxGraph.load(tmp_path / "m.onnx")
     ranges = read_ranges_json(tmp_path / "c.bin.ranges.json")
     meta = ranges.meta["recovery"]
-    assert meta["steps"] == ["cle", "adaround", "bias"] and meta["order"] == "cle -> adaround -> bias"
+    assert meta["steps"] == ["cle", "adaround", "bias"] and meta["order"] == "cle -> adaround -> bias -> ranges"
     assert meta["relu6_replaced"] and len(meta["layers"]) == len(QuantSim(model, ranges, CPU).layers)
     assert ranges.model_fingerprint == model.fingerprint() != original.fingerprint()
     # same tensor names: the cache matches the recovered model as it matched the original
@@ -360,6 +360,7 @@ def test_bad_recovery_input_is_exit_2_and_writes_nothing(tmp_path, capsys, monke
 
 def test_recovery_steps_parse_in_application_order_and_the_help_states_the_defaults():
     assert parse_recovery("bias+cle+adaround") == ("cle", "adaround", "bias") and parse_recovery(None) == ()
+    assert parse_recovery("ranges+bias") == ("bias", "ranges")
     text = cli.build_parser()._subparsers._group_actions[0].choices["calibrate"].format_help()
     d = RecoverySettings()
     assert f"(default: {d.images})" in text
@@ -389,3 +390,74 @@ def test_shipped_ranges_are_those_the_layerwise_steps_learned_against(adarounded
     again = cle.shipped_ranges(calibrate)
     assert cle.ranges is None and calls == [cle.graph.fingerprint()]
     assert all(again.ranges[n].amax == ranges.ranges[n].amax * 2 for n in ranges.ranges)
+
+
+# --- learned ranges (quant/range_learning.py) --------------------------------------------------------------
+
+def test_the_scale_gradient_is_lsq_straight_through_by_hand():
+    """d/ds [clamp(round(x / s), -128, 127) s] = round(x / s) - x / s inside the range, the bound outside."""
+    from trtquant.quant.range_learning import _ste_fake_quant
+
+    s = torch.tensor(0.5, requires_grad=True)
+    x = torch.tensor([0.3, -1.26, 10.0, 70.0, -80.0])
+    _ste_fake_quant(x, s).sum().backward()
+    v = x.numpy() / 0.5
+    hand = [np.round(v[0]) - v[0], np.round(v[1]) - v[1], np.round(v[2]) - v[2], 127.0, -128.0]
+    assert np.allclose(s.grad.numpy(), sum(hand), atol=1e-5)
+    y = _ste_fake_quant(x, torch.tensor(0.5))
+    assert torch.equal(y, fake_quant(x, 0.5))                          # the forward is the shipped fake quant
+
+
+def _learning_case(tmp_path):
+    g = _chain([(8, 1), (8, 1), (6, 1)], ["Relu", "Relu"], seed=3)
+    x = np.random.default_rng(0).standard_normal((60, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cfg = CalibrationConfig(method="minmax", device="cpu")
+    src = open_source(str(tmp_path / "x.npy"), preprocess=resolve_model("tiny_cnn").preprocess())
+    ranges = ranges_from_stats(statistics(g, src, cfg, CPU, progress=False), cfg)
+    return g, x, ranges
+
+
+def test_learned_ranges_mend_a_bad_range_and_improve_held_out_images(tmp_path):
+    """One activation's amax 30x too large (its quantization noise dominates): learning the ranges end to end
+    shrinks it, raises the SQNR of images it never trained on, and ships through the ordinary ranges/cache."""
+    from trtquant.quant.range_learning import learn_ranges
+
+    g, x, ranges = _learning_case(tmp_path)
+    bad = "a0"
+    start = replace(ranges, ranges={**ranges.ranges, bad: TensorRange(bad, ranges.ranges[bad].amax * 30)})
+    learned, rep = learn_ranges(g, start, x, CPU, steps=150, lr=2e-2, batch=16, progress=False)
+    assert rep.kept == "learned" and rep.train_images == 48 and rep.held_out_images == 12
+    before, after = rep.held_out_sqnr_db
+    assert after > before + 6, rep
+    assert learned.ranges[bad].amax < start.ranges[bad].amax / 3
+    assert set(learned.ranges) == set(start.ranges) and learned.method == "minmax+learned"
+    held = x[4::5]                                   # the held-out fifth, through the shipped simulation
+
+    def sqnr(r):
+        ref = _run(g, held)
+        out = QuantSim(g, r, CPU).logits(held, set(QuantSim(g, r, CPU).layers))
+        return 10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum())
+    assert sqnr(learned) > sqnr(start) + 6
+    assert abs(sqnr(learned) - after) < 0.01        # what it measured is what ships
+
+
+def test_learned_ranges_are_dropped_when_held_out_images_do_not_improve(tmp_path):
+    from trtquant.quant.range_learning import learn_ranges
+
+    g, x, ranges = _learning_case(tmp_path)
+    same, rep = learn_ranges(g, ranges, x, CPU, steps=0, progress=False)       # nothing learned: not better
+    assert rep.kept == "starting" and same.ranges == ranges.ranges and same.method == "minmax"
+
+
+def test_recover_ranges_ships_the_learned_ranges_with_their_report(tmp_path):
+    g, x, ranges = _learning_case(tmp_path)
+    rec = recover(g, RecoverySettings(steps=("ranges",), range_steps=20), ranges_of=lambda _: ranges,
+                  images=lambda: x, device=CPU, progress=False)
+    shipped = rec.shipped_ranges(lambda _: pytest.fail("the learned ranges ship, no calibration again"))
+    meta = shipped.meta["recovery"]
+    assert list(meta["steps"]) == ["ranges"] and meta["ranges"]["steps"] == 20 and meta["images"] == 60
+    kept = meta["ranges"]["kept"]
+    assert shipped.meta["ranges_of"] == ("the recovered model, learned end to end" if kept == "learned"
+                                         else "the recovered model")
+    assert {n: r.amax for n, r in shipped.ranges.items()} == {n: r.amax for n, r in rec.ranges.ranges.items()}

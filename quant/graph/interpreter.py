@@ -382,6 +382,7 @@ class TorchGraphExecutor:
         self.graph = graph
         self.device = torch.device(device)
         self.allow_tf32 = False          # True only for an engine asked to run TF32
+        self.grad = False                # True: run under autograd (learning ranges), not inference mode
         g = graph.model.graph
         self.consts: dict[str, torch.Tensor] = {}
         for init in g.initializer:
@@ -482,7 +483,7 @@ class TorchGraphExecutor:
                   tap: Callable[[int, list, tuple], None] | None = None) -> None:
         """Execute ``self.nodes[start:stop]`` on ``env`` in place (values past their last use are freed), so a
         caller can stop between layers, look at or change what the next one reads, and go on."""
-        with torch.inference_mode(), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
+        with torch.inference_mode(not self.grad), (contextlib.nullcontext() if self.allow_tf32 else strict_fp32()):
             for i in range(start, stop):
                 node, a, inputs = self.nodes[i]
                 args = [env[n] if n else None for n in inputs]
