@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--configs", default="fp32,int8:entropy,int8:minmax,int8:percentile",
                    help=f"comma list of fp32, fp16, tf32, bf16, int8:{'|'.join(METHODS)}, PLAN.json; "
                         "int8:METHOD+STEPS is that INT8 model after accuracy recovery (e.g. int8:mse+bias, "
-                        "int8:entropy+cle+adaround+bias; steps cle, adaround, bias)")
+                        "int8:entropy+cle+adaround+bias; steps cle, adaround, bias, ranges)")
     e.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="engine backend")
     _model_flags(e, "the model to evaluate")
     _data_flags(e, num_help="evaluation images (default: all, at most 1000)")

@@ -21,6 +21,10 @@ def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, *, out: torch.Tenso
         y = fake_quant_cuda(x, scale, float(QMIN), float(QMAX), out)
         if y is not None:
             return y
+        # CUDA divides by a host scalar as a product with its reciprocal (one ulp off at times, which moves
+        # values at rounding ties); by a device tensor it divides, as the CPU and ONNX Runtime do
+        if x.dtype == torch.float32:
+            scale = torch.tensor(scale, dtype=torch.float32, device=x.device)
     if out is not None:
         return torch.div(x, scale, out=out).round_().clamp_(QMIN, QMAX).mul_(scale)
     return torch.clamp(torch.round(x / scale), QMIN, QMAX) * scale

@@ -54,7 +54,7 @@ from .engines.torch import TORCH_DTYPES
 from .engines.ort_int8 import lower_for_onnxruntime
 from .graph.inputs import check_input_shape, check_model_input, check_preset_fits, data_inputs
 from .graph.onnx_graph import run_batched
-from .recover import RecoverySettings, first_images, parse_recovery, recover
+from .recover import RECOVERY_STEPS, RecoverySettings, first_images, parse_recovery, recover
 from .settings import DEFAULT_MAX_IMAGES, CalibrationConfig, EvalSettings
 from .auto_method import AutoPass
 from .statistics import cache_header, ranges_from_stats, statistics
@@ -74,7 +74,8 @@ def results_outputs() -> dict:
 
 FLOAT_CONFIGS = tuple(TORCH_DTYPES)     # fp32 tf32 fp16 bf16: the engine precisions a config names
 CONFIG_NAMES = FLOAT_CONFIGS + tuple(f"int8:{m}" for m in METHODS)     # int8:<every --method, auto included>
-RECOVERED_CONFIGS = "int8:METHOD+STEP[+STEP...] (accuracy recovery: cle, adaround, bias; e.g. int8:mse+bias)"
+RECOVERED_CONFIGS = (f"int8:METHOD+STEP[+STEP...] (accuracy recovery: {', '.join(RECOVERY_STEPS)}; "
+                     "e.g. int8:mse+bias)")
 
 
 @dataclass(frozen=True)

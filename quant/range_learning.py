@@ -7,15 +7,18 @@ tensor's own statistics (``auto``: its own layer's output error), never from wha
 
 What: the scales ``s_t = amax_t / 127`` of every quantized activation of the all-INT8 placement (the one
 the shipped Q/DQ model and cache use) are parameters of the simulated INT8 model, whose weights stay
-exactly as shipped (per-channel fake quantization); ``log s_t`` is optimised by Adam to minimise the mean
-squared error of the model's first output against FP32 over the calibration images, normalised by the FP32
-output's energy (``1 / SQNR``), with the rounding's gradient passed straight through (LSQ, Esser et al.
-2020: ``d/ds [clamp(round(x / s)) s] = round(x / s) - x / s`` inside the range, the clamp bound outside).
+exactly as shipped (per-channel fake quantization); ``log s_t`` is optimised by Adam to minimise how far the
+model's first output is from FP32's over the calibration images, with the rounding's gradient passed straight
+through (LSQ, Esser et al. 2020: ``d/ds [clamp(round(x / s)) s] = round(x / s) - x / s`` inside the range, the
+clamp bound outside). How far: for a classifier (an ``(N, classes)`` output) the KL divergence of the INT8
+softmax from FP32's, because the squared error of the logits is not top-1: measured on MobileNetV2 (744
+held-out images) it raised the output SQNR 15.06 -> 16.94 dB while agreement with FP32 fell 94.09 -> 93.82 %;
+for any other output the squared error over FP32's energy (``1 / SQNR``).
 Only the ranges change, so the output is a ranges JSON / cache like any method's; TensorRT runs them as
 it runs any calibration.
 
 Held out: the images are split (every ``HOLDOUT``-th one is kept apart); the learned ranges are kept only if
-they lower the held-out error, else the starting ranges are kept (the report says which).
+they lower the held-out objective, else the starting ranges are kept (the report says which).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class RangeLearning:
     train_images: int
     held_out_images: int
     held_out_sqnr_db: tuple[float, float]         # (starting ranges, learned ranges) on the held-out images
+    held_out_loss: tuple[float, float]            # the same, of the objective (KL for a classifier)
     kept: str                                     # "learned" | "starting"
     max_change: float                             # largest |log(amax_learned / amax_start)|
     seconds: float
@@ -60,6 +64,15 @@ def _ste_fake_quant(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     v = x / s
     q = v + (torch.round(v) - v).detach()        # round, its gradient passed straight through
     return torch.clamp(q, QMIN, QMAX) * s
+
+
+def _loss(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """What the ranges minimise: a classifier's (``(N, classes)`` output) KL divergence of the INT8 model's
+    softmax from FP32's, averaged over images; any other output's squared error over FP32's energy."""
+    if out.dim() == 2 and out.shape[1] > 1:
+        p = torch.softmax(ref.double(), 1)
+        return (p * (torch.log_softmax(ref.double(), 1) - torch.log_softmax(out.double(), 1))).sum(1).mean()
+    return ((out.double() - ref.double()) ** 2).mean() / max(float((ref.double() ** 2).mean()), 1e-30)
 
 
 def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -84,7 +97,8 @@ def learn_ranges(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, device:
     if fixed is not None:
         train, test = train[:len(train) // fixed * fixed], test[:len(test) // fixed * fixed]
     if len(train) == 0:
-        return ranges, RangeLearning(len(tensors), 0, 0, 0, (float("nan"),) * 2, "starting", 0.0, 0.0)
+        return ranges, RangeLearning(len(tensors), 0, 0, 0, (float("nan"),) * 2, (float("nan"),) * 2, "starting",
+                                     0.0, 0.0)
 
     weights = {q.tensor: fake_quant_weight(ex.consts[q.tensor], q.axis).detach() for q in placement.weights()}
     start = torch.tensor([sim.scales[t] for t in tensors], dtype=torch.float32, device=ex.device)
@@ -116,16 +130,17 @@ def learn_ranges(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, device:
         train_ref = [ex.run({name_in: x})[first] for x in train_x]
         test_ref = [ex.run({name_in: x})[first] for x in test_x]
 
-    def held_out_sqnr() -> float:
+    def held_out() -> tuple[float, float]:
+        """(the loss, SQNR dB) of the held-out images."""
         if not test_x:
-            return float("nan")
+            return float("nan"), float("nan")
         with torch.no_grad():
-            outs = [ex.run({name_in: x}, edges=edges())[first] for x in test_x]
-        return _sqnr_db(torch.cat(test_ref), torch.cat(outs))
+            outs = torch.cat([ex.run({name_in: x}, edges=edges())[first] for x in test_x])
+        ref = torch.cat(test_ref)
+        return float(_loss(outs, ref)), _sqnr_db(ref, outs)
 
-    before = held_out_sqnr()
+    loss0, before = held_out()
     opt = torch.optim.Adam([log_s], lr=lr)
-    energy = [float((r.double() ** 2).mean()) or 1.0 for r in train_ref]
     rng = np.random.default_rng(0)
     order: list[int] = []
     bar = tqdm(range(steps), desc="recover ranges", unit="step", file=sys.stderr, disable=not progress,
@@ -135,22 +150,27 @@ def learn_ranges(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, device:
             order = list(rng.permutation(len(train_x)))
         j = order.pop()
         out = ex.run({name_in: train_x[j]}, edges=edges())[first]
-        loss = ((out - train_ref[j]) ** 2).mean() / energy[j]
+        loss = _loss(out, train_ref[j])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix_str(f"train SQNR {-10 * math.log10(max(float(loss.detach()), 1e-30)):.2f} dB")
+        bar.set_postfix_str(f"loss {float(loss.detach()):.4g}")
     bar.close()
-    after = held_out_sqnr()
-    keep = not test_x or after > before
+    loss1, after = held_out()
+    keep = not test_x or loss1 < loss0
     learned = (log_s.detach().exp() * QMAX).double().cpu().numpy()
     new = dict(ranges.ranges)
     if keep:
         for t, a in zip(tensors, learned):
             new[t] = TensorRange(t, float(np.float32(a)))
     change = float(np.abs(np.log(learned / (start.double().cpu().numpy() * QMAX))).max()) if tensors else 0.0
-    report = RangeLearning(len(tensors), steps, len(train), len(test), (before, after),
+    report = RangeLearning(len(tensors), steps, len(train), len(test), (before, after), (loss0, loss1),
                            "learned" if keep else "starting", change, time.perf_counter() - t0)
-    log.info("learned ranges: %d tensors, %d steps, held-out SQNR %.2f -> %.2f dB (%s kept)", len(tensors), steps,
-             before, after, report.kept)
-    return replace(ranges, ranges=new, method=f"{ranges.method}+learned" if keep else ranges.method), report
+    log.info("learned ranges: %d tensors, %d steps, held-out loss %.4g -> %.4g, SQNR %.2f -> %.2f dB (%s kept)",
+             len(tensors), steps, loss0, loss1, before, after, report.kept)
+    if not keep:
+        return ranges, report
+    # a learned tensor's ``auto`` choice no longer describes its amax: dropped (the starting ranges are in the report's
+    # numbers only as the held-out SQNR they gave)
+    return replace(ranges, ranges=new, method=f"{ranges.method}+learned",
+                   methods={k: v for k, v in ranges.methods.items() if k not in index}), report

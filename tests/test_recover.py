@@ -408,6 +408,17 @@ def test_the_scale_gradient_is_lsq_straight_through_by_hand():
     assert torch.equal(y, fake_quant(x, 0.5))                          # the forward is the shipped fake quant
 
 
+def test_the_objective_is_kl_for_a_classifier_and_relative_squared_error_otherwise_by_hand():
+    from trtquant.quant.range_learning import _loss
+
+    ref, out = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[1.0, 1.0, -1.0]])
+    p, q = np.exp([2.0, 0.0, -1.0]), np.exp([1.0, 1.0, -1.0])
+    p, q = p / p.sum(), q / q.sum()
+    assert abs(float(_loss(out, ref)) - float((p * np.log(p / q)).sum())) < 1e-12
+    ref4, out4 = torch.ones(2, 3, 2, 2), torch.ones(2, 3, 2, 2) * 1.5
+    assert abs(float(_loss(out4, ref4)) - 0.25) < 1e-12                 # mean (0.5^2) / mean (1^2)
+
+
 def _learning_case(tmp_path):
     g = _chain([(8, 1), (8, 1), (6, 1)], ["Relu", "Relu"], seed=3)
     x = np.random.default_rng(0).standard_normal((60, 3, 8, 8)).astype(np.float32)
