@@ -561,7 +561,8 @@ def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
                             "layer on the calibration images, then every activation range learned end to end against "
                             "FP32 (kept if held-out images agree)" + (f"; {writes}" if writes else ""))
     g.add_argument("--recover-images", type=COUNT, default=None,
-                   help="calibration images adaround, bias and ranges read, the first ones (default: 128)")
+                   help="calibration images the recovery steps read, the first ones (default: 128 for adaround "
+                        "and bias, 256 for ranges)")
     g.add_argument("--adaround-iters", type=COUNT, default=None,
                    help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
     g.add_argument("--cle-replace-relu6", action="store_true",

@@ -140,7 +140,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
                 rec = recover(graph, recovery, ranges_of=lambda g: ranges_from_stats(
                                   statistics(g, source, cfg, device, progress=progress), cfg,
                                   auto_pass=AutoPass(g, source, device, cfg.batch_size, cfg.workers, progress)),
-                              images=lambda: first_images(source, recovery.images, graph.fixed_batch or cfg.batch_size),
+                              images=lambda: first_images(source, recovery.images_needed, graph.fixed_batch or cfg.batch_size),
                               device=device, progress=progress)
                 graph, report = rec.graph, rec.report
                 timings["recover_s"] = time.perf_counter() - t_rec

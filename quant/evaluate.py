@@ -334,7 +334,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
         steps = replace(recovery, steps=spec.recover)
         rec = recover(graph, steps, ranges_of=lambda g: ranges_from_stats(
                           stats_of(g), cfg, auto_pass=AutoPass(g, calib_src, device, progress=progress)),
-                      images=lambda: first_images(calib_src, steps.images, fixed or settings.batch_size),
+                      images=lambda: first_images(calib_src, steps.images_needed, fixed or settings.batch_size),
                       device=device, progress=progress)
         return rec.graph, rec.shipped_ranges(lambda g: ranges_from_stats(
             stats_of(g), cfg, auto_pass=AutoPass(g, calib_src, device, progress=progress)))

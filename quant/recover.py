@@ -104,7 +104,9 @@ class RecoverySettings:
     """How recovery runs (every default defined here once)."""
 
     steps: tuple[str, ...] = ()
-    images: int = 128                    # calibration images the layer-wise steps read (the first ones)
+    images: int | None = None            # --recover-images: the first calibration images every step reads; None:
+    layer_images: int = 128              # adaround and bias read these many (more did not help AdaRound: 512 worse)
+    range_images: int = 256              # ranges read these many (MobileNetV2: 94.76 % agreement vs 93.41 % with 128)
     adaround_iters: int | None = None    # optimisation steps per layer; None: 1000 on a GPU, 200 on the CPU
     adaround_reg: float = 0.01           # lambda of the rounding regulariser (AIMET's default)
     adaround_lr: float = 1e-2            # Adam's learning rate on V
@@ -129,6 +131,17 @@ class RecoverySettings:
         if self.adaround_iters is not None:
             return self.adaround_iters
         return 1000 if device.type == "cuda" else 200
+
+    def images_for(self, step: str) -> int:
+        """How many calibration images ``step`` reads (``images`` when given, else the step's default)."""
+        if self.images is not None:
+            return self.images
+        return self.range_images if step == "ranges" else self.layer_images
+
+    @property
+    def images_needed(self) -> int:
+        """The images the steps read, together (the first ones of the calibration images)."""
+        return max([self.images_for(s) for s in self.steps if s != "cle"], default=0)
 
     def range_iterations(self, device: torch.device) -> int:
         if self.range_steps is not None:
@@ -826,12 +839,14 @@ def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable
     if "cle" in settings.steps:
         g, report = equalize(g, replace_relu6=settings.cle_replace_relu6, rounds=settings.cle_rounds)
     layers = ranges = learning = None
-    imgs = images()[:settings.images] if settings.layerwise or "ranges" in settings.steps else None
+    imgs = images()[:settings.images_needed] if settings.images_needed else None
     if settings.layerwise:
         ranges = ranges_of(g)
-        g, layers = recover_layers(g, ranges, imgs, settings, device, progress=progress)
+        g, layers = recover_layers(g, ranges, imgs[:settings.images_for("adaround")], settings, device,
+                                   progress=progress)
     if "ranges" in settings.steps:              # last: the ranges of the final weights, learned end to end
-        ranges, learning = learn_ranges(g, ranges if ranges is not None else ranges_of(g), imgs, device,
+        ranges, learning = learn_ranges(g, ranges if ranges is not None else ranges_of(g),
+                                        imgs[:settings.images_for("ranges")], device,
                                         steps=settings.range_iterations(device), lr=settings.range_lr,
                                         progress=progress)
     used = layers.images if layers else (learning.train_images + learning.held_out_images if learning else 0)

@@ -159,7 +159,7 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
             rec = recover(graph, recovery, ranges_of=lambda g: ranges if g is base else ranges_from_stats(
                               statistics(g, calib, cfg, device, progress=progress), cfg,
                               auto_pass=AutoPass(g, calib, device, progress=progress)),
-                          images=lambda: first_images(calib, recovery.images, base.fixed_batch or 32),
+                          images=lambda: first_images(calib, recovery.images_needed, base.fixed_batch or 32),
                           device=device, progress=progress)
             graph = rec.graph
             ranges = rec.shipped_ranges(lambda g: ranges_from_stats(statistics(g, calib, cfg, device, progress=progress),

@@ -363,7 +363,9 @@ def test_recovery_steps_parse_in_application_order_and_the_help_states_the_defau
     assert parse_recovery("ranges+bias") == ("bias", "ranges")
     text = cli.build_parser()._subparsers._group_actions[0].choices["calibrate"].format_help()
     d = RecoverySettings()
-    assert f"(default: {d.images})" in text
+    assert f"(default: {d.layer_images} for adaround and bias, {d.range_images} for ranges)" in " ".join(text.split())
+    assert RecoverySettings(steps=("bias", "ranges")).images_needed == d.range_images
+    assert RecoverySettings(steps=("cle", "adaround"), images=40).images_for("ranges") == 40
     assert f"{d.iterations(torch.device('cuda'))} on a GPU, {d.iterations(CPU)} on the CPU" in " ".join(text.split())
 
 
