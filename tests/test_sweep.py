@@ -71,6 +71,11 @@ def test_sweep_on_an_output_fidelity_target(tmp_path):
     assert read_document(Sweep, tmp_path / "s" / "sweep.json") == doc        # the one codec round-trips
     md = (tmp_path / "s" / "sweep.md").read_text()
     assert "outputs within 18 dB SQNR of FP32" in md and " dB" in md
+    # every phase timed, in the order they run, none longer than the whole
+    from trtquant.reports.sweep_render import TIME_PHASES
+    assert list(doc.timings) == [k for k, _ in TIME_PHASES]
+    assert sum(v for k, v in doc.timings.items() if k != "total_s") <= doc.timings["total_s"]
+    assert "Time: loading images " in md and "validation " in md
 
 
 # --- search on synthetic sensitivity tables ---------------------------------------------------------
