@@ -777,6 +777,11 @@ def describe(report: RecoveryReport) -> str:
                      f"{-100 * float(np.median(gains)) if gains else 0:+.1f}% (median) vs nearest rounding")
     if "bias" in report.steps:
         parts.append(f"bias {sum(r.bias_shift is not None for r in report.layers)} layer(s) corrected")
+    if report.ranges is not None:
+        r = report.ranges
+        parts.append(f"ranges {r.tensors} tensor(s), {r.steps} steps, held-out SQNR {r.held_out_sqnr_db[0]:.2f} -> "
+                     f"{r.held_out_sqnr_db[1]:.2f} dB: " + ("learned ranges kept" if r.kept == "learned" else
+                                                            "no better on held-out images, starting ranges kept"))
     return "; ".join(parts) + (f" | {report.images} images" if report.images else "") \
         + f" | {report.seconds:.1f} s on {report.device}"
 

@@ -22,7 +22,7 @@ from trtquant.quant.graph.interpreter import OPS, TorchGraphExecutor
 from trtquant.quant.graph.models import resolve_model
 from trtquant.quant.graph.onnx_graph import OnnxGraph
 from trtquant.quant.planner.simulate import QuantSim
-from trtquant.quant.recover import RecoverySettings, equalize, parse_recovery, recover, recover_layers
+from trtquant.quant.recover import RecoverySettings, describe, equalize, parse_recovery, recover, recover_layers
 from trtquant.quant.settings import CalibrationConfig
 from trtquant.quant.statistics import ranges_from_stats, statistics
 
@@ -474,3 +474,4 @@ def test_recover_ranges_ships_the_learned_ranges_with_their_report(tmp_path):
     assert shipped.meta["ranges_of"] == ("the recovered model, learned end to end" if kept == "learned"
                                          else "the recovered model")
     assert {n: r.amax for n, r in shipped.ranges.items()} == {n: r.amax for n, r in rec.ranges.ranges.items()}
+    assert f"ranges {meta['ranges']['tensors']} tensor(s), 20 steps, held-out SQNR" in describe(rec.report)
