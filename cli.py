@@ -176,7 +176,7 @@ def _recovery(args, steps: tuple | None = None):
 
     steps = parse_recovery(args.recover) if steps is None else steps
     explicit = _explicit_flags(args)
-    knobs = [f for f in ("recover_images", "adaround_iters", "cle_replace_relu6") if f in explicit]
+    knobs = [f for f in ("recover_images", "adaround_iters", "range_steps", "cle_replace_relu6") if f in explicit]
     if not steps:
         if knobs:
             raise ConfigError("recovery settings without a recovery step", subject="--" + knobs[0].replace("_", "-"),
@@ -185,8 +185,12 @@ def _recovery(args, steps: tuple | None = None):
     if args.cle_replace_relu6 and "cle" not in steps:
         raise ConfigError("--cle-replace-relu6 has no effect without cle", subject="--cle-replace-relu6",
                           hint="add cle to the recovery steps, e.g. cle+bias")
+    if args.range_steps is not None and "ranges" not in steps:
+        raise ConfigError("--range-steps has no effect without ranges", subject="--range-steps",
+                          hint="add ranges to the recovery steps, e.g. auto+ranges")
     return RecoverySettings(steps=steps, adaround_iters=args.adaround_iters, cle_replace_relu6=args.cle_replace_relu6,
-                            **({"images": args.recover_images} if args.recover_images is not None else {}))
+                            **({"images": args.recover_images} if args.recover_images is not None else {}),
+                            **({"range_steps": args.range_steps} if args.range_steps is not None else {}))
 
 
 def cmd_calibrate(args) -> int:
@@ -565,6 +569,8 @@ def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
                         "and bias, 256 for ranges)")
     g.add_argument("--adaround-iters", type=COUNT, default=None,
                    help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
+    g.add_argument("--range-steps", type=COUNT, default=None,
+                   help="Adam steps of the learned ranges (default: 100)")
     g.add_argument("--cle-replace-relu6", action="store_true",
                    help="let CLE scale through ReLU6 by replacing it with ReLU in the written model (ReLU6 is not "
                         "scale-equivariant; a warning says how many were replaced)")

@@ -94,7 +94,7 @@ def main():
                 t = time.perf_counter()
                 if steps:
                     settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,
-                                                range_steps=args.range_steps,
+                                                **({"range_steps": args.range_steps} if args.range_steps else {}),
                                                 cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
                                                 **({"images": args.recover_images} if args.recover_images else {}))
                     rec = recover(graph, settings, ranges_of=ranges_for(method), images=lambda: np.load(calib_path),

@@ -114,7 +114,8 @@ class RecoverySettings:
     beta: tuple[float, float] = (20.0, 2.0)
     cle_replace_relu6: bool = False      # CLE through ReLU6 by replacing it with ReLU in the written model
     cle_rounds: int = 20                 # sweeps over the pairs (stops earlier when the scales converge)
-    range_steps: int | None = None       # Adam steps of the learned ranges; None: 400 on a GPU, 100 on the CPU
+    range_steps: int = 100               # Adam steps of the learned ranges (MobileNetV2, 744 held-out images:
+                                         # 100 steps 94.76 % agreement, 300 steps 93.82 %: more overfit)
     range_lr: float = 5e-3               # Adam's learning rate on log(scale)
 
     def __post_init__(self):
@@ -142,11 +143,6 @@ class RecoverySettings:
     def images_needed(self) -> int:
         """The images the steps read, together (the first ones of the calibration images)."""
         return max([self.images_for(s) for s in self.steps if s != "cle"], default=0)
-
-    def range_iterations(self, device: torch.device) -> int:
-        if self.range_steps is not None:
-            return self.range_steps
-        return 400 if device.type == "cuda" else 100
 
     @property
     def layerwise(self) -> bool:
@@ -852,7 +848,7 @@ def recover(graph: OnnxGraph, settings: RecoverySettings, *, ranges_of: Callable
     if "ranges" in settings.steps:              # last: the ranges of the final weights, learned end to end
         ranges, learning = learn_ranges(g, ranges if ranges is not None else ranges_of(g),
                                         imgs[:settings.images_for("ranges")], device,
-                                        steps=settings.range_iterations(device), lr=settings.range_lr,
+                                        steps=settings.range_steps, lr=settings.range_lr,
                                         progress=progress)
     used = layers.images if layers else (learning.train_images + learning.held_out_images if learning else 0)
     report = RecoveryReport(steps=settings.steps, device=str(device), images=used,

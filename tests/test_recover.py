@@ -342,6 +342,8 @@ def test_evaluate_and_sweep_start_from_the_recovered_model(tmp_path, capsys):
     (["calibrate", "--recover", "", "--onnx-out", "m.onnx"], "unknown recovery step"),
     (["calibrate", "--adaround-iters", "10"], "recovery settings without a recovery step | --adaround-iters"),
     (["calibrate", "--recover", "bias", "--cle-replace-relu6", "--onnx-out", "m.onnx"], "--cle-replace-relu6 has no effect"),
+    (["calibrate", "--recover", "bias", "--range-steps", "5", "--onnx-out", "m.onnx"], "--range-steps has no effect"),
+    (["calibrate", "--range-steps", "5"], "recovery settings without a recovery step | --range-steps"),
     (["calibrate", "--recover", "bias", "--onnx-out", "m.onnx", "--from-stats", "s.npz"], "--recover with --from-stats"),
     (["evaluate", "--configs", "fp32,int8:mse+bogus", "--out", "e"], "unknown recovery step | --configs int8:mse+bogus"),
     (["evaluate", "--configs", "fp32,int8:mse+bias", "--cle-replace-relu6", "--out", "e"], "--cle-replace-relu6"),
@@ -365,6 +367,7 @@ def test_recovery_steps_parse_in_application_order_and_the_help_states_the_defau
     d = RecoverySettings()
     assert f"(default: {d.layer_images} for adaround and bias, {d.range_images} for ranges)" in " ".join(text.split())
     assert RecoverySettings(steps=("bias", "ranges")).images_needed == d.range_images
+    assert f"learned ranges (default: {d.range_steps})" in " ".join(text.split())
     assert RecoverySettings(steps=("cle", "adaround"), images=40).images_for("ranges") == 40
     assert f"{d.iterations(torch.device('cuda'))} on a GPU, {d.iterations(CPU)} on the CPU" in " ".join(text.split())
 
