@@ -775,8 +775,7 @@ def describe(report: RecoveryReport) -> str:
         parts.append(f"bias {sum(r.bias_shift is not None for r in report.layers)} layer(s) corrected")
     if report.ranges is not None:
         r = report.ranges
-        parts.append(f"ranges {r.tensors} tensor(s), best of {r.steps} steps at {r.best_step}, held-out SQNR "
-                     f"{r.held_out_sqnr_db[0]:.2f} -> "
+        parts.append(f"ranges {r.tensors} tensor(s), {r.steps} steps, held-out SQNR {r.held_out_sqnr_db[0]:.2f} -> "
                      f"{r.held_out_sqnr_db[1]:.2f} dB: " + ("learned ranges kept" if r.kept == "learned" else
                                                             "no better on held-out images, starting ranges kept"))
     return "; ".join(parts) + (f" | {report.images} images" if report.images else "") \

@@ -444,7 +444,6 @@ def test_learned_ranges_mend_a_bad_range_and_improve_held_out_images(tmp_path):
     start = replace(ranges, ranges={**ranges.ranges, bad: TensorRange(bad, ranges.ranges[bad].amax * 30)})
     learned, rep = learn_ranges(g, start, x, CPU, steps=150, lr=2e-2, batch=16, progress=False)
     assert rep.kept == "learned" and rep.train_images == 48 and rep.held_out_images == 12
-    assert 0 < rep.best_step <= 150 and (rep.best_step % 20 == 0 or rep.best_step == 150)   # a checked step
     before, after = rep.held_out_sqnr_db
     assert after > before + 6, rep
     assert learned.ranges[bad].amax < start.ranges[bad].amax / 3
@@ -478,5 +477,4 @@ def test_recover_ranges_ships_the_learned_ranges_with_their_report(tmp_path):
     assert shipped.meta["ranges_of"] == ("the recovered model, learned end to end" if kept == "learned"
                                          else "the recovered model")
     assert {n: r.amax for n, r in shipped.ranges.items()} == {n: r.amax for n, r in rec.ranges.ranges.items()}
-    assert f"ranges {meta['ranges']['tensors']} tensor(s), best of 20 steps at {meta['ranges']['best_step']}, " \
-           "held-out SQNR" in describe(rec.report)
+    assert f"ranges {meta['ranges']['tensors']} tensor(s), 20 steps, held-out SQNR" in describe(rec.report)
