@@ -87,8 +87,8 @@ def main():
     lo = [-his[n] for n in names]
     hi = [his[n] for n in names]
 
-    def batched(agg, fastdiv, top, chunk=gpu_stats.CHUNK):
-        return lambda: gpu_stats.statistics(tensors, bins, lo, hi, agg=agg, fastdiv=fastdiv, top=top, chunk=chunk)
+    def batched(agg, fastdiv, chunk=gpu_stats.CHUNK):
+        return lambda: gpu_stats.statistics(tensors, bins, lo, hi, agg=agg, fastdiv=fastdiv, chunk=chunk)
 
     tp, tc, tt = timed(plain), timed(copy), timed(torch_path)
     rows = [("plain forward", tp, None), ("device-to-device copy of the same bytes (read + write)", tc, None),
@@ -99,20 +99,18 @@ def main():
     refs = [_signed_histogram(acts[n], nb, his[n]).long() for n in names]
     checks = {}
     kern = {}
-    variants = [(0, 0, 0, "shared atomics", (1 << 17, 1 << 19)),
-                (0, 1, 0, "shared atomics, reciprocal division", (1 << 17, 1 << 19)),
-                (0, 1, 1, "shared atomics, reciprocal division, top bin in registers", (1 << 17, 1 << 19)),
-                (1, 1, 1, "+ lane-0 ballot", (1 << 19,)), (2, 1, 1, "+ __match_any_sync", (1 << 19,))]
+    variants = [(0, 0, "shared atomics", (1 << 17, 1 << 19)), (0, 1, "shared atomics, reciprocal division", (1 << 17, 1 << 19)),
+                (1, 0, "+ lane-0 ballot", (1 << 19,)), (2, 0, "+ __match_any_sync", (1 << 19,))]
     if gpu_stats.kernel(dev) is not None:
-        for agg, fastdiv, top, label, chunks in variants:
-            k = gpu_stats.kernel(dev, agg, fastdiv, top)
+        for agg, fastdiv, label, chunks in variants:
+            k = gpu_stats.kernel(dev, agg, fastdiv)
             if k is None:
                 continue
-            kern[(agg, fastdiv, top)] = k
+            kern[(agg, fastdiv)] = k
             for chunk in chunks:
                 rows.append((f"CUDA kernel (gpu_stats), 1 launch, {label}, chunk {chunk >> 10}K",
-                             timed(batched(agg, fastdiv, top, chunk)), tt))
-            lohi, hs = gpu_stats.statistics(tensors, bins, lo, hi, agg=agg, fastdiv=fastdiv, top=top)
+                             timed(batched(agg, fastdiv, chunk)), tt))
+            lohi, hs = gpu_stats.statistics(tensors, bins, lo, hi, agg=agg, fastdiv=fastdiv)
             moved = sum(int((r - h.long()).abs().sum()) for r, h in zip(refs, hs))
             w = 0.0
             for j, n in enumerate(names):
@@ -120,30 +118,30 @@ def main():
                 ref = torch.histc(v.double().reshape(-1), 2 * nb, -his[n], his[n])
                 w = max(w, float((ref - hs[j].double()).abs().sum()) / v.numel())
                 assert float(lohi[j, 0]) == float(v.min()) and float(lohi[j, 1]) == float(v.max()), n
-            checks[(agg, fastdiv, top)] = (moved, w)
+            checks[(agg, fastdiv)] = (moved, w)
 
     # the whole statistics pass at steady state (ranges fixed by a first batch), vs the plain forward
-    def stats_pass(overlap, fused=True, prioritize=True, chunk=None):
+    def stats_pass(overlap, fused=True, prioritize=True, chunk=gpu_stats.CHUNK):
         col = HistogramCollector(model.graph.calibration_tensors, device=dev)
         col.overlap, col.prioritize = overlap, prioritize
         col.fused_kernel = fused
-        if chunk is not None:
-            gpu_stats.CHUNK = chunk
+        default, gpu_stats.CHUNK = gpu_stats.CHUNK, chunk       # the collector launches with the module's chunk
 
         def one():
             collect_batch(col, lambda observe, watch: ex.run({"input": x}, observe=observe, watch=watch))
-        one()
-        return timed(one)
+        try:
+            one()
+            return timed(one)
+        finally:
+            gpu_stats.CHUNK = default
 
     passes = [("statistics pass, torch.histc path", stats_pass(False, fused=False))]
     if kern:
-        default_chunk = gpu_stats.CHUNK
         passes += [("statistics pass, CUDA kernel, same stream", stats_pass(False)),
                    ("statistics pass, CUDA kernel, side stream (overlap)", stats_pass(True, prioritize=False)),
                    ("statistics pass, CUDA kernel, side stream, forward on a high-priority stream", stats_pass(True)),
                    ("  same, chunk 128K", stats_pass(True, chunk=1 << 17)),
                    ("  same, chunk 32K", stats_pass(True, chunk=1 << 15))]
-        gpu_stats.CHUNK = default_chunk
 
     print(f"\nGPU statistics kernels | {torch.cuda.get_device_name()} | torch {torch.__version__} | batch "
           f"{args.batch_size} | {len(acts)} tensors, {elems / 1e9:.2f} G elements ({nbytes / 1e9:.1f} GB) | "
@@ -159,7 +157,7 @@ def main():
               f"{args.batch_size / tp:,.0f} plain)")
     for key, k in kern.items():
         moved, w = checks[key]
-        print(f"CUDA kernel agg={key[0]} fastdiv={key[1]} top={key[2]}: NVRTC compile + self-test {k.compile_s:.2f} s; counts "
+        print(f"CUDA kernel agg={key[0]} fastdiv={key[1]}: NVRTC compile + self-test {k.compile_s:.2f} s; counts "
               f"differing from float32 torch.histc: {moved}; vs float64 histc at most {w * 100:.4f}% of a tensor moved")
     print("device-to-device copy: TB/s counts bytes read + written (the memory system's ceiling)")
 

@@ -14,8 +14,8 @@ How it reaches memory speed (``torch.histc`` and a per-element global-atomic ker
   its own copy of the histogram in shared memory; the copy is added to the global histogram once, one
   atomic per non-empty bin, when the block ends;
 * **hot bins without contended atomics**: exact zeros (half of a tensor after ReLU) never touch the
-  histogram, they are counted in registers and added once per block (``TOP=1`` does the same for values at
-  the range's top, ReLU6's clipped 6.0s: compiled in but off, 2.29 vs 2.41 TB/s on the H200); the other values go to plain
+  histogram, they are counted in registers and added once per block (doing the same for values at the range's
+  top, ReLU6's clipped 6.0s, was measured slower on the H200: 2.29 vs 2.41 TB/s); the other values go to plain
   shared-memory atomics. Merging the lanes of a warp that share a bin (``AGG=2``, ``__match_any_sync``:
   one atomic adding the lane count; ``AGG=1``, lanes that share lane 0's bin) is compiled in but off:
   on an H200 (MobileNetV2, batch 256, IEEE division) plain atomics read 2.3 TB/s, lane-0 merging 1.6,
@@ -74,7 +74,7 @@ __device__ __forceinline__ void atomic_max_float(float* addr, float v) {
 
 struct Acc {
     float vmin, vmax;
-    unsigned int zeros, nans, tops;
+    unsigned int zeros, nans;
 };
 
 /* One value: min/max/NaN/zero in registers; a non-zero value in [lo, hi] -> its bin (else -1). */
@@ -85,9 +85,6 @@ __device__ __forceinline__ int classify(float v, bool valid, float lo, float hi,
     a.vmin = fminf(a.vmin, v);
     a.vmax = fmaxf(a.vmax, v);
     if (v == 0.0f) { a.zeros += 1; return -1; }
-#if TOP
-    if (v == hi) { a.tops += 1; return -1; }             /* ReLU6's clipped 6.0s: the last bin, in registers */
-#endif
     if (!(v >= lo && v <= hi)) return -1;
     const float num = (v - lo) * nbf;
 #if FASTDIV
@@ -123,7 +120,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) trtquant_stats(
         unsigned int* __restrict__ hist, float* __restrict__ lohi, unsigned int* __restrict__ nans) {
     extern __shared__ unsigned int sh[];
     __shared__ float s_min[NWARPS], s_max[NWARPS];
-    __shared__ unsigned int s_zeros[NWARPS], s_nans[NWARPS], s_tops[NWARPS];
+    __shared__ unsigned int s_zeros[NWARPS], s_nans[NWARPS];
 
     const long long blk = blockIdx.x;
     int lo_t = 0, hi_t = ntensors - 1;                   /* the last tensor whose first chunk <= blk */
@@ -150,7 +147,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) trtquant_stats(
     __syncthreads();
 
     Acc a;
-    a.vmin = __int_as_float(0x7f800000); a.vmax = -a.vmin; a.zeros = 0u; a.nans = 0u; a.tops = 0u;
+    a.vmin = __int_as_float(0x7f800000); a.vmax = -a.vmin; a.zeros = 0u; a.nans = 0u;
     long long i0 = start;
     if ((((unsigned long long)(x + start)) & 15ull) == 0ull) {
         /* 16-byte loads, two in flight per thread; the loop bound is warp-uniform (tail lanes are invalid) */
@@ -184,20 +181,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) trtquant_stats(
         a.vmax = fmaxf(a.vmax, __shfl_xor_sync(FULL, a.vmax, o));
         a.zeros += __shfl_xor_sync(FULL, a.zeros, o);
         a.nans += __shfl_xor_sync(FULL, a.nans, o);
-        a.tops += __shfl_xor_sync(FULL, a.tops, o);
     }
-    if (lane == 0) {
-        s_min[warp] = a.vmin; s_max[warp] = a.vmax; s_zeros[warp] = a.zeros; s_nans[warp] = a.nans; s_tops[warp] = a.tops;
-    }
+    if (lane == 0) { s_min[warp] = a.vmin; s_max[warp] = a.vmax; s_zeros[warp] = a.zeros; s_nans[warp] = a.nans; }
     __syncthreads();
     if (threadIdx.x == 0) {
         float bmin = s_min[0], bmax = s_max[0];
-        unsigned int bz = s_zeros[0], bn = s_nans[0], bt = s_tops[0];
+        unsigned int bz = s_zeros[0], bn = s_nans[0];
         for (int w = 1; w < NWARPS; ++w) {
             bmin = fminf(bmin, s_min[w]); bmax = fmaxf(bmax, s_max[w]); bz += s_zeros[w]; bn += s_nans[w];
-            bt += s_tops[w];
         }
-        sh[nb - 1] += bt;                                /* v == hi: histc's last bin */
         if (bz && 0.0f >= lo && 0.0f <= hi) {
             int zb = (int)(((0.0f - lo) * nbf) / span);
             sh[zb >= nb ? nb - 1 : zb] += bz;
@@ -223,16 +215,14 @@ class Kernel:
     agg: int
     compile_s: float
     fastdiv: int = 0
-    top: int = 0
 
 
 DEFAULT_FASTDIV = 1                 # measured on an H200: 2.56 TB/s vs 2.18 with IEEE division; bins identical
-DEFAULT_TOP = 0                     # measured on an H200: 2.29 TB/s with the top bin in registers vs 2.41 without
 DEFAULT_AGG = 0                  # measured on an H200: plain shared atomics 2.3 TB/s, lane-0 ballot 1.6, match_any 0.63
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(agg: int, threads: int, device_index: int, fastdiv: int = 0, top: int = 0) -> Kernel | None:
+def _compile(agg: int, threads: int, device_index: int, fastdiv: int = 0) -> Kernel | None:
     """Compile for the device, then check one launch against torch.histc and aminmax (a kernel that cannot
     launch here, or gives another answer, is never used: the collector falls back)."""
     compile_kernel = getattr(torch.cuda, "_compile_kernel", None)
@@ -248,8 +238,8 @@ def _compile(agg: int, threads: int, device_index: int, fastdiv: int = 0, top: i
             fn = compile_kernel(kernel_source=_SOURCE, kernel_name="trtquant_stats",
                                 compute_capability=f"{cap[0]}{cap[1]}",
                                 nvcc_options=[f"-DAGG={agg}", f"-DTHREADS={threads}", f"-DFASTDIV={fastdiv}",
-                                              f"-DTOP={top}", "-std=c++17"])
-        k = Kernel(fn=fn, agg=agg, compile_s=time.perf_counter() - t, fastdiv=fastdiv, top=top)
+                                              "-std=c++17"])
+        k = Kernel(fn=fn, agg=agg, compile_s=time.perf_counter() - t, fastdiv=fastdiv)
         x = torch.linspace(-3.0, 5.0, 10_001, device=dev)
         x[1::7] = 0.0
         lohi, (h,) = _launch(k, [x], [64], [-4.0], [4.0], CHUNK)
@@ -265,8 +255,7 @@ def _compile(agg: int, threads: int, device_index: int, fastdiv: int = 0, top: i
     return k
 
 
-def kernel(device: torch.device, agg: int | None = None, fastdiv: int | None = None,
-           top: int | None = None) -> Kernel | None:
+def kernel(device: torch.device, agg: int | None = None, fastdiv: int | None = None) -> Kernel | None:
     """The compiled kernel for ``device`` (None where NVRTC is unavailable; ``TRTQUANT_FUSED_KERNEL=0`` too).
 
     Called for every observed tensor: after the first call per device it is one dictionary lookup (asking
@@ -275,14 +264,14 @@ def kernel(device: torch.device, agg: int | None = None, fastdiv: int | None = N
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _kernel_for(index, DEFAULT_AGG if agg is None else agg, DEFAULT_FASTDIV if fastdiv is None else fastdiv,
-                       DEFAULT_TOP if top is None else top, os.environ.get("TRTQUANT_FUSED_KERNEL", "1") != "0")
+                       os.environ.get("TRTQUANT_FUSED_KERNEL", "1") != "0")
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel_for(index: int, agg: int, fastdiv: int, top: int, enabled: bool) -> Kernel | None:
+def _kernel_for(index: int, agg: int, fastdiv: int, enabled: bool) -> Kernel | None:
     if not enabled or torch.cuda.get_device_capability(index) < (7, 0):           # __match_any_sync
         return None
-    return _compile(agg, THREADS, index, fastdiv, top)
+    return _compile(agg, THREADS, index, fastdiv)
 
 
 def available(t: torch.Tensor) -> bool:
@@ -299,7 +288,7 @@ def _bits(v: float) -> int:
 
 
 def statistics(tensors: Sequence[torch.Tensor], nbins: Sequence[int], lo: Sequence[float], hi: Sequence[float], *,
-               agg: int | None = None, fastdiv: int | None = None, top: int | None = None, chunk: int | None = None) \
+               agg: int | None = None, fastdiv: int | None = None, chunk: int | None = None) \
         -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One launch over ``tensors`` (float32, same CUDA device): ``(lohi, hists)``.
 
@@ -309,7 +298,7 @@ def statistics(tensors: Sequence[torch.Tensor], nbins: Sequence[int], lo: Sequen
     as histc does. Asynchronous: nothing waits for the GPU.
     """
     dev = tensors[0].device
-    k = kernel(dev, agg, fastdiv, top)
+    k = kernel(dev, agg, fastdiv)
     if k is None:
         raise RuntimeError("the CUDA statistics kernel is not available on this device")
     return _launch(k, tensors, nbins, lo, hi, CHUNK if chunk is None else chunk)

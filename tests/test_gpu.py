@@ -90,12 +90,11 @@ def _need_batched_kernel():
         pytest.skip("the NVRTC statistics kernel is unavailable (torch.cuda._compile_kernel)")
 
 
-# (warp aggregation, reciprocal division, values == hi counted in registers): the compiled variants
-VARIANTS = [(0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 0, 1), (2, 0, 0)]
+VARIANTS = [(0, 0), (0, 1), (1, 0), (2, 0)]      # (warp aggregation, reciprocal division) compiled variants
 
 
-@pytest.mark.parametrize("agg,fastdiv,top", VARIANTS)
-def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv, top):
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_images, agg, fastdiv):
     """One launch over all 101 activations equals torch.histc (same float32 bin formula) and aminmax, exactly."""
     _need_batched_kernel()
     acts = {}
@@ -106,8 +105,7 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
     bins = [(4096, 1000, 2 * 2048 + 6)[j % 3] for j in range(len(names))]     # as the collector's grown ranges
     # every third range ends exactly at the tensor's max (the collector's first batch: ReLU6's 6.0s are == hi)
     hi = [float(v.abs().max()) * (1.01 if j % 3 else 1.0) for j, v in enumerate(tensors)]
-    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, top=top,
-                                       chunk=1 << 14)
+    lohi, hists = gpu_stats.statistics(tensors, bins, [-h for h in hi], hi, agg=agg, fastdiv=fastdiv, chunk=1 << 14)
     for j, (n, v) in enumerate(zip(names, tensors)):
         mn, mx = torch.aminmax(v)
         assert float(lohi[j, 0]) == float(mn) and float(lohi[j, 1]) == float(mx), n
@@ -116,8 +114,8 @@ def test_batched_kernel_equals_histc_on_real_activations(mobilenet, sample_image
         assert moved == 0, f"{n}: {moved} of {v.numel()} values in another bin than torch.histc's"
 
 
-@pytest.mark.parametrize("agg,fastdiv,top", VARIANTS)
-def test_batched_kernel_edge_cases(agg, fastdiv, top):
+@pytest.mark.parametrize("agg,fastdiv", VARIANTS)
+def test_batched_kernel_edge_cases(agg, fastdiv):
     """Zeros and -0.0, values at hi and outside, NaN, negative-only and one-element tensors, unaligned views
     and tails, many tensors of different bin counts in one launch: equal to torch.histc and aminmax."""
     _need_batched_kernel()
@@ -138,7 +136,7 @@ def test_batched_kernel_edge_cases(agg, fastdiv, top):
              (nan, 64, -4.0, 4.0)]
     for chunk in (1 << 10, gpu_stats.CHUNK):
         lohi, hists = gpu_stats.statistics([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
-                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, top=top, chunk=chunk)
+                                           [c[3] for c in cases], agg=agg, fastdiv=fastdiv, chunk=chunk)
         for j, (t, bins, lo, hi) in enumerate(cases):
             ref = torch.histc(t, bins, lo, hi)
             assert torch.equal(hists[j].long(), ref.long()), (j, chunk)
