@@ -294,7 +294,7 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                  and pixels.dtype == np.uint8 and fixed is None and len(graph.outputs) == 1 and user_metric is None)
 
     def device_images(lo: int, hi: int) -> torch.Tensor:
-        return preprocess.normalize_torch(torch.from_numpy(pixels[lo:hi]).to(device, non_blocking=False))
+        return preprocess.normalize_torch(torch.from_numpy(pixels[lo:hi]).to(device))
 
     head = distributed.head_rows(ctx, shard, pixels, settings.batch_size)     # the first batch: what rank 0 times
 

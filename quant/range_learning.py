@@ -36,8 +36,6 @@ from tqdm import tqdm
 
 from ..core.numerics import QMAX, QMIN
 from ..core.types import RangeSet, TensorRange
-from .artifacts.placement import fake_quant_weight
-from .graph.interpreter import TorchGraphExecutor
 from .graph.onnx_graph import OnnxGraph
 from .planner.simulate import QuantSim
 
@@ -89,7 +87,7 @@ def learn_ranges(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, device:
     sim = QuantSim(graph, ranges, device)
     placement = sim.placement(sim.layers)
     tensors = placement.activation_tensors()
-    ex = TorchGraphExecutor(graph, device)
+    ex = sim.ex                                   # its weights; run under autograd from here on
     ex.grad = True
     name_in, fixed = graph.inputs[0].name, graph.fixed_batch
     step = fixed or batch
@@ -101,7 +99,7 @@ def learn_ranges(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, device:
         return ranges, RangeLearning(len(tensors), 0, 0, 0, (float("nan"),) * 2, (float("nan"),) * 2, "starting",
                                      0.0, 0.0)
 
-    weights = {q.tensor: fake_quant_weight(ex.consts[q.tensor], q.axis).detach() for q in placement.weights()}
+    weights = {q.tensor: sim._weight(q) for q in placement.weights()}      # as shipped (per channel)
     start = torch.tensor([sim.scales[t] for t in tensors], dtype=torch.float32, device=ex.device)
     log_s = torch.nn.Parameter(start.log().clone())
     index = {t: i for i, t in enumerate(tensors)}

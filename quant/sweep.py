@@ -243,11 +243,11 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
         notes.append(f"time budget spent during the sensitivity pass: {len(regain)} of {len(sim.layers)} layers ranked")
     t_latency = time.perf_counter()
     latency, latency_kind, gpu_key, gpu_source = latency_model(settings, graph, ranges, xp, device, ctx)
-    if latency_kind != "roofline":
-        notes.append(f"latency costs from TensorRT's per-layer profiler: an all-INT8 and an all-FP16 engine built "
-                     f"and timed in {time.perf_counter() - t_latency:.1f} s (--latency-model roofline skips them)")
     fp16_cost = latency.fp16_costs()
     latency_s = time.perf_counter() - t_latency
+    if latency_kind != "roofline":
+        notes.append(f"latency costs from TensorRT's per-layer profiler: an all-INT8 and an all-FP16 engine built "
+                     f"and timed in {latency_s:.1f} s (--latency-model roofline skips them)")
     latency_ms = lambda fp16: latency.estimate_fp16(fp16) * 1e3            # noqa: E731
     if settings.objective == "latency":
         order = latency_order(regain, fp16_cost)
