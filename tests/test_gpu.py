@@ -282,3 +282,36 @@ def test_normalisation_on_the_gpu_equals_numpy_bit_for_bit():
         cpu = pre.normalize(px[:, :len(pre.mean)])
         gpu = pre.normalize_torch(torch.from_numpy(px[:, :len(pre.mean)]).cuda()).cpu().numpy()
         assert np.array_equal(cpu.view(np.int32), gpu.view(np.int32)), name
+
+
+def test_fused_qdq_pairs_on_cuda_equal_the_pairs_as_written(mobilenet, mobilenet_ranges, sample_images):
+    """The engines' executor runs each activation Q/DQ pair of the shipped all-INT8 model as one fused fake
+    quantization: on the GPU, fed the same real activations, every fused node gives what the QuantizeLinear
+    and DequantizeLinear nodes as written give (equal values; a zero may come out as -0.0, which no consumer
+    tells apart)."""
+    import onnx
+
+    from trtquant.quant.artifacts.plan import resolve_plan
+    from trtquant.quant.artifacts.qdq import build_qdq_model
+    from trtquant.quant.graph.onnx_graph import OnnxGraph
+
+    shipped, _ = build_qdq_model(mobilenet.graph, mobilenet_ranges, resolve_plan("int8", mobilenet.graph))
+    g = OnnxGraph(onnx.load_from_string(shipped.SerializeToString()))
+    written = TorchGraphExecutor(g, "cuda", fuse_qdq=False)
+    fused = TorchGraphExecutor(g, "cuda")
+    by_output = {n.output[0]: i for i, (n, a, _) in enumerate(fused.nodes) if "_fake_quant" in a}
+    q_input, dq_output = {}, {}
+
+    def tap(i, inputs, outs):
+        node = written.nodes[i][0]
+        if node.op_type == "QuantizeLinear":
+            q_input[node.output[0]] = inputs[0]
+        elif node.op_type == "DequantizeLinear" and node.output[0] in by_output:
+            dq_output[node.output[0]] = (q_input[node.input[0]], outs[0])
+    written.run({"input": torch.from_numpy(sample_images[0][:8]).cuda()}, tap=tap)
+    assert len(dq_output) == len(by_output) >= 50          # MobileNetV2: 54 activation quantizers
+    with torch.inference_mode():
+        for name, (x, ref) in dq_output.items():
+            j = by_output[name]
+            got = fused.run_node(j, [x] + [fused.consts[n] for n in fused.nodes[j][2][1:]])[0]
+            assert got.dtype == ref.dtype and torch.equal(got, ref), name

@@ -102,9 +102,15 @@ def test_simulated_equals_shipped(mobilenet, mobilenet_ranges, sample_images, wh
     assert not [f for f in lint_model(shipped) if f.severity == "error"]
     sim = QuantSim(g, mobilenet_ranges, torch.device("cpu"))
     s = sim.logits(x, set(plan.nodes("int8")), batch=20)
-    # 1. the shipped file, executed op by op as written (its own Q/DQ nodes), equals the simulation
-    ran = TorchGraphExecutor(OnnxGraph(onnx.load_from_string(shipped.SerializeToString()))).run(
-        {"input": torch.from_numpy(x)})["logits"].numpy()
+    # 1. the shipped file, executed op by op as written (its own Q/DQ nodes), equals the simulation; and so
+    # does the engines' executor, which runs each activation Q/DQ pair as one fused fake quantization
+    reread = OnnxGraph(onnx.load_from_string(shipped.SerializeToString()))
+    as_written = TorchGraphExecutor(reread, fuse_qdq=False)
+    fused = TorchGraphExecutor(reread)
+    n_q = sum(n.op_type == "QuantizeLinear" for n, _, _ in as_written.nodes)
+    assert sum(n.op_type == "QuantizeLinear" for n, _, _ in fused.nodes) < n_q
+    ran = as_written.run({"input": torch.from_numpy(x)})["logits"].numpy()
+    np.testing.assert_array_equal(fused.run({"input": torch.from_numpy(x)})["logits"].numpy(), ran)
     if which == "fp16-layers":     # the simulation runs FP16 layers in FP32 (FP16's error is far below INT8's)
         assert sqnr_db(torch.from_numpy(s), torch.from_numpy(ran)) >= 15   # FP16 flips compound like float32's
         # a placement disagreement would flip confident images; FP16 rounding flips only near-ties (on this

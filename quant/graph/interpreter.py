@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from ...core.errors import ModelError
+from ...core.numerics import fake_quant
 from ...core.runtime import strict_fp32
 from .onnx_graph import Observer, OnnxGraph
 
@@ -216,6 +217,11 @@ def _quantize_linear(x, scale, zero_point=None, **a):
 
 
 def _dequantize_linear(x, scale, zero_point=None, **a):
+    fused = a.get("_fake_quant")           # DQ(Q(x)) of one per-tensor int8 quantizer (TorchGraphExecutor)
+    if fused is not None:
+        if x.dtype == torch.float32:
+            return fake_quant(x, fused)
+        return _dequantize_linear(_quantize_linear(x, scale, zero_point), scale, zero_point)
     axis = a.get("axis", 1)
     s = _per_axis(scale, x, axis)
     v = x.to(torch.float32)
@@ -374,7 +380,8 @@ class TorchGraphExecutor:
     kind = "torch"
 
     def __init__(self, graph: OnnxGraph, device: torch.device | str = "cpu", *,
-                 unsupported_hint: str = "use the ONNX Runtime executor (--executor onnxruntime)"):
+                 unsupported_hint: str = "use the ONNX Runtime executor (--executor onnxruntime)",
+                 fuse_qdq: bool = True):
         missing = unsupported_ops(graph)
         if missing:
             raise ModelError("operators not supported by the PyTorch executor", subject=str(graph.path or "model"),
@@ -415,6 +422,8 @@ class TorchGraphExecutor:
             inputs = list(node.input)     # a copy: the ONNX graph itself is never modified
             self._bake_scalar_inputs(node, a, inputs)
             self.nodes.append((node, a, inputs))
+        if fuse_qdq:          # False: every Q/DQ node executed as written (tests compare the two)
+            self._fuse_fake_quant()
         # last use of each value, to free intermediates early (memory ~ the widest cut, not the whole graph)
         self._last_use: dict[str, int] = {}
         for i, (_, _, inputs) in enumerate(self.nodes):
@@ -422,6 +431,45 @@ class TorchGraphExecutor:
                 self._last_use[name] = i
         for name in graph.outputs:
             self._last_use[name] = len(self.nodes)
+
+    def _fuse_fake_quant(self) -> None:
+        """A per-tensor int8 ``QuantizeLinear`` read by one ``DequantizeLinear`` of the same scale and zero point 0
+        (an activation quantizer of a Q/DQ model) runs as one fake quantization: :func:`~..core.numerics.fake_quant`,
+        one fused kernel on the GPU instead of six (divide, round, clamp, to int8, to float, multiply), the same
+        values bit for bit (``DQ(Q(x)) = clamp(round(x / s), -128, 127) * s`` either way). The Q node is dropped,
+        the DQ node reads Q's input and carries the scale as ``_fake_quant``."""
+        readers: dict[str, list[int]] = {}
+        for i, (_, _, inputs) in enumerate(self.nodes):
+            for name in inputs:
+                if name:
+                    readers.setdefault(name, []).append(i)
+        outputs = set(self.graph.outputs)
+        drop = set()
+        for i, (node, _, inputs) in enumerate(self.nodes):
+            if node.op_type != "QuantizeLinear" or len(inputs) < 3 or node.output[0] in outputs:
+                continue
+            users = readers.get(node.output[0], [])
+            if len(users) != 1 or self.nodes[users[0]][0].op_type != "DequantizeLinear":
+                continue
+            j = users[0]
+            _, da, dinputs = self.nodes[j]
+            scale, zp = self._scalar_const(inputs[1]), self._scalar_const(inputs[2], torch.int8)
+            if (scale is None or zp != 0 or len(dinputs) < 3 or dinputs[0] != node.output[0]
+                    or self._scalar_const(dinputs[1]) != scale or self._scalar_const(dinputs[2], torch.int8) != 0
+                    or not (scale > 0 and math.isfinite(scale))):
+                continue
+            da["_fake_quant"] = scale
+            dinputs[0] = inputs[0]
+            drop.add(i)
+        if drop:
+            self.nodes = [n for i, n in enumerate(self.nodes) if i not in drop]
+
+    def _scalar_const(self, name: str, dtype: torch.dtype = torch.float32) -> float | None:
+        """The value of a one-element constant of ``dtype`` (None if ``name`` is not one)."""
+        t = self.consts.get(name) if name else None
+        if t is None or t.numel() != 1 or t.dtype != dtype:
+            return None
+        return float(t.reshape(-1)[0].item())
 
     def _bake_scalar_inputs(self, node, a: dict, inputs: list[str]) -> None:
         """Constant scalar operands read as Python numbers become attributes, and quantizer parameters live
