@@ -230,8 +230,12 @@ def cmd_calibrate(args) -> int:
         from trtquant.quant.recover import describe
 
         lines.insert(2, f"recover {describe(res.recovery)}")
-        lines.append(f"onnx   {args.onnx_out}  (the recovered model: build the TensorRT engine from it; the cache "
-                     f"and ranges are its)")
+        if args.onnx_out:
+            lines.append(f"onnx   {args.onnx_out}  (the recovered model: build the TensorRT engine from it; the cache "
+                         f"and ranges are its)")
+        elif res.onnx_path:         # learned ranges only: the model as it is
+            lines.append(f"onnx   {res.onnx_path}  (the weights are unchanged: build the TensorRT engine from this "
+                         f"graph; the cache is keyed by its tensor names)")
     elif res.onnx_path:
         lines.append(f"onnx   {args.onnx_out or res.onnx_path}  (build the TensorRT engine from this graph: the cache is keyed by its tensor names)")
     if args.qdq_out:
@@ -603,11 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = c.add_argument_group("model")
     _model_flags(m, "the model to calibrate")
     m.add_argument("--onnx-out", default=None, type=PATH,
-                   help="also save the exact ONNX graph the cache is keyed to (with --recover: the recovered model, "
-                        "required)")
+                   help="also save the exact ONNX graph the cache is keyed to (with --recover steps that change "
+                        "weights, cle/adaround/bias: the recovered model, required)")
     m.add_argument("--qdq-out", default=None, type=PATH,
                    help="also write the all-INT8 Q/DQ model (TensorRT 10/11 explicit quantization) of that graph")
-    _recover_flags(c, steps=True, writes="needs --onnx-out (the recovered model is written there)")
+    _recover_flags(c, steps=True, writes="cle, adaround and bias need --onnx-out (the recovered model is written there)")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")

@@ -58,8 +58,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     """Calibrate and write the TensorRT cache, the ranges JSON and (optionally) the statistics, the ONNX graph
     the cache is keyed to (``onnx_out``) and its all-INT8 Q/DQ model (``qdq_out``).
 
-    With ``recovery`` steps (:mod:`.recover`) the model's weights change: the recovered model is written to
-    ``onnx_out`` (required), calibrated again (its statistics, ranges and cache are the ones written) and the
+    With ``recovery`` steps (:mod:`.recover`) that change weights, the recovered model is written to
+    ``onnx_out`` (required; learned ranges alone leave the model as it is), calibrated again (its statistics, ranges and cache are the ones written) and the
     steps are recorded in the ranges JSON (``meta.recovery``).
 
     Every output path is validated before any work starts; every file is written atomically at the
@@ -68,7 +68,7 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     t0 = time.perf_counter()
     recovering = recovery is not None and bool(recovery.steps)
     if recovering:
-        check_recovery_outputs(onnx_out, from_stats=from_stats, calibrator=cfg.calibrator)
+        check_recovery_outputs(onnx_out, steps=recovery.steps, from_stats=from_stats, calibrator=cfg.calibrator)
     outputs = OutputSet(force=force)
     cache_path = outputs.add(cache_path, flag="--cache", is_same_kind=looks_like_trt_cache)
     ranges_path = Path(ranges_path) if ranges_path else cache_path.with_name(cache_path.name + ".ranges.json")

@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 
 RECOVERY_STEPS = ("cle", "adaround", "bias", "ranges")
 """Every recovery step, in the order they are applied."""
+WEIGHT_STEPS = ("cle", "adaround", "bias")
+"""The steps that change the model's weights (``ranges`` changes only the activation ranges)."""
 
 ZETA, GAMMA = 1.1, -0.1           # AdaRound's rectified-sigmoid stretch
 MIN_POSITIONS_PER_INPUT = 4       # AdaRound learns a layer's rounding from at least 4 output positions per input
@@ -783,9 +785,11 @@ def describe(report: RecoveryReport) -> str:
         + f" | {report.seconds:.1f} s on {report.device}"
 
 
-def check_recovery_outputs(onnx_out, *, from_stats=None, calibrator: str = "ours") -> None:
-    """Before any work: recovery writes a new model, so it needs ``--onnx-out``, the model and the data."""
-    if onnx_out is None:
+def check_recovery_outputs(onnx_out, *, steps: tuple[str, ...] = WEIGHT_STEPS, from_stats=None,
+                           calibrator: str = "ours") -> None:
+    """Before any work: recovery runs the model on the data, and a step that changes weights writes a new model,
+    so it needs ``--onnx-out`` (learned ranges alone ship as a cache for the model as it is)."""
+    if onnx_out is None and any(s in WEIGHT_STEPS for s in steps):
         raise ConfigError("--recover changes the weights, so it writes a new model: --onnx-out is required",
                           subject="--recover", hint="add --onnx-out recovered.onnx and build the TensorRT engine "
                                                     "from that model (the cache written is its)")

@@ -304,6 +304,18 @@ def test_calibrate_recover_writes_the_recovered_model_its_cache_ranges_and_qdq(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.bin.ranges.json", "m.onnx", "q.onnx"]
 
 
+def test_calibrate_with_learned_ranges_alone_needs_no_new_model(tmp_path, capsys):
+    """Learned ranges leave the weights as they are: no --onnx-out needed, the cache is for the model itself."""
+    rc, out, err = run_cli(["calibrate", "--model", "tiny_cnn", "--device", "cpu", "--no-progress", "--recover",
+                            "ranges", "--range-steps", "5", "--cache", tmp_path / "c.bin"], capsys)
+    assert rc == 0, err
+    ranges = read_ranges_json(tmp_path / "c.bin.ranges.json")
+    assert ranges.meta["recovery"]["steps"] == ["ranges"]
+    assert ranges.model_fingerprint == resolve_model("tiny_cnn").graph.fingerprint()
+    assert "the weights are unchanged" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.bin", "c.bin.ranges.json"]
+
+
 def test_evaluate_and_sweep_start_from_the_recovered_model(tmp_path, capsys):
     rc, _, err = run_cli(["evaluate", "--model", "tiny_cnn", "--backend", "torch", "--device", "cpu",
                             "--configs", "fp32,int8:mse,int8:mse+bias", "--calib-images", "10", "--latency-iters", "2",
