@@ -221,7 +221,8 @@ def sweep(settings: SweepSettings, out, *, progress: bool = True, recovery: Reco
     t_sens = time.perf_counter()
     xp, refp = distributed.head_rows(ctx, shard, x, settings.proxy_images), distributed.head_rows(
         ctx, shard, ref, settings.proxy_images)               # the first images, on every rank
-    xps = sim.resident(xp)
+    # one process: the proxy images are the first rows of the resident set (no second copy on the device)
+    xps = xs[:len(xp)] if not ctx.distributed and isinstance(xs, torch.Tensor) else sim.resident(xp)
     base_sqnr = metrics.sqnr_db(refp, sim.logits(xps, all_int8))
 
     def rank_layers():                          # the layers are shared out between the ranks
