@@ -32,7 +32,7 @@ from .base import Engine
 from .onnxruntime import build_ort_engine
 from .openvino import build_openvino_engine
 from .tensorrt import build_trt_engine
-from .torch import TORCH_DTYPES, TorchEngine
+from .torch import TORCH_DTYPES, TorchEngine, channels_last_for
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
         info = EngineInfo(backend="torch", precision=precision if needs_ranges else tp, device=str(dev),
                           simulated=simulated, description=desc)
         if fast and dev.type == "cuda":
-            info = replace(info, description=info.description + ", channels-last, CUDA graphs")
+            info = replace(info, description=info.description + (", channels-last" if channels_last_for(tp) else "")
+                           + ", CUDA graphs")
         compiled = compile_enabled(compile, dev)
         if compiled:
             mode = compile_mode or (CUDA_ENGINE_MODE if dev.type == "cuda" else "default")
