@@ -31,8 +31,8 @@ class TorchEngine(Engine):
     """The ONNX graph executed by PyTorch in FP32/TF32/FP16/BF16.
 
     On CUDA (``fast=True``): weights and activations in channels-last layout for FP16/BF16/TF32
-    (tensor-core convolution kernels; :func:`channels_last_for`) and one CUDA graph per input shape, so a batch is a single graph replay instead of a
-    Python loop over ~100 nodes (that loop dominates at batch 1).
+    (tensor-core convolution kernels; :func:`channels_last_for`) and one CUDA graph per input shape, so a
+    batch is a single graph replay instead of a Python loop over ~100 nodes (that loop dominates at batch 1).
 
     ``compile=True``: the graph runs as one ``torch.compile``'d function (:mod:`..graph.compiled`: fused
     convolution epilogues and fake quantization; on CUDA mode ``compile_mode``, default
