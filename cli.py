@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights, cle/adaround/bias: the recovered model, required)")
     m.add_argument("--qdq-out", default=None, type=PATH,
                    help="also write the all-INT8 Q/DQ model (TensorRT 10/11 explicit quantization) of that graph")
-    _recover_flags(c, steps=True, writes="cle, adaround and bias need --onnx-out (the recovered model is written there)")
+    _recover_flags(c, steps=True,
+                   writes="cle, adaround and bias need --onnx-out (the recovered model is written there)")
     d = c.add_argument_group("data")
     _data_flags(d, num_help="deterministic random subset size (default: all images, at most 1000)")
     d.add_argument("--seed", type=SEED, default=0, help="subset seed")

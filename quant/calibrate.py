@@ -59,8 +59,8 @@ def calibrate(cfg: CalibrationConfig, *, cache_path: str | Path, ranges_path: st
     the cache is keyed to (``onnx_out``) and its all-INT8 Q/DQ model (``qdq_out``).
 
     With ``recovery`` steps (:mod:`.recover`) that change weights, the recovered model is written to
-    ``onnx_out`` (required; learned ranges alone leave the model as it is), calibrated again (its statistics, ranges and cache are the ones written) and the
-    steps are recorded in the ranges JSON (``meta.recovery``).
+    ``onnx_out`` (required; learned ranges alone leave the model as it is), calibrated again (its statistics,
+    ranges and cache are the ones written) and the steps are recorded in the ranges JSON (``meta.recovery``).
 
     Every output path is validated before any work starts; every file is written atomically at the
     end, so an error or Ctrl-C leaves earlier outputs untouched.

@@ -88,14 +88,15 @@ def build(backend: str, graph: OnnxGraph, plan: PrecisionPlan, ranges: RangeSet 
                 + (" + INT8 SIMULATED (fake quantization with the same scales; not a real INT8 engine)" if simulated else ""))
         info = EngineInfo(backend="torch", precision=precision if needs_ranges else tp, device=str(dev),
                           simulated=simulated, description=desc)
+        dtype, tf32 = TORCH_DTYPES[tp], tp == "tf32"
         if fast and dev.type == "cuda":
-            info = replace(info, description=info.description + (", channels-last" if channels_last_for(tp) else "")
-                           + ", CUDA graphs")
+            layout = ", channels-last" if channels_last_for(dtype, tf32) else ""
+            info = replace(info, description=info.description + layout + ", CUDA graphs")
         compiled = compile_enabled(compile, dev)
         if compiled:
             mode = compile_mode or (CUDA_ENGINE_MODE if dev.type == "cuda" else "default")
             info = replace(info, description=info.description + f", torch.compile (mode {mode})")
-        return TorchEngine(g, info, dev, TORCH_DTYPES[tp], tp == "tf32", fast=fast, compile=compiled,
+        return TorchEngine(g, info, dev, dtype, tf32, fast=fast, compile=compiled,
                            compile_mode=compile_mode)
 
     shapes = None if example is None else {k: v.shape for k, v in feeds([gi.name for gi in graph.inputs], example).items()}

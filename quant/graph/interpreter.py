@@ -436,8 +436,8 @@ class TorchGraphExecutor:
         """A per-tensor int8 ``QuantizeLinear`` read by one ``DequantizeLinear`` of the same scale and zero point 0
         (an activation quantizer of a Q/DQ model) runs as one fake quantization: :func:`~..core.numerics.fake_quant`,
         one fused kernel on the GPU instead of six (divide, round, clamp, to int8, to float, multiply), the same
-        values (``DQ(Q(x)) = clamp(round(x / s), -128, 127) * s`` either way; a zero may come out as -0.0). The Q node is dropped,
-        the DQ node reads Q's input and carries the scale as ``_fake_quant``."""
+        values (``DQ(Q(x)) = clamp(round(x / s), -128, 127) * s`` either way; a zero may come out as -0.0). The
+        Q node is dropped, the DQ node reads Q's input and carries the scale as ``_fake_quant``."""
         readers: dict[str, list[int]] = {}
         for i, (_, _, inputs) in enumerate(self.nodes):
             for name in inputs:
