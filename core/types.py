@@ -278,8 +278,13 @@ def concat_rows(parts: list):
 
 
 def resize_rows(x, n: int):
-    """``x`` with ``n`` rows, repeating its rows (an array or :class:`Inputs`)."""
-    return x.resized(n) if isinstance(x, Inputs) else np.resize(x, (n, *x.shape[1:]))
+    """``x`` with ``n`` rows, repeating its rows (an array, :class:`Inputs` or a torch tensor, kept on its
+    device)."""
+    if isinstance(x, Inputs):
+        return x.resized(n)
+    if isinstance(x, np.ndarray):
+        return np.resize(x, (n, *x.shape[1:]))
+    return x[[i % len(x) for i in range(n)]]
 
 
 def feeds(names, x) -> dict:

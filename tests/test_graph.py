@@ -100,3 +100,23 @@ def test_invalid_and_missing_onnx(tmp_path):
         OnnxGraph.load(bad)
     with pytest.raises(ModelError, match="ONNX file not found"):
         OnnxGraph.load(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_run_batched_pads_the_tail_to_one_shape_and_drops_the_padding(as_tensor):
+    from trtquant.quant.graph.onnx_graph import run_batched
+
+    x = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    rows = (lambda lo, hi: torch.from_numpy(x[lo:hi])) if as_tensor else (lambda lo, hi: x[lo:hi])
+    shapes = []
+
+    def run(chunk):                                   # a row-wise model: each row's output is its own
+        shapes.append(tuple(chunk.shape))
+        return np.asarray(chunk) * 2 + 1
+
+    out = run_batched(run, rows, 10, 4, 4)
+    assert shapes == [(4, 3)] * 3                     # the tail of 2 rows ran as 4: one shape throughout
+    np.testing.assert_array_equal(out, x * 2 + 1)     # and only the 10 real rows came back
+    shapes.clear()
+    np.testing.assert_array_equal(run_batched(run, rows, 10, 4), x * 2 + 1)
+    assert shapes == [(4, 3), (4, 3), (2, 3)]         # without a fixed batch the tail is its own shape
