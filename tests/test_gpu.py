@@ -315,3 +315,24 @@ def test_fused_qdq_pairs_on_cuda_equal_the_pairs_as_written(mobilenet, mobilenet
             j = by_output[name]
             got = fused.run_node(j, [x] + [fused.consts[n] for n in fused.nodes[j][2][1:]])[0]
             assert got.dtype == ref.dtype and torch.equal(got, ref), name
+
+
+def test_evaluate_on_cuda_feeds_the_torch_engine_full_batches_only(tmp_path, monkeypatch):
+    """20 images at batch 8: the tail of 4 runs padded to 8 (outputs dropped), so the engines meet batch 8 (the
+    accuracy pass and throughput) and batch 1 (latency) only; FP32 top-1 is the CPU's (18 of 20)."""
+    import json
+
+    from trtquant.quant import evaluate as ev
+    from trtquant.quant.engines import torch as torch_engine
+
+    seen = []
+    real = torch_engine.TorchEngine.run_tensor
+    monkeypatch.setattr(torch_engine.TorchEngine, "run_tensor",
+                        lambda self, x: seen.append(len(x)) or real(self, x))
+    settings = ev.EvalSettings(configs="fp32,int8:entropy", backend="torch", device="cuda", latency_iters=5,
+                               batch_size=8, bootstrap=200)
+    ev.evaluate(settings, tmp_path / "out", progress=False)
+    rows = {r["config"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]}
+    assert set(seen) == {8, 1}
+    assert rows["fp32"]["top1"] == pytest.approx(0.9)
+    assert rows["int8:entropy"]["status"] == "ok" and rows["int8:entropy"]["agreement"] >= 0.85
