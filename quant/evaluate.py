@@ -397,7 +397,8 @@ def evaluate(settings: EvalSettings, out: str | Path, *, resume: bool = False, p
                     # every call a full batch (the tail padded, its outputs dropped): one input shape, the
                     # timing's, so the engine captures one CUDA graph and cuDNN meets no new shape for the tail
                     outputs = run_batched(lambda c: (engine.run_tensor(c).float().cpu().numpy(),), device_images,
-                                          len(pixels), settings.batch_size, settings.batch_size) if len(pixels) else None
+                                          len(pixels), settings.batch_size, settings.batch_size) \
+                        if len(pixels) else None
                 else:
                     outputs = run_batched(engine.run_all if every_output else (lambda c: (engine.run(c),)), images,
                                           len(pixels), settings.batch_size, fixed) if len(pixels) else None

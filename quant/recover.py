@@ -296,7 +296,8 @@ def _activation_bounds(model: onnx.ModelProto) -> dict[str, tuple[float, float, 
     return bounds
 
 
-def _clips(model: onnx.ModelProto, ranges: RangeSet, in_edges) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+def _clips(model: onnx.ModelProto, ranges: RangeSet,
+           in_edges) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
     """Layer output -> (the activation's bounds, the bounds the INT8 model's value lives in): the activation's,
     narrowed to the INT8 grid ``[-128, 127] * scale`` of the activation's output where every reader reads
     it quantized (then what lies beyond is clipped away too)."""
@@ -795,16 +796,17 @@ def _bias_correct(layer: _Layer, sim: QuantSim, model: onnx.ModelProto, env_fp, 
         shape[layer.channel_axis(t)] = -1
         return shape
 
-    total, count = None, 0
-    for e_fp, e_q in zip(env_fp, env_q):
-        d = e_fp[out] - e_q[out]
-        s = per_channel(d)
-        total = s if total is None else total + s
-        count += d.numel() // d.shape[layer.channel_axis(d)]
-    corr = (total / count).float()
-    if bounds is not None:                   # the error after the activation (Gauss-Newton from 0)
+    if bounds is None:                       # no activation: the mean error
+        total, count = None, 0
+        for e_fp, e_q in zip(env_fp, env_q):
+            d = e_fp[out] - e_q[out]
+            s = per_channel(d)
+            total = s if total is None else total + s
+            count += d.numel() // d.shape[layer.channel_axis(d)]
+        corr = (total / count).float()
+    else:                                    # the error after the activation (Gauss-Newton from 0)
         (lo, hi), (live_lo, live_hi) = bounds, live or bounds
-        corr = torch.zeros_like(corr)
+        corr = torch.zeros(c_out, dtype=torch.float32, device=env_q[0][out].device)
         for _ in range(BIAS_ITERATIONS):
             num, den = None, None
             for e_fp, e_q in zip(env_fp, env_q):

@@ -136,8 +136,8 @@ class OnnxGraph:
 def run_batched(run, rows, n: int, batch: int, fixed: int | None = None) -> np.ndarray:
     """``run`` over ``rows(lo, hi)`` for ``lo`` in ``range(0, n, batch)``, concatenated. With ``fixed`` (a
     model's fixed batch, or a caller's one input shape) every call gets exactly that many rows: the last
-    chunk is padded by repeating its images and the padding's outputs are dropped. A ``run`` returning a tuple (every output) gives a
-    tuple of concatenated outputs."""
+    chunk is padded by repeating its images and the padding's outputs are dropped. A ``run`` returning a
+    tuple (every output) gives a tuple of concatenated outputs."""
     if fixed is not None:
         batch = fixed
     outs = []
