@@ -188,7 +188,8 @@ def _recovery(args, steps: tuple | None = None):
     if args.range_steps is not None and "ranges" not in steps:
         raise ConfigError("--range-steps has no effect without ranges", subject="--range-steps",
                           hint="add ranges to the recovery steps, e.g. auto+ranges")
-    return RecoverySettings(steps=steps, adaround_iters=args.adaround_iters, cle_replace_relu6=args.cle_replace_relu6,
+    return RecoverySettings(steps=steps, cle_replace_relu6=args.cle_replace_relu6,
+                            **({"adaround_iters": args.adaround_iters} if args.adaround_iters is not None else {}),
                             **({"images": args.recover_images} if args.recover_images is not None else {}),
                             **({"range_steps": args.range_steps} if args.range_steps is not None else {}))
 
@@ -572,7 +573,7 @@ def _recover_flags(p, *, steps: bool, writes: str = "") -> None:
                    help="calibration images the recovery steps read, the first ones (default: 128 for adaround "
                         "and bias, 256 for ranges)")
     g.add_argument("--adaround-iters", type=COUNT, default=None,
-                   help="AdaRound optimisation steps per layer (default: 1000 on a GPU, 200 on the CPU)")
+                   help="AdaRound optimisation steps per layer, on every device (default: 200)")
     g.add_argument("--range-steps", type=COUNT, default=None,
                    help="Adam steps of the learned ranges (default: 100)")
     g.add_argument("--cle-replace-relu6", action="store_true",

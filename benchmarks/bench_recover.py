@@ -93,7 +93,8 @@ def main():
                 steps = parse_recovery(rest) if rest else ()
                 t = time.perf_counter()
                 if steps:
-                    settings = RecoverySettings(steps=steps, adaround_iters=args.adaround_iters,
+                    settings = RecoverySettings(steps=steps,
+                                                **({"adaround_iters": args.adaround_iters} if args.adaround_iters else {}),
                                                 **({"range_steps": args.range_steps} if args.range_steps else {}),
                                                 cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
                                                 **({"images": args.recover_images} if args.recover_images else {}))

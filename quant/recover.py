@@ -113,7 +113,9 @@ class RecoverySettings:
                                          # each step's own default, below)
     layer_images: int = 128              # adaround and bias read these many (more did not help AdaRound: 512 worse)
     range_images: int = 256              # ranges read these many (MobileNetV2: 94.76 % agreement vs 93.41 % with 128)
-    adaround_iters: int | None = None    # optimisation steps per layer; None: 1000 on a GPU, 200 on the CPU
+    adaround_iters: int = 200            # optimisation steps per layer, on every device (MobileNetV2 on an H100,
+                                         # auto+adaround+bias: 200 steps 95.56 % agreement in 17 s, 500 94.89 %,
+                                         # 1000 95.30 % in 71 s)
     adaround_reg: float = 0.01           # lambda of the rounding regulariser (AIMET's default)
     adaround_lr: float = 1e-2            # Adam's learning rate on V
     adaround_warmup: float = 0.2         # fraction of the steps without the regulariser
@@ -133,11 +135,6 @@ class RecoverySettings:
                                  ("--range-steps", self.range_steps, 1)):
             if value is not None and value < low:
                 raise ConfigError("invalid recovery setting", subject=name, got=str(value), expected=f">= {low}")
-
-    def iterations(self, device: torch.device) -> int:
-        if self.adaround_iters is not None:
-            return self.adaround_iters
-        return 1000 if device.type == "cuda" else 200
 
     def images_for(self, step: str) -> int:
         """How many calibration images ``step`` reads (``images`` when given, else the step's default)."""
@@ -621,7 +618,7 @@ def recover_layers(graph: OnnxGraph, ranges: RangeSet, images: np.ndarray, setti
     fp = TorchGraphExecutor(work, device)                # the FP32 model (never changes)
     layers = _layers(sim)
     in_edges = sim.placement(sim.layers).edges()
-    iters = settings.iterations(device)
+    iters = settings.adaround_iters
 
     fixed = work.fixed_batch
     n = len(images) if fixed is None else (len(images) // fixed) * fixed

@@ -139,6 +139,9 @@ def ranges_from_stats(stats: CalibrationStats, cfg: CalibrationConfig, *,
                     methods=choices)
 
 
+_WARNED_DEFAULT: set[str] = set()
+
+
 def cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
     algo = cfg.algorithm()
     installed = installed_trt_version()
@@ -151,7 +154,9 @@ def cache_header(cfg: CalibrationConfig) -> tuple[int, str]:
         version = installed
     else:
         version = DEFAULT_TRT_VERSION
-        log.warning("TensorRT is not installed here: the cache header is for TensorRT %s (TRT-%d). TensorRT ignores "
-                    "a cache written for another version: pass --trt-version to match yours", version,
-                    trt_version_int(version))
+        if version not in _WARNED_DEFAULT:          # once per process, not once per cache (evaluate writes several)
+            _WARNED_DEFAULT.add(version)
+            log.warning("TensorRT is not installed here: the cache header is for TensorRT %s (TRT-%d). TensorRT "
+                        "ignores a cache written for another version: pass --trt-version to match yours", version,
+                        trt_version_int(version))
     return trt_version_int(version), cfg.cache_algorithm or algo.trt_algorithm

@@ -401,7 +401,7 @@ def test_recovery_steps_parse_in_application_order_and_the_help_states_the_defau
     assert RecoverySettings(steps=("bias", "ranges")).images_needed == d.range_images
     assert f"learned ranges (default: {d.range_steps})" in " ".join(text.split())
     assert RecoverySettings(steps=("cle", "adaround"), images=40).images_for("ranges") == 40
-    assert f"{d.iterations(torch.device('cuda'))} on a GPU, {d.iterations(CPU)} on the CPU" in " ".join(text.split())
+    assert f"steps per layer, on every device (default: {d.adaround_iters})" in " ".join(text.split())
 
 
 def test_shipped_ranges_are_those_the_layerwise_steps_learned_against(adarounded, sample_images):

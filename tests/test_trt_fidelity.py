@@ -37,6 +37,20 @@ def test_unverified_cache_headers_are_flagged(caplog):
     assert "LegacyCalibration is unverified" in caplog.text
 
 
+def test_the_default_cache_version_is_warned_about_once_per_process(caplog, monkeypatch):
+    """Without TensorRT the header falls back to the default version, said once, not once per cache written."""
+    from trtquant.core.cache import DEFAULT_TRT_VERSION, trt_version_int
+    from trtquant.quant import statistics
+    from trtquant.quant.settings import CalibrationConfig
+
+    monkeypatch.setattr(statistics, "installed_trt_version", lambda: None)
+    monkeypatch.setattr(statistics, "_WARNED_DEFAULT", set())
+    with caplog.at_level(logging.WARNING, logger="trtquant.quant.statistics"):
+        for method in ("entropy", "minmax", "entropy"):
+            assert statistics.cache_header(CalibrationConfig(method=method))[0] == trt_version_int(DEFAULT_TRT_VERSION)
+    assert [r.getMessage().startswith("TensorRT is not installed here") for r in caplog.records] == [True]
+
+
 @pytest.mark.parametrize("version,axis", [("8.6.1", 0), ("8.5.2.2", 0), ("9.3.0", 0), ("10.13.0.35", 1),
                                           ("11.4.0.106", 1), (None, 0)])
 def test_convtranspose_weight_axis_by_version(version, axis):
