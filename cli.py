@@ -188,10 +188,10 @@ def _recovery(args, steps: tuple | None = None):
     if args.range_steps is not None and "ranges" not in steps:
         raise ConfigError("--range-steps has no effect without ranges", subject="--range-steps",
                           hint="add ranges to the recovery steps, e.g. auto+ranges")
-    return RecoverySettings(steps=steps, cle_replace_relu6=args.cle_replace_relu6,
-                            **({"adaround_iters": args.adaround_iters} if args.adaround_iters is not None else {}),
-                            **({"images": args.recover_images} if args.recover_images is not None else {}),
-                            **({"range_steps": args.range_steps} if args.range_steps is not None else {}))
+    given = {field: getattr(args, flag) for field, flag in (("adaround_iters", "adaround_iters"),
+                                                           ("images", "recover_images"), ("range_steps", "range_steps"))
+             if getattr(args, flag) is not None}     # a flag left out keeps RecoverySettings' default
+    return RecoverySettings(steps=steps, cle_replace_relu6=args.cle_replace_relu6, **given)
 
 
 def cmd_calibrate(args) -> int:

@@ -93,11 +93,11 @@ def main():
                 steps = parse_recovery(rest) if rest else ()
                 t = time.perf_counter()
                 if steps:
-                    settings = RecoverySettings(steps=steps,
-                                                **({"adaround_iters": args.adaround_iters} if args.adaround_iters else {}),
-                                                **({"range_steps": args.range_steps} if args.range_steps else {}),
-                                                cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
-                                                **({"images": args.recover_images} if args.recover_images else {}))
+                    given = {field: value for field, value in (("adaround_iters", args.adaround_iters),
+                                                               ("range_steps", args.range_steps),
+                                                               ("images", args.recover_images)) if value}
+                    settings = RecoverySettings(steps=steps, cle_replace_relu6=args.cle_replace_relu6 and "cle" in steps,
+                                                **given)
                     rec = recover(graph, settings, ranges_of=ranges_for(method), images=lambda: np.load(calib_path),
                                   device=dev, progress=False)
                     g = rec.graph
